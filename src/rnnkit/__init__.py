@@ -1,0 +1,3 @@
+"""rnnkit: recurrent neural networks for text, on PyTorch."""
+
+__version__ = "0.1.0"
