@@ -19,17 +19,31 @@ import torch
 
 from rnnkit.kernels.activations import get_activation
 from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
-from rnnkit.kernels.steps import gru_step, lstm_step, simple_step
+from rnnkit.kernels.steps import gru_step, layer_norm, lstm_step, simple_step
 
 
 def input_projection(
     spec: RecurrenceSpec, weights: RecurrentWeights, inputs: torch.Tensor
 ) -> torch.Tensor:
-    """``inputs @ kernel + input bias`` for all steps at once: ``(B, T, I) -> (B, T, G*u)``."""
+    """``inputs @ kernel + input bias`` for all steps at once: ``(B, T, I) -> (B, T, G*u)``.
+
+    With ``spec.layer_norm``: ``LN(inputs @ kernel; input_gamma) + input bias``.
+    """
     xw = inputs @ weights.kernel
+    if spec.layer_norm:
+        xw = layer_norm(xw, _layer_norm_weights(spec, weights).input_gamma)
     if weights.bias is not None:
         xw = xw + (weights.bias[0] if weights.bias.dim() == 2 else weights.bias)
     return xw
+
+
+def _layer_norm_weights(spec: RecurrenceSpec, weights: RecurrentWeights):
+    ln = getattr(weights, "layer_norm", None)
+    if ln is None:
+        raise ValueError(
+            "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
+        )
+    return ln
 
 
 def run(
@@ -43,10 +57,19 @@ def run(
     zero_output_for_mask: bool = False,
     input_dropout_mask: torch.Tensor | None = None,
     recurrent_dropout_mask: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    recurrent_kernel_dropout_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run one recurrence over ``inputs``; see :mod:`rnnkit.kernels.spec` for the contract."""
     act = get_activation(spec.activation)
     ract = get_activation(spec.recurrent_activation)
+    recurrent_kernel = weights.recurrent_kernel
+    if recurrent_kernel_dropout_mask is not None:
+        recurrent_kernel = recurrent_kernel * recurrent_kernel_dropout_mask
+    g_h = g_c = b_c = None
+    if spec.layer_norm:
+        ln = _layer_norm_weights(spec, weights)
+        g_h, g_c, b_c = ln.recurrent_gamma, ln.cell_gamma, ln.cell_beta
     if input_dropout_mask is not None:
         inputs = inputs * input_dropout_mask[:, None, :]
     xw = input_projection(spec, weights, inputs)  # (B, T, G*u)
@@ -62,20 +85,45 @@ def run(
         h = state[0]
         h_in = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
         if spec.cell == "lstm":
-            new_state = lstm_step(xw[:, t], h, state[1], h_in, weights.recurrent_kernel, act, ract)
+            new_state = lstm_step(
+                xw[:, t],
+                h,
+                state[1],
+                h_in,
+                recurrent_kernel,
+                act,
+                ract,
+                recurrent_gamma=g_h,
+                cell_gamma=g_c,
+                cell_beta=b_c,
+            )
         elif spec.cell == "gru":
             new_state = (
                 gru_step(
-                    xw[:, t], h, h_in, weights.recurrent_kernel, recurrent_bias, act, ract,
+                    xw[:, t],
+                    h,
+                    h_in,
+                    recurrent_kernel,
+                    recurrent_bias,
+                    act,
+                    ract,
                     spec.reset_after,
+                    recurrent_gamma=g_h,
                 ),
             )
         else:
-            new_state = (simple_step(xw[:, t], h_in, weights.recurrent_kernel, act),)
+            new_state = (simple_step(xw[:, t], h_in, recurrent_kernel, act, recurrent_gamma=g_h),)
+        if zoneout_mask is not None:
+            keep = zoneout_mask[:, t]  # (B, u): 1 keeps the previous hidden state
+            new_state = (keep * h + (1.0 - keep) * new_state[0],) + new_state[1:]
+        elif spec.zoneout > 0.0:
+            new_state = (spec.zoneout * h + (1.0 - spec.zoneout) * new_state[0],) + new_state[1:]
         output = new_state[0]
         if mask is not None:
             valid = mask[:, t, None]  # (B, 1)
-            new_state = tuple(torch.where(valid, n, s) for n, s in zip(new_state, state))
+            new_state = tuple(
+                torch.where(valid, n, s) for n, s in zip(new_state, state, strict=True)
+            )
             fill = torch.zeros_like(output) if zero_output_for_mask else prev_output
             output = torch.where(valid, output, fill)
         state = new_state
