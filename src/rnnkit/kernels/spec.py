@@ -24,9 +24,9 @@ with
   the recurrent product (not to the carried state);
 - ``zoneout_mask``: ``(B, T, units)`` 0/1 float (training), indexed by input time ``t``: where it is
   1 the hidden state keeps its previous value, ``h_t = m h_{t-1} + (1 - m) h'`` (Krueger et al.;
-  as in haste, only ``h`` is zoned out, also for LSTM, not the cell state). With ``zoneout_mask=None`` and
-  ``spec.zoneout = p > 0`` the deterministic expectation ``h_t = p h_{t-1} + (1 - p) h'`` is used
-  (evaluation). Zoneout is applied before the masking rule;
+  as in haste, only ``h`` is zoned out, also for LSTM, not the cell state). With
+  ``zoneout_mask=None`` and ``spec.zoneout = p > 0`` the deterministic expectation
+  ``h_t = p h_{t-1} + (1 - p) h'`` is used (evaluation). Zoneout is applied before the masking rule;
 - ``recurrent_kernel_dropout_mask``: ``(units, G*units)`` multiplicative mask, already scaled by
   ``1/(1-rate)``, on ``recurrent_kernel`` (DropConnect / AWD-LSTM weight drop), fixed for the
   sequence;
