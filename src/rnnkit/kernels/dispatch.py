@@ -1,0 +1,124 @@
+"""Pick a backend for each recurrence call.
+
+A backend is a module with ``run(spec, weights, inputs, initial_state, **options)`` (the
+:mod:`rnnkit.kernels.spec` contract) and ``supports(spec, **options) -> bool``; optionally
+``unsupported_reason(spec, **options) -> str | None`` for a better error message. The registry
+holds ``vendor`` and ``reference`` and, when the module exists, ``rnnkit.kernels.fused``.
+
+``backend="auto"`` takes the first that supports the call exactly, in the order
+``vendor, fused, reference``; naming a backend that cannot run the call raises ``ValueError``.
+
+>>> from rnnkit.kernels.spec import RecurrenceSpec
+>>> select(RecurrenceSpec("lstm", 8))
+'vendor'
+>>> select(RecurrenceSpec("lstm", 8, recurrent_activation="hard_sigmoid")) in ("fused", "reference")
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from rnnkit.kernels import reference, vendor
+from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+
+AUTO_ORDER = ("vendor", "fused", "reference")
+BACKEND_NAMES = ("auto", *AUTO_ORDER)
+
+_REGISTRY: dict[str, ModuleType] = {"vendor": vendor, "reference": reference}
+
+
+def _load_fused() -> None:
+    try:
+        module = importlib.import_module("rnnkit.kernels.fused")
+    except ImportError:
+        return
+    if callable(getattr(module, "run", None)) and callable(getattr(module, "supports", None)):
+        _REGISTRY["fused"] = module
+
+
+_load_fused()
+
+
+def register(name: str, module: ModuleType) -> None:
+    """Add or replace a backend (a module or object with ``supports`` and ``run``)."""
+    if not (callable(getattr(module, "run", None)) and callable(getattr(module, "supports", None))):
+        raise TypeError(f"backend {name!r} must define supports() and run(); received {module!r}")
+    _REGISTRY[name] = module
+
+
+def available() -> list[str]:
+    """Registered backend names, in ``auto`` preference order."""
+    return [n for n in AUTO_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in AUTO_ORDER]
+
+
+def check_backend_name(backend: str) -> str:
+    names = ["auto", *available()]
+    if backend not in names and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {names}; received backend={backend!r}")
+    return backend
+
+
+def _reason(name: str, module, spec: RecurrenceSpec, options: dict) -> str | None:
+    if name == "reference":
+        return None
+    explain = getattr(module, "unsupported_reason", None)
+    if callable(explain):
+        return explain(spec, **options)
+    return None if module.supports(spec, **options) else "it does not support this configuration"
+
+
+def select(spec: RecurrenceSpec, *, backend: str = "auto", **options) -> str:
+    """The backend name that :func:`run` would use for this call.
+
+    Raises:
+        ValueError: unknown backend, or a named backend that cannot run this call exactly.
+    """
+    check_backend_name(backend)
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            module = _REGISTRY.get(name)
+            if module is not None and (name == "reference" or module.supports(spec, **options)):
+                return name
+        return "reference"
+    module = _REGISTRY.get(backend)
+    if module is None:
+        raise ValueError(
+            f"backend {backend!r} is not available here; available backends: {available()}"
+        )
+    reason = _reason(backend, module, spec, options)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} cannot run this configuration: {reason}")
+    return backend
+
+
+def run(
+    spec: RecurrenceSpec,
+    weights: RecurrentWeights,
+    inputs: torch.Tensor,
+    initial_state: tuple[torch.Tensor, ...],
+    *,
+    backend: str = "auto",
+    mask: torch.Tensor | None = None,
+    go_backwards: bool = False,
+    zero_output_for_mask: bool = False,
+    input_dropout_mask: torch.Tensor | None = None,
+    recurrent_dropout_mask: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    recurrent_kernel_dropout_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run one recurrence on the chosen backend (see :mod:`rnnkit.kernels.spec`)."""
+    options = {
+        "mask": mask,
+        "go_backwards": go_backwards,
+        "zero_output_for_mask": zero_output_for_mask,
+        "input_dropout_mask": input_dropout_mask,
+        "recurrent_dropout_mask": recurrent_dropout_mask,
+        "zoneout_mask": zoneout_mask,
+        "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
+    }
+    name = select(spec, backend=backend, **options)
+    return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
