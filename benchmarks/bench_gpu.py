@@ -1,0 +1,299 @@
+"""GPU check and benchmark of the Triton LSTM backend (issue 6). Run on a CUDA machine:
+
+    PYTHONPATH=src python3 benchmarks/bench_gpu.py [--quick] [--out DIR]
+
+1. ceilings: device-to-device copy bandwidth, large-GEMM rates, the per-step GEMM alone;
+2. correctness: the Triton backend against a float64 CPU reference (relative error
+   ||out - ref|| / ||ref|| of every output and gradient), fp32 and bf16, plain and layer norm,
+   graphs and eager, at a tiny odd shape and at the benchmark shape;
+3. timings (median of CUDA-event times): forward+backward of one layer, batch 64, 100 steps,
+   512 -> 512, for cuDNN's torch.nn.LSTM and for the Triton backend, all in this one process.
+
+The last thing printed is the timing table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit.kernels import triton_lstm
+from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+
+DEV = "cuda"
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    if not torch.isfinite(a).all():
+        return float("nan")
+    return (torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300)).item()
+
+
+def reference(x, W, U, b, h0, c0, ln):
+    """The layer-norm LSTM equations in plain torch (float64 on the CPU): the oracle."""
+    G = W.shape[1]
+    u = G // 4
+    xw = x @ W
+    if ln is not None:
+        xw = F.layer_norm(xw, (G,), ln.gamma_x, ln.beta_x, ln.eps)
+    if b is not None:
+        xw = xw + b
+    h, c, outs = h0, c0, []
+    for t in range(x.shape[1]):
+        r = h @ U
+        if ln is not None:
+            r = F.layer_norm(r, (G,), ln.gamma_h, ln.beta_h, ln.eps)
+        i, f, g, o = (xw[:, t] + r).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        cn = F.layer_norm(c, (u,), ln.gamma_c, ln.beta_c, ln.eps) if ln is not None else c
+        h = torch.sigmoid(o) * torch.tanh(cn)
+        outs.append(h)
+    return torch.stack(outs, 1), h, c
+
+
+def make_problem(B, T, I, u, dtype, layer_norm, seed):
+    """Random weights/inputs (rounded to ``dtype``), as float64 CPU leaves and device leaves."""
+    g = torch.Generator().manual_seed(seed)
+    G = 4 * u
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(dtype).double()
+
+    p = {
+        "x": r(B, T, I),
+        "W": r(I, G, scale=I**-0.5),
+        "U": r(u, G, scale=u**-0.5),
+        "b": r(G, scale=0.1),
+        "h0": r(B, u, scale=0.5),
+        "c0": r(B, u, scale=0.5),
+    }
+    if layer_norm:
+        p.update(
+            gx=r(G, scale=0.1, shift=1.0), bx=r(G, scale=0.1), gh=r(G, scale=0.1, shift=1.0),
+            bh=r(G, scale=0.1), gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1),
+        )  # fmt: skip
+    cot = {"out": r(B, T, u), "hT": r(B, u), "cT": r(B, u)}
+    ref = {k: v.clone().requires_grad_() for k, v in p.items()}
+    dev = {k: v.to(DEV, dtype).requires_grad_() for k, v in p.items()}
+    return ref, dev, cot
+
+
+def call(params, layer_norm, u, fn, **kw):
+    ln = None
+    if layer_norm:
+        P = params
+        ln = triton_lstm.LayerNormParams(P["gx"], P["bx"], P["gh"], P["bh"], P["gc"], P["bc"])
+    if fn is reference:
+        return reference(params["x"], params["W"], params["U"], params["b"], params["h0"],
+                         params["c0"], ln)  # fmt: skip
+    spec = RecurrenceSpec("lstm", u)
+    w = RecurrentWeights(params["W"], params["U"], params["b"])
+    out, (h, c) = triton_lstm.run(spec, w, params["x"], (params["h0"], params["c0"]),
+                                  layer_norm=ln, **kw)  # fmt: skip
+    return out, h, c
+
+
+def check(B, T, I, u, dtype, layer_norm, graphs, seed):
+    ref, dev, cot = make_problem(B, T, I, u, dtype, layer_norm, seed)
+    names = list(ref)
+    r_out = call(ref, layer_norm, u, reference)
+    r_grads = torch.autograd.grad(
+        sum((o * c).sum() for o, c in zip(r_out, cot.values(), strict=True)),
+        [ref[k] for k in names],
+    )
+    d_out = call(dev, layer_norm, u, triton_lstm.run, cuda_graphs=graphs)
+    cot_d = [c.to(DEV, dtype) for c in cot.values()]
+    d_grads = torch.autograd.grad(
+        sum((o.float() * c.float()).sum() for o, c in zip(d_out, cot_d, strict=True)),
+        [dev[k] for k in names],
+    )
+    torch.cuda.synchronize()
+    errs = {k: rel(a, b) for k, a, b in zip(("out", "hT", "cT"), d_out, r_out, strict=True)}
+    errs.update({"d" + k: rel(a, b) for k, a, b in zip(names, d_grads, r_grads, strict=True)})
+    return errs
+
+
+def timed(fn, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ev = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        ev.append((s, e))
+    torch.cuda.synchronize()
+    ts = sorted(s.elapsed_time(e) for s, e in ev)
+    return statistics.median(ts), ts[len(ts) // 10], ts[-1 - len(ts) // 10]
+
+
+def ceilings(report):
+    n = 256 * 2**20  # 1 GiB of float32
+    a = torch.randn(n, device=DEV)
+    b = torch.empty_like(a)
+    ms, _, _ = timed(lambda a=a, b=b: b.copy_(a), 20)
+    report["copy_TBps"] = 2 * a.numel() * 4 / ms / 1e9
+    del a, b
+    for name, dt, tf32 in (("bf16", torch.bfloat16, False), ("fp32", torch.float32, False),
+                           ("tf32", torch.float32, True)):  # fmt: skip
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        m = 8192 if dt == torch.bfloat16 else 4096
+        x = torch.randn(m, m, device=DEV, dtype=dt)
+        y = torch.randn(m, m, device=DEV, dtype=dt)
+        ms, _, _ = timed(lambda x=x, y=y: x @ y, 10)
+        report[f"gemm_{name}_TFLOPs"] = 2 * m**3 / ms / 1e9
+        # The sequential floor: 100 per-step GEMMs (64x512 @ 512x2048) in one graph.
+        h = torch.randn(64, 512, device=DEV, dtype=dt)
+        U = torch.randn(512, 2048, device=DEV, dtype=dt)
+        r = torch.empty(64, 2048, device=DEV, dtype=dt)
+        torch.mm(h, U, out=r)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(100):
+                torch.mm(h, U, out=r)
+        ms, _, _ = timed(graph.replay, 30)
+        report[f"step_gemm_{name}_us"] = ms * 1e3 / 100
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    props = torch.cuda.get_device_properties(0)
+    import triton
+
+    report = {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+              "triton": triton.__version__}  # fmt: skip
+    print(json.dumps(report), flush=True)
+    t0 = time.time()
+
+    # --- correctness -------------------------------------------------------------------------
+    checks = []
+    shapes = [(3, 5, 7, 12)] + ([] if args.quick else [(64, 100, 512, 512)])
+    for shape in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            for ln in (False, True):
+                for graphs in (True, False) if shape[0] == 3 else (True,):
+                    errs = check(*shape, dtype, ln, graphs, seed=len(checks))
+                    worst = max(errs.values())
+                    tol = 1e-4 if dtype == torch.float32 else 3e-2
+                    ok = worst == worst and worst < tol
+                    checks.append({"shape": shape, "dtype": str(dtype), "layer_norm": ln,
+                                   "graphs": graphs, "ok": ok, "worst": worst, **errs})  # fmt: skip
+                    detail = " ".join(f"{k}={v:.1e}" for k, v in errs.items())
+                    head = f"check {shape} {str(dtype)[6:]:8s} ln={ln!s:5s} graphs={graphs!s:5s}"
+                    print(f"{head} {'OK ' if ok else 'BAD'} worst={worst:.2e} {detail}", flush=True)
+    report["checks"] = checks
+    print(f"checks took {time.time() - t0:.1f}s", flush=True)
+
+    # --- ceilings ----------------------------------------------------------------------------
+    ceilings(report)
+    print(json.dumps({k: round(v, 2) for k, v in report.items() if isinstance(v, float)}),
+          flush=True)  # fmt: skip
+
+    # --- timings -----------------------------------------------------------------------------
+    B, T, I, u = 64, 100, 512, 512
+    reps = 20 if args.quick else 60
+    rows = []
+
+    def add(name, fn, n=reps):
+        med, lo, hi = timed(fn, n)
+        rows.append((name, med, lo, hi))
+        print(f"{name:44s} {med:8.3f} ms  (p10 {lo:.3f}, p90 {hi:.3f})", flush=True)
+
+    def cudnn_case(dtype, tf32):
+        torch.backends.cudnn.allow_tf32 = tf32
+        lstm = torch.nn.LSTM(I, u, batch_first=True).to(DEV, dtype)
+        xs = [torch.randn(B, T, I, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3)]
+        gout = torch.randn(B, T, u, device=DEV, dtype=dtype)
+        it = [0]
+
+        def step():
+            x = xs[it[0] % 3]
+            it[0] += 1
+            out, _ = lstm(x)
+            out.backward(gout)
+
+        return step
+
+    def ours_case(dtype, ln, tf32, graphs=True):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        _, p, _ = make_problem(B, T, I, u, dtype, ln, seed=123)
+        xs = [torch.randn(B, T, I, device=DEV, dtype=dtype) for _ in range(3)]
+        gout = torch.randn(B, T, u, device=DEV, dtype=dtype)
+        it = [0]
+
+        def step():
+            p["x"] = xs[it[0] % 3]
+            it[0] += 1
+            out, _, _ = call(p, ln, u, triton_lstm.run, cuda_graphs=graphs)
+            out.backward(gout)
+
+        return step
+
+    cases = [
+        ("cuDNN nn.LSTM fp32 (TF32 on: torch default)", lambda: cudnn_case(torch.float32, True)),
+        ("cuDNN nn.LSTM fp32 (TF32 off)", lambda: cudnn_case(torch.float32, False)),
+        ("cuDNN nn.LSTM bf16", lambda: cudnn_case(torch.bfloat16, True)),
+        ("triton LSTM fp32", lambda: ours_case(torch.float32, False, False)),
+        ("triton LN-LSTM fp32", lambda: ours_case(torch.float32, True, False)),
+        ("triton LSTM fp32 TF32", lambda: ours_case(torch.float32, False, True)),
+        ("triton LN-LSTM fp32 TF32", lambda: ours_case(torch.float32, True, True)),
+        ("triton LSTM bf16", lambda: ours_case(torch.bfloat16, False, False)),
+        ("triton LN-LSTM bf16", lambda: ours_case(torch.bfloat16, True, False)),
+    ]
+    for name, make in cases:
+        add(name, make())
+    add("triton LN-LSTM fp32, no graphs (eager)", ours_case(torch.float32, True, False, False), 5)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
+
+    # Where the time goes: the two captured loops alone.
+    for key, eng in triton_lstm._ENGINES.items():
+        if not eng.use_graphs or not eng.slots or eng.slots[0].graphs is None:
+            continue
+        fwd, bwd = eng.slots[0].graphs
+        f, _, _ = timed(fwd.replay, 20)
+        b, _, _ = timed(bwd.replay, 20)
+        print(f"loops {str(key[4])[6:]} ln={key[5]} tf32={key[8]}: forward graph {f:.3f} ms, "
+              f"backward graph {b:.3f} ms", flush=True)  # fmt: skip
+        report.setdefault("loops", []).append({"key": str(key), "fwd_ms": f, "bwd_ms": b})
+
+    report["timings"] = [
+        dict(zip(("name", "median_ms", "p10", "p90"), r, strict=True)) for r in rows
+    ]
+    with open(os.path.join(args.out, "bench_gpu.json"), "w") as fh:
+        json.dump(report, fh, indent=1, default=str)
+
+    base = {r[0]: r[1] for r in rows}
+    ref_fp32 = base["cuDNN nn.LSTM fp32 (TF32 on: torch default)"]
+    ref_strict = base["cuDNN nn.LSTM fp32 (TF32 off)"]
+    ref_bf16 = base["cuDNN nn.LSTM bf16"]
+    print(f"\n{props.name}; forward+backward, B={B} T={T} {I}->{u}; median ms; "
+          "speed ratio = cuDNN ms / this ms")  # fmt: skip
+    print(f"{'configuration':44s} {'ms':>8s} {'vs cuDNN fp32':>14s} {'vs TF32-off':>12s} "
+          f"{'vs cuDNN bf16':>14s}")  # fmt: skip
+    for name, med, _, _ in rows:
+        print(f"{name:44s} {med:8.3f} {ref_fp32 / med:14.2f} {ref_strict / med:12.2f} "
+              f"{ref_bf16 / med:14.2f}")  # fmt: skip
+    bad = [c for c in checks if not c["ok"]]
+    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks passed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

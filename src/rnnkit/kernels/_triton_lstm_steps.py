@@ -1,0 +1,234 @@
+"""Triton kernels for one LSTM time step (forward and backward), used by :mod:`triton_lstm`.
+
+One program handles one batch row: it reads the row's ``4u`` recurrent projection, does the
+optional layer normalisation over ``4u``, the gate math, the optional layer normalisation of the
+new cell state over ``u``, and writes the new state plus what the backward step needs. All gate
+math is float32 whatever the storage dtype.
+
+This module imports Triton only when it is installed; on a machine without it the kernels are
+plain (never called) functions, so collecting doctests or importing :mod:`rnnkit` never needs it.
+"""
+
+try:
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+except ImportError:  # CPU machines: nothing here is ever launched
+    triton = None
+
+    class _NoTriton:
+        constexpr = object
+
+    tl = _NoTriton()
+
+    def _jit(fn):
+        return fn
+
+
+@_jit
+def _tanh(x):
+    # tanh(x) = 2 sigmoid(2x) - 1: one exp, no overflow for large |x|.
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@_jit
+def lstm_forward_step(
+    xn_ptr,  # step t of the normalised input projection, row b at xn_ptr + b * xn_stride, (4u,)
+    xn_stride,
+    r_ptr,  # (B, 4u) contiguous: h_{t-1} @ U
+    c_prev_ptr,  # (B, u) float32
+    c_ptr,  # (B, u) float32, written
+    h_ptr,  # (B, u) storage dtype, written
+    act_ptr,  # (B, 4u) float32, written: sigma(i), sigma(f), phi(g), sigma(o)
+    rhat_ptr,  # (B, 4u) float32, written (layer norm): normalised recurrent projection
+    rstd_ptr,  # (B,) float32, written (layer norm): 1 / std of the recurrent projection
+    chat_ptr,  # (B, u) float32, written (layer norm): normalised cell state
+    cstd_ptr,  # (B,) float32, written (layer norm): 1 / std of the cell state
+    gh_ptr,  # (4u,) gamma of the recurrent layer norm
+    bh_ptr,  # (4u,) beta of the recurrent layer norm
+    gc_ptr,  # (u,) gamma of the cell layer norm
+    bc_ptr,  # (u,) beta of the cell layer norm
+    eps,
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    xrow = xn_ptr + b * xn_stride
+    rrow = r_ptr + b * 4 * U
+    arow = act_ptr + b * 4 * U
+    ri = tl.load(rrow + offs, mask=m, other=0.0).to(tl.float32)
+    rf = tl.load(rrow + U + offs, mask=m, other=0.0).to(tl.float32)
+    rg = tl.load(rrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    ro = tl.load(rrow + 3 * U + offs, mask=m, other=0.0).to(tl.float32)
+    xi = tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32)
+    xf = tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32)
+    xg = tl.load(xrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    xo = tl.load(xrow + 3 * U + offs, mask=m, other=0.0).to(tl.float32)
+    c_prev = tl.load(c_prev_ptr + b * U + offs, mask=m, other=0.0)
+    if LAYER_NORM:
+        mean = (tl.sum(ri, 0) + tl.sum(rf, 0) + tl.sum(rg, 0) + tl.sum(ro, 0)) / (4 * U)
+        ri = tl.where(m, ri - mean, 0.0)
+        rf = tl.where(m, rf - mean, 0.0)
+        rg = tl.where(m, rg - mean, 0.0)
+        ro = tl.where(m, ro - mean, 0.0)
+        var = (
+            tl.sum(ri * ri, 0) + tl.sum(rf * rf, 0) + tl.sum(rg * rg, 0) + tl.sum(ro * ro, 0)
+        ) / (4 * U)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        ri = ri * rstd
+        rf = rf * rstd
+        rg = rg * rstd
+        ro = ro * rstd
+        hrow = rhat_ptr + b * 4 * U
+        tl.store(hrow + offs, ri, mask=m)
+        tl.store(hrow + U + offs, rf, mask=m)
+        tl.store(hrow + 2 * U + offs, rg, mask=m)
+        tl.store(hrow + 3 * U + offs, ro, mask=m)
+        tl.store(rstd_ptr + b, rstd)
+        ri = ri * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
+            bh_ptr + offs, mask=m, other=0.0
+        ).to(tl.float32)
+        rf = rf * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
+            bh_ptr + U + offs, mask=m, other=0.0
+        ).to(tl.float32)
+        rg = rg * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
+            bh_ptr + 2 * U + offs, mask=m, other=0.0
+        ).to(tl.float32)
+        ro = ro * tl.load(gh_ptr + 3 * U + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
+            bh_ptr + 3 * U + offs, mask=m, other=0.0
+        ).to(tl.float32)
+    i = tl.sigmoid(xi + ri)
+    f = tl.sigmoid(xf + rf)
+    g = _tanh(xg + rg)
+    o = tl.sigmoid(xo + ro)
+    c = f * c_prev + i * g
+    if LAYER_NORM:
+        cmean = tl.sum(tl.where(m, c, 0.0), 0) / U
+        cd = tl.where(m, c - cmean, 0.0)
+        cstd = 1.0 / tl.sqrt(tl.sum(cd * cd, 0) / U + eps)
+        chat = cd * cstd
+        tl.store(chat_ptr + b * U + offs, chat, mask=m)
+        tl.store(cstd_ptr + b, cstd)
+        cn = chat * tl.load(gc_ptr + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
+            bc_ptr + offs, mask=m, other=0.0
+        ).to(tl.float32)
+    else:
+        cn = c
+    h = o * _tanh(cn)
+    tl.store(c_ptr + b * U + offs, c, mask=m)
+    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+    tl.store(arow + offs, i, mask=m)
+    tl.store(arow + U + offs, f, mask=m)
+    tl.store(arow + 2 * U + offs, g, mask=m)
+    tl.store(arow + 3 * U + offs, o, mask=m)
+
+
+@_jit
+def lstm_backward_step(
+    dout_ptr,  # step t of d(outputs), row b at dout_ptr + b * dout_stride, (u,)
+    dout_stride,
+    dhrec_ptr,  # (B, u) contiguous: dR_{t+1} @ U^T (d h_t through the recurrence)
+    dc_ptr,  # (B, u) float32, read (d c_t) and overwritten (d c_{t-1})
+    act_ptr,  # (B, 4u) float32 saved by the forward step
+    c_prev_ptr,  # (B, u) float32: c_{t-1}
+    rhat_ptr,  # (B, 4u) float32 saved (layer norm)
+    rstd_ptr,  # (B,) float32 saved (layer norm)
+    chat_ptr,  # (B, u) float32 saved (layer norm), else c_t
+    cstd_ptr,  # (B,) float32 saved (layer norm)
+    gh_ptr,  # (4u,)
+    gc_ptr,  # (u,)
+    bc_ptr,  # (u,)
+    dz_ptr,  # d(xn) at step t, row b at dz_ptr + b * dz_stride, written
+    dz_stride,
+    dr_ptr,  # (B, 4u) contiguous, written: d(h_{t-1} @ U)
+    dgh_ptr,  # (B, 4u) float32 accumulators over time: sum dz * rhat
+    dbh_ptr,  # (B, 4u) float32: sum dz
+    dgc_ptr,  # (B, u) float32: sum d(cn) * chat
+    dbc_ptr,  # (B, u) float32: sum d(cn)
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    arow = act_ptr + b * 4 * U
+    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
+    dh += tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    i = tl.load(arow + offs, mask=m, other=0.0)
+    f = tl.load(arow + U + offs, mask=m, other=0.0)
+    g = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    o = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
+    c_prev = tl.load(c_prev_ptr + urow, mask=m, other=0.0)
+    chat = tl.load(chat_ptr + urow, mask=m, other=0.0)
+    if LAYER_NORM:
+        gc = tl.load(gc_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        cn = chat * gc + tl.load(bc_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    else:
+        cn = chat
+    tc = _tanh(cn)
+    dzo = dh * tc * o * (1.0 - o)
+    dcn = dh * o * (1.0 - tc * tc)
+    if LAYER_NORM:
+        tl.store(dgc_ptr + urow, tl.load(dgc_ptr + urow, mask=m, other=0.0) + dcn * chat, mask=m)
+        tl.store(dbc_ptr + urow, tl.load(dbc_ptr + urow, mask=m, other=0.0) + dcn, mask=m)
+        dchat = dcn * gc
+        mean1 = tl.sum(dchat, 0) / U
+        mean2 = tl.sum(dchat * chat, 0) / U
+        cstd = tl.load(cstd_ptr + b)
+        dc = tl.where(m, cstd * (dchat - mean1 - chat * mean2), 0.0)
+    else:
+        dc = dcn
+    dc += tl.load(dc_ptr + urow, mask=m, other=0.0)
+    dzi = dc * g * i * (1.0 - i)
+    dzf = dc * c_prev * f * (1.0 - f)
+    dzg = dc * i * (1.0 - g * g)
+    tl.store(dc_ptr + urow, dc * f, mask=m)
+    zrow = dz_ptr + b * dz_stride
+    ty = dz_ptr.dtype.element_ty
+    tl.store(zrow + offs, dzi.to(ty), mask=m)
+    tl.store(zrow + U + offs, dzf.to(ty), mask=m)
+    tl.store(zrow + 2 * U + offs, dzg.to(ty), mask=m)
+    tl.store(zrow + 3 * U + offs, dzo.to(ty), mask=m)
+    if LAYER_NORM:
+        hrow = rhat_ptr + b * 4 * U
+        ri = tl.load(hrow + offs, mask=m, other=0.0)
+        rf = tl.load(hrow + U + offs, mask=m, other=0.0)
+        rg = tl.load(hrow + 2 * U + offs, mask=m, other=0.0)
+        ro = tl.load(hrow + 3 * U + offs, mask=m, other=0.0)
+        grow = b * 4 * U + offs
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzi * ri, mask=m)
+        tl.store(dbh_ptr + grow, tl.load(dbh_ptr + grow, mask=m, other=0.0) + dzi, mask=m)
+        grow += U
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzf * rf, mask=m)
+        tl.store(dbh_ptr + grow, tl.load(dbh_ptr + grow, mask=m, other=0.0) + dzf, mask=m)
+        grow += U
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzg * rg, mask=m)
+        tl.store(dbh_ptr + grow, tl.load(dbh_ptr + grow, mask=m, other=0.0) + dzg, mask=m)
+        grow += U
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzo * ro, mask=m)
+        tl.store(dbh_ptr + grow, tl.load(dbh_ptr + grow, mask=m, other=0.0) + dzo, mask=m)
+        di = dzi * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        df = dzf * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+        dg = dzg * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+        do = dzo * tl.load(gh_ptr + 3 * U + offs, mask=m, other=0.0).to(tl.float32)
+        mean1 = (tl.sum(di, 0) + tl.sum(df, 0) + tl.sum(dg, 0) + tl.sum(do, 0)) / (4 * U)
+        mean2 = (
+            tl.sum(di * ri, 0) + tl.sum(df * rf, 0) + tl.sum(dg * rg, 0) + tl.sum(do * ro, 0)
+        ) / (4 * U)
+        rstd = tl.load(rstd_ptr + b)
+        dzi = rstd * (di - mean1 - ri * mean2)
+        dzf = rstd * (df - mean1 - rf * mean2)
+        dzg = rstd * (dg - mean1 - rg * mean2)
+        dzo = rstd * (do - mean1 - ro * mean2)
+    rrow = dr_ptr + b * 4 * U
+    ty = dr_ptr.dtype.element_ty
+    tl.store(rrow + offs, dzi.to(ty), mask=m)
+    tl.store(rrow + U + offs, dzf.to(ty), mask=m)
+    tl.store(rrow + 2 * U + offs, dzg.to(ty), mask=m)
+    tl.store(rrow + 3 * U + offs, dzo.to(ty), mask=m)

@@ -1,0 +1,405 @@
+r"""LSTM and layer-norm LSTM recurrence on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
+
+Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
+:func:`supports` accepts (LSTM, ``tanh``/``sigmoid``, optional layer normalisation, no mask,
+no recurrent dropout), in float32 and bfloat16.
+
+The recipe (issue 6):
+
+- the input projection of all steps is one GEMM before the loop, followed (layer norm) by one
+  ``F.layer_norm`` over the ``4u`` gate pre-activations; both under ordinary autograd;
+- per step, ``r = h_{t-1} @ U`` by cuBLAS into a static buffer, then one Triton program per batch
+  row for the rest: layer norm of ``r`` over ``4u``, the gates, the cell update, layer norm of the
+  cell state over ``u``, the new ``h``;
+- backward through time is written by hand (a ``torch.autograd.Function``): per step one Triton
+  kernel for the gate math and the two layer norms, then ``dR_t @ U^T`` by cuBLAS; the gradient of
+  ``U`` is one GEMM over all steps at the end, the layer-norm parameters' gradients one sum;
+- the forward loop and the backward loop are each captured once as a CUDA graph over static
+  buffers, so a training step replays two graphs instead of launching ~4T kernels from Python.
+
+Layer-norm LSTM (haste's ``LayerNormLSTM``, gate order i, f, g, o):
+
+.. math::
+    z = \mathrm{LN}(x W; \gamma_x, \beta_x) + \mathrm{LN}(h_{t-1} U; \gamma_h, \beta_h) + b, \quad
+    c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \quad
+    h_t = \sigma(o) \tanh(\mathrm{LN}(c_t; \gamma_c, \beta_c))
+
+In bfloat16, inputs, weights, ``h`` and the GEMM operands are bfloat16 (cuBLAS accumulates in
+float32); the gate math, the cell state and everything saved for the backward pass are float32.
+
+Nothing here imports Triton or touches CUDA until a GPU call is made.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+class LayerNormParams(NamedTuple):
+    """Parameters of the three layer norms of a layer-norm LSTM (``None`` = identity part)."""
+
+    gamma_x: torch.Tensor | None  # (4u,) scale of LN(x W)
+    beta_x: torch.Tensor | None  # (4u,)
+    gamma_h: torch.Tensor | None  # (4u,) scale of LN(h U)
+    beta_h: torch.Tensor | None  # (4u,)
+    gamma_c: torch.Tensor | None  # (u,) scale of LN(c)
+    beta_c: torch.Tensor | None  # (u,)
+    eps: float = 1e-5
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def supports(
+    spec: RecurrenceSpec,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    mask: bool = False,
+    recurrent_dropout: bool = False,
+    **options: object,
+) -> bool:
+    """Whether :func:`run` computes this configuration exactly on ``device``.
+
+    ``options`` may name other features (``zoneout``, ``recurrent_weight_dropout``,
+    ``zero_output_for_mask`` ...); any that is truthy is unsupported.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
+        return False
+    if spec.cell != "lstm" or spec.activation != "tanh" or spec.recurrent_activation != "sigmoid":
+        return False
+    if dtype not in DTYPES or mask or recurrent_dropout:
+        return False
+    return not any(bool(v) for k, v in options.items() if k not in ("layer_norm", "go_backwards"))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class _Slot:
+    """Static buffers, and the two captured graphs, for one recurrence in flight."""
+
+    def __init__(self, engine: _Engine) -> None:
+        e = engine
+        B, T, u, G = e.batch, e.steps, e.units, 4 * e.units
+        dev, dt, f32 = e.device, e.dtype, torch.float32
+
+        def buf(*shape, dtype=f32):
+            # NaN poison: a value nothing wrote shows up in every check.
+            return torch.full(shape, float("nan"), device=dev, dtype=dtype)
+
+        self.engine = engine
+        self.busy = False
+        # Inputs, copied in by each call.
+        self.xn = buf(B, T, G, dtype=dt)  # (B, T, 4u) normalised input projection (+ bias)
+        self.U = buf(u, G, dtype=dt)
+        self.ln = buf(4, G)  # rows: gamma_h, beta_h, gamma_c (first u), beta_c (first u)
+        self.dout = buf(B, T, u, dtype=dt)
+        self.dhT = buf(B, u, dtype=dt)
+        self.dcT = buf(B, u)
+        # Forward state and what the backward pass needs.
+        self.H = buf(T + 1, B, u, dtype=dt)  # H[0] = h0, H[t + 1] = h_t
+        self.C = buf(T + 1, B, u)  # C[0] = c0, C[t + 1] = c_t
+        self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
+        self.act = buf(T, B, G)
+        if e.layer_norm:
+            self.rhat = buf(T, B, G)
+            self.rstd = buf(T, B)
+            self.chat = buf(T, B, u)
+            self.cstd = buf(T, B)
+        else:  # unused by the kernels; the cell state is read from C instead
+            self.rhat, self.rstd, self.chat, self.cstd = self.R, self.C[0, :, 0], None, self.dcT
+        # Backward outputs and work buffers.
+        self.dz = buf(B, T, G, dtype=dt)  # d xn
+        self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
+        self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
+        self.dC = buf(B, u)
+        self.dU = buf(u, G, dtype=dt)
+        self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h
+        self.acc_c = buf(2, B, u)  # dgamma_c, dbeta_c
+        self.dln = buf(4, G)
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+
+    # The two loops; both are captured as graphs unless the engine runs eagerly.
+    def forward_loop(self) -> None:
+        from rnnkit.kernels import _triton_lstm_steps as k
+
+        e = self.engine
+        u = e.units
+        for t in range(e.steps):
+            torch.mm(self.H[t], self.U, out=self.R)
+            k.lstm_forward_step[(e.batch,)](
+                self.xn[:, t], self.xn.stride(0),
+                self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.act[t],
+                *self._ln_saved(t),
+                self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
+                e.eps,
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, num_warps=e.num_warps,
+            )  # fmt: skip
+
+    def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
+        if self.engine.layer_norm:
+            return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
+        return self.rhat, self.rstd, self.C[t + 1], self.cstd
+
+    def backward_loop(self) -> None:
+        from rnnkit.kernels import _triton_lstm_steps as k
+
+        e = self.engine
+        u, G = e.units, 4 * e.units
+        self.dH.copy_(self.dhT)
+        self.dC.copy_(self.dcT)
+        self.acc.zero_()
+        self.acc_c.zero_()
+        Ut = self.U.t()
+        for t in range(e.steps - 1, -1, -1):
+            k.lstm_backward_step[(e.batch,)](
+                self.dout[:, t], self.dout.stride(0),
+                self.dH, self.dC, self.act[t], self.C[t],
+                *self._ln_saved(t),
+                self.ln[0], self.ln[2, :u], self.ln[3, :u],
+                self.dz[:, t], self.dz.stride(0), self.dR[t],
+                self.acc[0], self.acc[1], self.acc_c[0], self.acc_c[1],
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, num_warps=e.num_warps,
+            )  # fmt: skip
+            torch.mm(self.dR[t], Ut, out=self.dH)
+        # Weight gradient: one GEMM over all steps, sum_t h_{t-1}^T dR_t.
+        TB = e.steps * e.batch
+        torch.mm(self.H[: e.steps].reshape(TB, u).t(), self.dR.reshape(TB, G), out=self.dU)
+        if e.layer_norm:
+            torch.sum(self.acc, dim=1, out=self.dln[:2])
+            torch.sum(self.acc_c, dim=1, out=self.dln[2:, :u])
+
+    def run_forward(self) -> None:
+        if self.engine.use_graphs:
+            self._capture()
+            self.graphs[0].replay()
+        else:
+            self.forward_loop()
+
+    def run_backward(self) -> None:
+        if self.engine.use_graphs:
+            self.graphs[1].replay()
+        else:
+            self.backward_loop()
+
+    def _capture(self) -> None:
+        if self.graphs is not None:
+            return
+        # Warm up on a side stream (compiles the Triton kernels, creates cuBLAS handles).
+        side = torch.cuda.Stream(self.engine.device)
+        side.wait_stream(torch.cuda.current_stream(self.engine.device))
+        with torch.cuda.stream(side):
+            self.forward_loop()
+            self.backward_loop()
+        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(fwd):
+            self.forward_loop()
+        with torch.cuda.graph(bwd):
+            self.backward_loop()
+        self.graphs = (fwd, bwd)
+
+
+class _Engine:
+    """All slots for one shape/dtype/configuration; a slot is busy from forward to backward."""
+
+    def __init__(self, device, batch, steps, units, dtype, layer_norm, eps, use_graphs):
+        self.device, self.batch, self.steps, self.units = device, batch, steps, units
+        self.dtype, self.layer_norm, self.eps, self.use_graphs = dtype, layer_norm, eps, use_graphs
+        self.block = _pow2(units)
+        self.num_warps = 4 if units <= 512 else 8
+        self.slots: list[_Slot] = []
+
+    def acquire(self) -> _Slot:
+        for slot in self.slots:
+            if not slot.busy:
+                slot.busy = True
+                return slot
+        slot = _Slot(self)
+        slot.busy = True
+        self.slots.append(slot)
+        return slot
+
+
+_ENGINES: dict[tuple, _Engine] = {}
+
+
+def _engine(device, batch, steps, units, dtype, layer_norm, eps, use_graphs) -> _Engine:
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # cuBLAS picks kernels at capture time
+    key = (device, batch, steps, units, dtype, layer_norm, eps, use_graphs, tf32)
+    if key not in _ENGINES:
+        _ENGINES[key] = _Engine(device, batch, steps, units, dtype, layer_norm, eps, use_graphs)
+    return _ENGINES[key]
+
+
+def _release(slot: _Slot) -> None:
+    slot.busy = False
+
+
+class _Lease:
+    """Holds a slot from forward to backward; frees it when the autograd graph is dropped."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot: _Slot | None = slot
+
+    def release(self) -> None:
+        if self.slot is not None:
+            _release(self.slot)
+            self.slot = None
+
+    __del__ = release
+
+
+class _Recurrence(torch.autograd.Function):
+    """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c) -> (outputs, h_T, c_T)``."""
+
+    @staticmethod
+    def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, engine):
+        slot = engine.acquire()
+        try:
+            u = engine.units
+            slot.xn.copy_(xn)
+            slot.U.copy_(U)
+            slot.H[0].copy_(h0)
+            slot.C[0].copy_(c0)
+            if engine.layer_norm:
+                slot.ln[0].copy_(gh)
+                slot.ln[1].copy_(bh)
+                slot.ln[2, :u].copy_(gc)
+                slot.ln[3, :u].copy_(bc)
+            slot.run_forward()
+            out = slot.H[1:].transpose(0, 1).contiguous()  # (B, T, u)
+            h_t = slot.H[engine.steps].clone()
+            c_t = slot.C[engine.steps].to(c0.dtype, copy=True)
+        except BaseException:
+            _release(slot)
+            raise
+        if any(ctx.needs_input_grad):
+            ctx.lease = _Lease(slot)
+            ctx.dtypes = (xn.dtype, U.dtype, h0.dtype, c0.dtype)
+        else:
+            _release(slot)
+        return out, h_t, c_t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dh_t, dc_t):
+        slot = ctx.lease.slot
+        if slot is None:
+            raise RuntimeError(
+                "the triton LSTM backward ran twice for one forward; retain_graph is not supported"
+            )
+        engine = slot.engine
+        u = engine.units
+        try:
+            slot.dout.copy_(dout)
+            slot.dhT.copy_(dh_t)
+            slot.dcT.copy_(dc_t)
+            slot.run_backward()
+            x_dt, u_dt, h_dt, c_dt = ctx.dtypes
+            dxn = slot.dz.to(x_dt, copy=True)
+            dU = slot.dU.to(u_dt, copy=True)
+            dh0 = slot.dH.to(h_dt, copy=True)
+            dc0 = slot.dC.to(c_dt, copy=True)
+            grads_ln = [None] * 4
+            if engine.layer_norm:
+                d = slot.dln.clone()
+                grads_ln = [d[0], d[1], d[2, :u], d[3, :u]]
+        finally:
+            ctx.lease.release()
+        return (dxn, dU, dh0, dc0, *grads_ln, None)
+
+
+def _layer_norm_params(
+    spec: RecurrenceSpec, weights: RecurrentWeights, layer_norm: LayerNormParams | None
+) -> LayerNormParams | None:
+    if layer_norm is not None:
+        return layer_norm
+    return getattr(weights, "layer_norm", None)
+
+
+def run(
+    spec: RecurrenceSpec,
+    weights: RecurrentWeights,
+    inputs: torch.Tensor,
+    initial_state: tuple[torch.Tensor, ...],
+    *,
+    mask: torch.Tensor | None = None,
+    go_backwards: bool = False,
+    zero_output_for_mask: bool = False,
+    input_dropout_mask: torch.Tensor | None = None,
+    recurrent_dropout_mask: torch.Tensor | None = None,
+    layer_norm: LayerNormParams | None = None,
+    cuda_graphs: bool = True,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run one LSTM recurrence over ``inputs`` on a CUDA device.
+
+    Args:
+        spec, weights, inputs, initial_state, mask, go_backwards, zero_output_for_mask,
+        input_dropout_mask, recurrent_dropout_mask: the backend contract
+            (:mod:`rnnkit.kernels.spec`); ``mask`` and ``recurrent_dropout_mask`` must be
+            ``None``.
+        layer_norm: the layer-norm parameters; ``None`` for a plain LSTM.
+        cuda_graphs: replay captured CUDA graphs of the step loops (default); ``False`` launches
+            every step from Python (slow; for debugging).
+
+    Returns:
+        ``(outputs (B, T, u), (h_T, c_T))``; ``outputs`` and ``h_T`` in the inputs' dtype.
+    """
+    ln = _layer_norm_params(spec, weights, layer_norm)
+    dtype = inputs.dtype
+    if not supports(
+        spec, inputs.device, dtype=dtype, mask=mask is not None,
+        recurrent_dropout=recurrent_dropout_mask is not None,
+    ):  # fmt: skip
+        raise ValueError(
+            "the triton LSTM backend supports LSTM with tanh/sigmoid, no mask and no recurrent "
+            f"dropout, float32 or bfloat16 on CUDA with Triton; received cell={spec.cell!r}, "
+            f"activation={spec.activation!r}, recurrent_activation={spec.recurrent_activation!r}, "
+            f"dtype={dtype}, device={inputs.device}, mask={mask is not None}, "
+            f"recurrent_dropout={recurrent_dropout_mask is not None}"
+        )
+    h0, c0 = initial_state
+    B, T, _ = inputs.shape
+    u = spec.units
+    if input_dropout_mask is not None:
+        inputs = inputs * input_dropout_mask[:, None, :]
+    if go_backwards:
+        inputs = inputs.flip(1)
+    if T == 0:
+        return inputs.new_zeros(B, 0, u), (h0, c0)
+    bias = weights.bias
+    xw = inputs @ weights.kernel  # (B, T, 4u)
+    if ln is not None:
+        beta = ln.beta_x
+        if bias is not None:
+            beta = bias if beta is None else beta + bias
+        xn = F.layer_norm(xw, (4 * u,), ln.gamma_x, beta, ln.eps)
+        gh = ln.gamma_h if ln.gamma_h is not None else xw.new_ones(4 * u)
+        bh = ln.beta_h if ln.beta_h is not None else xw.new_zeros(4 * u)
+        gc = ln.gamma_c if ln.gamma_c is not None else xw.new_ones(u)
+        bc = ln.beta_c if ln.beta_c is not None else xw.new_zeros(u)
+        eps = float(ln.eps)
+    else:
+        xn = xw if bias is None else xw + bias
+        gh = bh = gc = bc = None
+        eps = 0.0
+    device = inputs.device
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    engine = _engine(device, B, T, u, dtype, ln is not None, eps, cuda_graphs)
+    out, h_t, c_t = _Recurrence.apply(xn, weights.recurrent_kernel, h0, c0, gh, bh, gc, bc, engine)
+    return out, (h_t, c_t)
