@@ -82,3 +82,48 @@ __all__ = [
 
 # --- batching and Reber grammars (batching.py, reber.py): append imports below this line,
 # --- and extend the public names with `__all__ += [...]` ---
+from .batching import (  # noqa: E402
+    BPTTBatches,
+    BucketBatchSampler,
+    ClassificationCollate,
+    ClassificationDataset,
+    LMBatch,
+    LMCollate,
+    batch_producer,
+    lm_batch,
+    pad_batch,
+    padding_fraction,
+)
+from .reber import (  # noqa: E402
+    EMBEDDED_REBER_GRAMMAR,
+    REBER_GRAMMAR,
+    GrammarEntropy,
+    generate_corrupted_string,
+    generate_valid_string,
+    grammar_entropy,
+    is_valid,
+    optimal_perplexity,
+    str2onehot,
+)
+
+__all__ += [
+    "BPTTBatches",
+    "BucketBatchSampler",
+    "ClassificationCollate",
+    "ClassificationDataset",
+    "EMBEDDED_REBER_GRAMMAR",
+    "GrammarEntropy",
+    "LMBatch",
+    "LMCollate",
+    "REBER_GRAMMAR",
+    "batch_producer",
+    "generate_corrupted_string",
+    "generate_valid_string",
+    "grammar_entropy",
+    "is_valid",
+    "lm_batch",
+    "optimal_perplexity",
+    "pad_batch",
+    "padding_fraction",
+    "str2onehot",
+]
