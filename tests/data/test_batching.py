@@ -54,6 +54,8 @@ def test_batch_producer_partial_last_window_and_time_major():
     assert len(got) == 3
     x, y = next(iter(batch_producer(range(20), 3, 2, time_major=True)))
     assert x.tolist() == [[0, 6, 12], [1, 7, 13]] and y.tolist() == [[1, 7, 13], [2, 8, 14]]
+    on_device = batch_producer(range(20), 3, 2, cover_all=True, device="cpu")
+    assert on_device.num_targets == 19 and len(on_device) == 4
 
 
 @settings(max_examples=60, deadline=None)

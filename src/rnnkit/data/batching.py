@@ -184,9 +184,10 @@ class BPTTBatches:
             self.data = full[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             x_rows = self.data[:, :-1]  # (B, batch_len - 1)
             y_rows = self.data[:, 1:]  # (B, batch_len - 1)
-        if device is not None:
+        if device is not None:  # one copy of the rows on the device; x is a view of it
             self.data = self.data.to(device)
-            x_rows, y_rows = x_rows.to(device), y_rows.to(device)
+            x_rows = self.data[:, :-1]
+            y_rows = y_rows.to(device) if cover_all else self.data[:, 1:]
         self._x, self._y = x_rows, y_rows
         self._span = max(0, x_rows.shape[1])  # input positions per row
         if len(self) == 0:
