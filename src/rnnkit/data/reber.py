@@ -160,7 +160,8 @@ def generate_corrupted_string(
     that make the string invalid, checked with :func:`is_valid`; if no substitution breaks the
     drawn string, another string is drawn. The seed substituted blindly, which is only safe for
     grammars where every substitution breaks every string. That holds for both Reber grammars
-    (their automata are deterministic and two different states never accept a common suffix),
+    (their automata are deterministic, and the two states that one state's different
+    transitions lead to never accept a common suffix; the tests check it exhaustively),
     but not in general: in a grammar with ``0 -A-> 1 | -C-> 1``, ``AE -> CE`` stays valid.
 
     Args:
@@ -413,9 +414,9 @@ def _expectations_cached(grammar) -> tuple[float, float]:
     try:
         visits = np.linalg.solve(np.eye(n) - P.T, e0)
     except np.linalg.LinAlgError:
-        raise ValueError("grammar never terminates from some reachable state") from None
+        raise ValueError("grammar never terminates from some state") from None
     if not np.all(np.isfinite(visits)) or np.any(visits < -1e-9):
-        raise ValueError("grammar never terminates from some reachable state")
+        raise ValueError("grammar never terminates from some state")
     return float(visits @ length), float(visits @ entropy)
 
 
