@@ -1,0 +1,50 @@
+"""Backend selection: auto picks the fastest exact backend; forcing an unfit one is an error."""
+
+import types
+
+import pytest
+import torch
+
+from rnnkit.kernels import dispatch, reference
+from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+
+U = 2
+
+
+def test_auto_prefers_vendor_then_falls_back():
+    assert dispatch.select(RecurrenceSpec("lstm", U)) == "vendor"
+    assert dispatch.select(RecurrenceSpec("gru", U, reset_after=False)) in ("fused", "reference")
+    rd = torch.ones(3, U)
+    assert dispatch.select(RecurrenceSpec("lstm", U), recurrent_dropout_mask=rd) != "vendor"
+
+
+def test_forcing_an_unfit_backend_names_backend_and_reason():
+    with pytest.raises(ValueError, match=r"backend 'vendor' cannot run .*reset_after=False"):
+        dispatch.select(RecurrenceSpec("gru", U, reset_after=False), backend="vendor")
+    assert dispatch.select(RecurrenceSpec("gru", U, reset_after=False), backend="reference") == (
+        "reference"
+    )
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of .*received backend='cudnn'"):
+        dispatch.select(RecurrenceSpec("lstm", U), backend="cudnn")
+
+
+def test_registered_backend_plugs_in(monkeypatch):
+    calls = []
+
+    def run(spec, weights, inputs, initial_state, **options):
+        calls.append(options)
+        return reference.run(spec, weights, inputs, initial_state, **options)
+
+    fake = types.SimpleNamespace(supports=lambda spec, **o: spec.cell == "gru", run=run)
+    monkeypatch.setitem(dispatch._REGISTRY, "fused", fake)
+    spec = RecurrenceSpec("gru", U, reset_after=False)
+    assert dispatch.select(spec) == "fused"
+    w = RecurrentWeights(torch.zeros(4, 3 * U), torch.zeros(U, 3 * U), None)
+    out, _ = dispatch.run(spec, w, torch.zeros(3, 5, 4), (torch.zeros(3, U),))
+    assert out.shape == (3, 5, U) and len(calls) == 1
+    assert set(calls[0]) >= {"mask", "go_backwards", "zero_output_for_mask"}
+    with pytest.raises(ValueError, match="backend 'fused' cannot run"):
+        dispatch.select(RecurrenceSpec("simple", U, activation="elu"), backend="fused")
