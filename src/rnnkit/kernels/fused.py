@@ -1,0 +1,835 @@
+"""The fused backend: one recurrence per call with a hand-written backward pass through time.
+
+Implements the backend contract of :mod:`rnnkit.kernels.spec` (LSTM, GRU in both ``reset_after``
+forms, SimpleRNN) with the same numbers as :mod:`rnnkit.kernels.reference`, for every
+configuration: any named activation / recurrent activation (analytic derivatives), no bias, input
+and recurrent dropout, layer normalisation, zoneout, recurrent-kernel DropConnect, masks of any
+padding side, ``go_backwards``, initial states (with gradients). An arbitrary user callable as
+activation is *not* supported (``supports`` returns False, the dispatcher uses ``reference``);
+callables that are the library's own functions (e.g. ``torch.tanh``) are recognised.
+
+The recipe (CPU)::
+
+    xw = X @ W (+ b)                  one GEMM for all T steps, time-major (T, B, G*u),
+                                      under autograd (input dropout, input LayerNorm, bias too)
+    for t in 0..T-1:                  _*Function.forward, no autograd graph
+        G[t] += h_in @ U              addmm_ into the step's slice of xw (the buffer is reused
+        gate math in place            as the store of gate activations for the backward)
+    backward: vectorised coefficients for all steps (derivatives, masks, zoneout), then
+    for t in T-1..0:                  per step only one GEMM dG[t] @ U^T and 3-5 element-wise ops
+    dU = H_in^T dG                    one GEMM over all (T*B) rows; dW, db, dX by autograd on xw
+
+Gate columns are permuted once per call so that the element-wise ops run on contiguous blocks
+(LSTM ``o, i, f, g``; GRU input projection ``h, z, r``); the permutation is an ``index_select``
+under autograd, so gradients come back in Keras order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from rnnkit.kernels.activations import ACTIVATIONS
+from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
+
+_EPS = LAYER_NORM_EPS
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
+
+# ----------------------------------------------------------------------------- activations
+@dataclass(frozen=True)
+class _Act:
+    """An activation with an in-place forward and an analytic derivative.
+
+    ``deriv(y, x)`` returns f'(x) from the output ``y`` (and the input ``x`` when
+    ``needs_input``), or ``None`` for the constant 1.
+    """
+
+    name: str
+    apply_: Callable[[torch.Tensor], torch.Tensor]
+    deriv: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor | None]
+    needs_input: bool = False
+    out_fn: Callable | None = None  # f(x, out=...) when torch has one
+
+    def out(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.out_fn is not None:
+            return self.out_fn(x, out=out)
+        return self.apply_(out.copy_(x))
+
+
+def _hard_sigmoid_(x):
+    return x.add_(3.0).clamp_(0.0, 6.0).div_(6.0)
+
+
+def _gelu_deriv(y, x):
+    return 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))) + x * torch.exp(-0.5 * x * x) * (
+        1.0 / math.sqrt(2.0 * math.pi)
+    )
+
+
+def _silu_deriv(y, x):
+    s = torch.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+_ACTS: dict[str, _Act] = {
+    "tanh": _Act("tanh", torch.tanh_, lambda y, x: 1.0 - y * y, out_fn=torch.tanh),
+    "sigmoid": _Act("sigmoid", torch.sigmoid_, lambda y, x: y - y * y, out_fn=torch.sigmoid),
+    "hard_sigmoid": _Act(
+        "hard_sigmoid", _hard_sigmoid_, lambda y, x: ((y > 0) & (y < 1)).to(y.dtype) / 6.0
+    ),
+    "relu": _Act("relu", torch.relu_, lambda y, x: (y > 0).to(y.dtype)),
+    "linear": _Act("linear", lambda x: x, lambda y, x: None),
+    "elu": _Act("elu", F.elu_, lambda y, x: torch.where(y > 0, 1.0, y + 1.0)),
+    "selu": _Act(
+        "selu",
+        torch.selu_,
+        lambda y, x: torch.where(y > 0, _SELU_SCALE, y + _SELU_SCALE * _SELU_ALPHA),
+    ),
+    "exponential": _Act("exponential", torch.exp_, lambda y, x: y.clone(), out_fn=torch.exp),
+    "softsign": _Act(
+        "softsign",
+        lambda x: x.div_(x.abs() + 1.0),
+        lambda y, x: (x.abs() + 1.0).pow_(-2),
+        needs_input=True,
+    ),
+    "softplus": _Act(
+        "softplus",
+        lambda x: x.copy_(F.softplus(x)),
+        lambda y, x: torch.where(x > 20.0, 1.0, torch.sigmoid(x)),
+        needs_input=True,
+    ),
+    "silu": _Act("silu", lambda x: F.silu(x, inplace=True), _silu_deriv, needs_input=True),
+    "gelu": _Act("gelu", lambda x: x.copy_(F.gelu(x)), _gelu_deriv, needs_input=True),
+}
+_ACTS["swish"] = _ACTS["silu"]
+_BY_FUNCTION = {id(fn): name for name, fn in ACTIVATIONS.items()}
+
+
+def _resolve(activation) -> _Act | None:
+    if activation is None:
+        return _ACTS["linear"]
+    if isinstance(activation, str):
+        return _ACTS.get(activation)
+    name = _BY_FUNCTION.get(id(activation))
+    return _ACTS.get(name) if name is not None else None
+
+
+# ----------------------------------------------------------------------------- contract
+_KNOWN_OPTIONS = {
+    "mask",
+    "go_backwards",
+    "zero_output_for_mask",
+    "input_dropout_mask",
+    "recurrent_dropout_mask",
+    "zoneout_mask",
+    "recurrent_kernel_dropout_mask",
+    "inputs",
+    "weights",
+    "initial_state",
+}
+
+
+def unsupported_reason(spec: RecurrenceSpec, **options) -> str | None:
+    """Why the fused backend cannot run this configuration exactly, or ``None`` if it can."""
+    if spec.cell not in ("lstm", "gru", "simple"):
+        return f"unknown cell {spec.cell!r}"
+    if _resolve(spec.activation) is None:
+        return f"activation {spec.activation!r} is an arbitrary callable (use 'reference')"
+    if spec.cell != "simple" and _resolve(spec.recurrent_activation) is None:
+        return (
+            f"recurrent_activation {spec.recurrent_activation!r} is an arbitrary callable "
+            "(use 'reference')"
+        )
+    for key, value in options.items():
+        if key not in _KNOWN_OPTIONS and value is not None and value is not False:
+            return f"option {key}={value!r} is not supported by the fused backend"
+    inputs = options.get("inputs")
+    if isinstance(inputs, torch.Tensor) and inputs.dtype not in (torch.float32, torch.float64):
+        return f"dtype {inputs.dtype} is not supported (float32, float64)"
+    return None
+
+
+def supports(spec: RecurrenceSpec, **options) -> bool:
+    """True when :func:`run` computes this configuration exactly (same numbers as reference)."""
+    return unsupported_reason(spec, **options) is None
+
+
+@dataclass
+class _Config:
+    act: _Act
+    ract: _Act
+    layer_norm: bool
+    mode: str  # how h_t is formed: "none" (h'), "where" (mask), "lerp" (zoneout, with mask)
+    save: bool  # store what the backward pass needs
+    owns_xw: bool = True  # xw may be overwritten (run() creates it); gradcheck passes False
+
+
+def _mul(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return a.clone() if b is None else a * b
+
+
+def _scale_(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return a if b is None else a.mul_(b)
+
+
+def _set_h(cfg, H, t, hbuf, hp, a, valid):
+    if cfg.mode == "where":
+        torch.where(valid[t], hbuf, hp, out=H[t + 1])
+    elif cfg.mode == "lerp":
+        torch.lerp(hp, hbuf, a[t], out=H[t + 1])
+
+
+def _consume(ctx):
+    if getattr(ctx, "consumed", False):
+        raise RuntimeError(
+            "the fused recurrence's backward pass can run only once per forward "
+            "(its buffers are reused in place); recompute the forward instead of retain_graph"
+        )
+    ctx.consumed = True
+
+
+# ----------------------------------------------------------------------------- LSTM
+class _LSTMFunction(torch.autograd.Function):
+    """Gate columns of ``xw``/``U``: ``o, i, f, g`` (u each). Returns ``(H (T+1, B, u), c_T)``."""
+
+    @staticmethod
+    def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid):
+        T, B, G4 = xw.shape
+        u = G4 // 4
+        save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
+        n = T if save else 1
+        G = xw if cfg.owns_xw else xw.clone()  # (T, B, 4u) pre-activations -> activations
+        H = xw.new_empty(T + 1, B, u)
+        H[0] = h0
+        C = xw.new_empty(T + 1, B, u)
+        C[0] = c0
+        masked = valid is not None
+        CN = xw.new_empty(n, B, u) if masked else None  # c' before the mask rule
+        TC = xw.new_empty(n, B, u)  # act(c') or act(LN(c'))
+        P = xw.new_empty(T, B, G4) if save and (act.needs_input or ract.needs_input) else None
+        Hin = xw.new_empty(n, B, u) if rd is not None else None
+        hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
+        if ln:
+            M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
+            MU_h, RS_h = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
+            CY = xw.new_empty(T, B, u) if save and act.needs_input else None
+            MU_c, RS_c = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
+        for t in range(T):
+            s = t if save else 0
+            hp, cp, g = H[t], C[t], G[t]
+            hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
+            if ln:
+                y, mu, rs = torch.native_layer_norm(
+                    torch.mm(hin, U, out=M[s]), (G4,), g_h, None, _EPS
+                )
+                g.add_(y)
+                MU_h[s], RS_h[s] = mu, rs
+            else:
+                g.addmm_(hin, U)
+            if P is not None:
+                P[t] = g
+            ract.apply_(g[:, : 3 * u])
+            act.apply_(g[:, 3 * u :])
+            o, i, f, gg = g[:, :u], g[:, u : 2 * u], g[:, 2 * u : 3 * u], g[:, 3 * u :]
+            cn = CN[s] if masked else C[t + 1]
+            torch.mul(f, cp, out=cn).addcmul_(i, gg)
+            tc = TC[s]
+            if ln:
+                y, mu, rs = torch.native_layer_norm(cn, (u,), g_c, b_c, _EPS)
+                MU_c[s], RS_c[s] = mu, rs
+                if CY is not None:
+                    CY[t] = y
+                act.out(y, out=tc)
+            else:
+                act.out(cn, out=tc)
+            torch.mul(o, tc, out=H[t + 1] if hbuf is None else hbuf)
+            if masked:
+                torch.where(valid[t], cn, cp, out=C[t + 1])
+            _set_h(cfg, H, t, hbuf, hp, a, valid)
+        c_T = C[T].clone()
+        if save:
+            ctx.save_for_backward(H)
+            ctx.cfg = cfg
+            ctx.bufs = (G, C, CN, TC, P, Hin, U, rd, a, valid, g_h, g_c, b_c)
+            if ln:
+                ctx.ln_bufs = (M, MU_h, RS_h, CY, MU_c, RS_c)
+        return H, c_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dH, dc_T):
+        _consume(ctx)
+        (H,) = ctx.saved_tensors
+        cfg = ctx.cfg
+        G, C, CN, TC, P, Hin, U, rd, a, valid, g_h, g_c, b_c = ctx.bufs
+        del ctx.bufs
+        ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
+        T, B, G4 = G.shape
+        u = G4 // 4
+        # Per-step coefficients, vectorised over all steps: dG = [dh*K_o, dc*K_i, dc*K_f, dc*K_g].
+        o, i, f, gg = G[..., :u], G[..., u : 2 * u], G[..., 2 * u : 3 * u], G[..., 3 * u :]
+
+        def pre(k):
+            return None if P is None else P[..., k * u : (k + 1) * u]
+
+        if ln:
+            M, MU_h, RS_h, CY, MU_c, RS_c = ctx.ln_bufs
+            del ctx.ln_bufs
+            c_in = CY
+        else:
+            c_in = CN if CN is not None else C[1:]
+        vf = valid.to(G.dtype) if valid is not None else None
+        A = _scale_(_mul(o, act.deriv(TC, c_in)), a)  # dh -> d(act input of c)
+        K_o = _scale_(_mul(TC, ract.deriv(o, pre(0))), a)
+        F_ = f.clone() if valid is None else torch.where(valid, f, 1.0)  # dc_prev = dc * F_
+        K_i = _scale_(_mul(gg, ract.deriv(i, pre(1))), vf)
+        K_f = _scale_(_mul(C[:-1], ract.deriv(f, pre(2))), vf)
+        K_g = _scale_(_mul(i, act.deriv(gg, pre(3))), vf)
+        o.copy_(K_o)
+        i.copy_(K_i)
+        f.copy_(K_f)
+        gg.copy_(K_g)
+        del K_o, K_i, K_f, K_g, P
+        Bc = None if a is None else 1.0 - a  # dh passes to h_{t-1} where the state is carried
+        UT = U.t()
+        dh = dH[T].clone()
+        dh2 = torch.empty_like(dh)
+        dc = dc_T.clone()
+        tmp = torch.empty_like(dh) if rd is not None else None
+        if ln:
+            DM = torch.empty_like(G)
+            DY = torch.empty_like(TC)
+            c_raw = CN if CN is not None else C[1:]
+        for t in range(T - 1, -1, -1):
+            Gt = G[t]
+            if ln:
+                dy = torch.mul(dh, A[t], out=DY[t])
+                dc.add_(
+                    _layer_norm_backward(
+                        dy, c_raw[t], [u], MU_c[t], RS_c[t], g_c, b_c, [True, False, False]
+                    )[0]
+                )
+            else:
+                dc.addcmul_(dh, A[t])
+            Gt[:, u:].view(B, 3, u).mul_(dc.unsqueeze(1))
+            Gt[:, :u].mul_(dh)
+            dc.mul_(F_[t])
+            src = Gt
+            if ln:
+                src = DM[t]
+                src.copy_(
+                    _layer_norm_backward(
+                        Gt, M[t], [G4], MU_h[t], RS_h[t], g_h, None, [True, False, False]
+                    )[0]
+                )
+            if rd is None:
+                torch.addmm(dH[t], src, UT, out=dh2)
+            else:
+                torch.addcmul(dH[t], torch.mm(src, UT, out=tmp), rd, out=dh2)
+            if Bc is not None:
+                dh2.addcmul_(Bc[t], dh)
+            dh, dh2 = dh2, dh
+        src_all = DM if ln else G
+        h_in = Hin if rd is not None else H[:-1]
+        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.view(T * B, G4))
+        dg_h = dg_c = db_c = None
+        if ln:
+            dg_h = ((M - MU_h).mul_(RS_h).mul_(G)).sum((0, 1))
+            dg_c = ((c_raw - MU_c).mul_(RS_c).mul_(DY)).sum((0, 1))
+            db_c = DY.sum((0, 1))
+        return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None
+
+
+# ----------------------------------------------------------------------------- GRU
+class _GRUFunction(torch.autograd.Function):
+    """GRU, ``reset_after=True``. ``xw`` columns ``h, z, r``; ``U``/``b_rec``/``g_h``: ``z, r, h``."""
+
+    @staticmethod
+    def forward(ctx, cfg, xw, U, h0, b_rec, g_h, rd, a, valid):
+        T, B, G3 = xw.shape
+        u = G3 // 3
+        save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
+        n = T if save else 1
+        G = xw if cfg.owns_xw else xw.clone()
+        H = xw.new_empty(T + 1, B, u)
+        H[0] = h0
+        R = xw.new_empty(n, B, G3)  # recurrent projection (after LN) + recurrent bias
+        P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
+        Hin = xw.new_empty(n, B, u) if rd is not None else None
+        hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
+        if ln:
+            M = xw.new_empty(n, B, G3)
+            MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
+        for t in range(T):
+            s = t if save else 0
+            hp, g, r_t = H[t], G[t], R[s]
+            hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
+            if ln:
+                y, mu, rs = torch.native_layer_norm(
+                    torch.mm(hin, U, out=M[s]), (G3,), g_h, b_rec, _EPS
+                )
+                r_t.copy_(y)
+                MU[s], RS[s] = mu, rs
+            elif b_rec is not None:
+                torch.addmm(b_rec, hin, U, out=r_t)
+            else:
+                torch.mm(hin, U, out=r_t)
+            g[:, u:].add_(r_t[:, : 2 * u])
+            if P is not None:
+                P[t, :, u:] = g[:, u:]
+            ract.apply_(g[:, u:])
+            hh = g[:, :u].addcmul_(g[:, 2 * u :], r_t[:, 2 * u :])
+            if P is not None:
+                P[t, :, :u] = hh
+            act.apply_(hh)
+            torch.lerp(hh, hp, g[:, u : 2 * u], out=H[t + 1] if hbuf is None else hbuf)
+            _set_h(cfg, H, t, hbuf, hp, a, valid)
+        if save:
+            ctx.save_for_backward(H)
+            ctx.cfg = cfg
+            ctx.bufs = (G, R, P, Hin, U, b_rec, g_h, rd, a, valid)
+            if ln:
+                ctx.ln_bufs = (M, MU, RS)
+        return H
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dH):
+        _consume(ctx)
+        (H,) = ctx.saved_tensors
+        cfg = ctx.cfg
+        G, R, P, Hin, U, b_rec, g_h, rd, a, valid = ctx.bufs
+        del ctx.bufs
+        ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
+        T, B, G3 = G.shape
+        u = G3 // 3
+        hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
+
+        def pre(k):
+            return None if P is None else P[..., k * u : (k + 1) * u]
+
+        # dh' = a * dh;  D = [d pre_h, d pre_z, d pre_r, d rec_h] = dh * K
+        K_h = _scale_(_mul(1.0 - z, act.deriv(hh, pre(0))), a)
+        D = G.new_empty(T, B, 4 * u)
+        D[..., :u] = K_h
+        D[..., u : 2 * u] = _scale_(_mul(H[:-1] - hh, ract.deriv(z, pre(1))), a)
+        D[..., 2 * u : 3 * u] = _mul(K_h * R[..., 2 * u :], ract.deriv(r, pre(2)))
+        torch.mul(K_h, r, out=D[..., 3 * u :])
+        Q = z.clone() if a is None else (z * a).add_(1.0 - a)  # dh_{t-1} += Q * dh_t
+        del K_h, G, R, P, hh, z, r
+        UT = U.t()
+        dh = dH[T].clone()
+        dh2 = torch.empty_like(dh)
+        tmp = torch.empty_like(dh) if rd is not None else None
+        if ln:
+            M, MU, RS = ctx.ln_bufs
+            del ctx.ln_bufs
+            DM = torch.empty_like(M)
+        for t in range(T - 1, -1, -1):
+            Dt = D[t]
+            Dt.view(B, 4, u).mul_(dh.unsqueeze(1))
+            src = Dt[:, u:]
+            if ln:
+                src = DM[t]
+                src.copy_(
+                    _layer_norm_backward(
+                        Dt[:, u:], M[t], [G3], MU[t], RS[t], g_h, b_rec, [True, False, False]
+                    )[0]
+                )
+            torch.addcmul(dH[t], Q[t], dh, out=dh2)
+            if rd is None:
+                dh2.addmm_(src, UT)
+            else:
+                dh2.addcmul_(torch.mm(src, UT, out=tmp), rd)
+            dh, dh2 = dh2, dh
+        dR = D[..., u:]
+        src_all = DM if ln else dR
+        h_in = Hin if rd is not None else H[:-1]
+        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.reshape(T * B, G3))
+        db_rec = dR.sum((0, 1)) if b_rec is not None else None
+        dg_h = ((M - MU).mul_(RS).mul_(dR)).sum((0, 1)) if ln else None
+        return None, D[..., :G3], dU, dh, db_rec, dg_h, None, None, None
+
+
+class _GRUResetBeforeFunction(torch.autograd.Function):
+    """GRU, ``reset_after=False``. ``xw`` columns ``h, z, r``; ``U``/``g_h``: ``z, r, h``."""
+
+    @staticmethod
+    def forward(ctx, cfg, xw, U, h0, g_h, rd, a, valid):
+        T, B, G3 = xw.shape
+        u = G3 // 3
+        save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
+        n = T if save else 1
+        G = xw if cfg.owns_xw else xw.clone()
+        H = xw.new_empty(T + 1, B, u)
+        H[0] = h0
+        U_zr, U_h = U[:, : 2 * u], U[:, 2 * u :]
+        RH = xw.new_empty(n, B, u)  # r * h_in
+        P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
+        Hin = xw.new_empty(n, B, u) if rd is not None else None
+        hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
+        if ln:
+            g_zr, g_hh = g_h[: 2 * u], g_h[2 * u :]
+            Mzr, Mh = xw.new_empty(n, B, 2 * u), xw.new_empty(n, B, u)
+            MU = xw.new_empty(n, 2, B, 1)  # [zr, h] statistics, each contiguous
+            RS = xw.new_empty(n, 2, B, 1)
+        for t in range(T):
+            s = t if save else 0
+            hp, g = H[t], G[t]
+            hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
+            if ln:
+                m = torch.mm(hin, U_zr, out=Mzr[s])
+                y, MU[s, 0], RS[s, 0] = torch.native_layer_norm(m, (2 * u,), g_zr, None, _EPS)
+                g[:, u:].add_(y)
+            else:
+                g[:, u:].addmm_(hin, U_zr)
+            if P is not None:
+                P[t, :, u:] = g[:, u:]
+            ract.apply_(g[:, u:])
+            rh = torch.mul(g[:, 2 * u :], hin, out=RH[s])
+            hh = g[:, :u]
+            if ln:
+                y, MU[s, 1], RS[s, 1] = torch.native_layer_norm(
+                    torch.mm(rh, U_h, out=Mh[s]), (u,), g_hh, None, _EPS
+                )
+                hh.add_(y)
+            else:
+                hh.addmm_(rh, U_h)
+            if P is not None:
+                P[t, :, :u] = hh
+            act.apply_(hh)
+            torch.lerp(hh, hp, g[:, u : 2 * u], out=H[t + 1] if hbuf is None else hbuf)
+            _set_h(cfg, H, t, hbuf, hp, a, valid)
+        if save:
+            ctx.save_for_backward(H)
+            ctx.cfg = cfg
+            ctx.bufs = (G, RH, P, Hin, U, g_h, rd, a, valid)
+            if ln:
+                ctx.ln_bufs = (Mzr, Mh, MU, RS)
+        return H
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dH):
+        _consume(ctx)
+        (H,) = ctx.saved_tensors
+        cfg = ctx.cfg
+        G, RH, P, Hin, U, g_h, rd, a, valid = ctx.bufs
+        del ctx.bufs
+        ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
+        T, B, G3 = G.shape
+        u = G3 // 3
+        hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
+
+        def pre(k):
+            return None if P is None else P[..., k * u : (k + 1) * u]
+
+        h_in = Hin if rd is not None else H[:-1]
+        K_r = _mul(h_in, ract.deriv(r, pre(2)))  # d pre_r = d(r*h_in) * K_r
+        Q = z.clone() if a is None else (z * a).add_(1.0 - a)
+        K_z = _scale_(_mul(H[:-1] - hh, ract.deriv(z, pre(1))), a)
+        hh.copy_(_scale_(_mul(1.0 - z, act.deriv(hh, pre(0))), a))
+        z.copy_(K_z)
+        del K_z, P
+        U_zr, U_h = U[:, : 2 * u], U[:, 2 * u :]
+        dh = dH[T].clone()
+        dh2 = torch.empty_like(dh)
+        drh = torch.empty_like(dh)
+        dhin = torch.empty_like(dh)
+        if ln:
+            Mzr, Mh, MU, RS = ctx.ln_bufs
+            del ctx.ln_bufs
+            g_zr, g_hh = g_h[: 2 * u], g_h[2 * u :]
+            DMzr, DMh = torch.empty_like(Mzr), torch.empty_like(Mh)
+        for t in range(T - 1, -1, -1):
+            Dt = G[t]
+            Dt[:, : 2 * u].view(B, 2, u).mul_(dh.unsqueeze(1))
+            src_h = Dt[:, :u]
+            if ln:
+                src_h = DMh[t]
+                src_h.copy_(
+                    _layer_norm_backward(
+                        Dt[:, :u],
+                        Mh[t],
+                        [u],
+                        MU[t, 1],
+                        RS[t, 1],
+                        g_hh,
+                        None,
+                        [True, False, False],
+                    )[0]
+                )
+            torch.mm(src_h, U_h.t(), out=drh)  # d(r * h_in)
+            torch.mul(drh, Dt[:, 2 * u :], out=dhin)  # Dt[:, 2u:] still holds r
+            torch.mul(drh, K_r[t], out=Dt[:, 2 * u :])
+            src_zr = Dt[:, u:]
+            if ln:
+                src_zr = DMzr[t]
+                src_zr.copy_(
+                    _layer_norm_backward(
+                        Dt[:, u:],
+                        Mzr[t],
+                        [2 * u],
+                        MU[t, 0],
+                        RS[t, 0],
+                        g_zr,
+                        None,
+                        [True, False, False],
+                    )[0]
+                )
+            dhin.addmm_(src_zr, U_zr.t())
+            torch.addcmul(dH[t], Q[t], dh, out=dh2)
+            if rd is None:
+                dh2.add_(dhin)
+            else:
+                dh2.addcmul_(dhin, rd)
+            dh, dh2 = dh2, dh
+        zr_all = (DMzr if ln else G[..., u:]).reshape(T * B, 2 * u)
+        h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
+        dU = torch.cat(
+            [
+                torch.mm(h_in.reshape(T * B, u).t(), zr_all),
+                torch.mm(RH.reshape(T * B, u).t(), h_all),
+            ],
+            dim=1,
+        )
+        dg_h = None
+        if ln:
+            dg_h = torch.cat(
+                [
+                    ((Mzr - MU[:, 0]).mul_(RS[:, 0]).mul_(G[..., u:])).sum((0, 1)),
+                    ((Mh - MU[:, 1]).mul_(RS[:, 1]).mul_(G[..., :u])).sum((0, 1)),
+                ]
+            )
+        return None, G, dU, dh, dg_h, None, None, None
+
+
+# ----------------------------------------------------------------------------- SimpleRNN
+class _SimpleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, xw, U, h0, g_h, rd, a, valid):
+        T, B, u = xw.shape
+        save, ln, act = cfg.save, cfg.layer_norm, cfg.act
+        n = T if save else 1
+        G = xw if cfg.owns_xw else xw.clone()
+        H = xw.new_empty(T + 1, B, u)
+        H[0] = h0
+        Hin = xw.new_empty(n, B, u) if rd is not None else None
+        # Without mask/zoneout the activation writes straight into H and G keeps the pre-activation.
+        direct = cfg.mode == "none"
+        P = xw.new_empty(T, B, u) if save and act.needs_input and not direct else None
+        if ln:
+            M = xw.new_empty(n, B, u)
+            MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
+        for t in range(T):
+            s = t if save else 0
+            hp, g = H[t], G[t]
+            hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
+            if ln:
+                y, MU[s], RS[s] = torch.native_layer_norm(
+                    torch.mm(hin, U, out=M[s]), (u,), g_h, None, _EPS
+                )
+                g.add_(y)
+            else:
+                g.addmm_(hin, U)
+            if direct:
+                act.out(g, out=H[t + 1])
+            else:
+                if P is not None:
+                    P[t] = g
+                act.apply_(g)
+                _set_h(cfg, H, t, g, hp, a, valid)
+        if save:
+            ctx.save_for_backward(H)
+            ctx.cfg = cfg
+            ctx.bufs = (G, P, Hin, U, g_h, rd, a, direct)
+            if ln:
+                ctx.ln_bufs = (M, MU, RS)
+        return H
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dH):
+        _consume(ctx)
+        (H,) = ctx.saved_tensors
+        G, P, Hin, U, g_h, rd, a, direct = ctx.bufs
+        del ctx.bufs
+        T, B, u = G.shape
+        act = ctx.cfg.act
+        d = act.deriv(H[1:], G) if direct else act.deriv(G, P)
+        if d is None:
+            G.fill_(1.0)
+        else:
+            G.copy_(d)
+        del d, P
+        _scale_(G, a)
+        Q = None if a is None else 1.0 - a
+        UT = U.t()
+        dh = dH[T].clone()
+        dh2 = torch.empty_like(dh)
+        tmp = torch.empty_like(dh) if rd is not None else None
+        if ctx.cfg.layer_norm:
+            M, MU, RS = ctx.ln_bufs
+            del ctx.ln_bufs
+            DM = torch.empty_like(M)
+        for t in range(T - 1, -1, -1):
+            src = G[t].mul_(dh)
+            if ctx.cfg.layer_norm:
+                src = DM[t]
+                src.copy_(
+                    _layer_norm_backward(
+                        G[t], M[t], [u], MU[t], RS[t], g_h, None, [True, False, False]
+                    )[0]
+                )
+            if rd is None:
+                torch.addmm(dH[t], src, UT, out=dh2)
+            else:
+                torch.addcmul(dH[t], torch.mm(src, UT, out=tmp), rd, out=dh2)
+            if Q is not None:
+                dh2.addcmul_(Q[t], dh)
+            dh, dh2 = dh2, dh
+        h_in = Hin if rd is not None else H[:-1]
+        src_all = DM if ctx.cfg.layer_norm else G
+        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.view(T * B, u))
+        dg_h = ((M - MU).mul_(RS).mul_(G)).sum((0, 1)) if ctx.cfg.layer_norm else None
+        return None, G, dU, dh, dg_h, None, None, None
+
+
+# ----------------------------------------------------------------------------- run
+_PERMS: dict[tuple[str, int, str], torch.Tensor] = {}
+
+
+def _perm(cell: str, u: int, which: str, device) -> torch.Tensor | None:
+    """Column permutation from Keras gate order to the internal one (None: identity)."""
+    if cell == "simple" or (cell == "gru" and which == "rec"):
+        return None
+    key = (cell, u, which, str(device))
+    if key not in _PERMS:
+        blocks = (3, 0, 1, 2) if cell == "lstm" else (2, 0, 1)  # lstm o,i,f,g; gru h,z,r
+        _PERMS[key] = torch.cat([torch.arange(b * u, (b + 1) * u) for b in blocks]).to(device)
+    return _PERMS[key]
+
+
+def _cols(x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | None:
+    if x is None or idx is None:
+        return x
+    return x.index_select(-1, idx)
+
+
+def run(
+    spec: RecurrenceSpec,
+    weights: RecurrentWeights,
+    inputs: torch.Tensor,
+    initial_state: tuple[torch.Tensor, ...],
+    *,
+    mask: torch.Tensor | None = None,
+    go_backwards: bool = False,
+    zero_output_for_mask: bool = False,
+    input_dropout_mask: torch.Tensor | None = None,
+    recurrent_dropout_mask: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    recurrent_kernel_dropout_mask: torch.Tensor | None = None,
+    **extra,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run one recurrence over ``inputs``; see :mod:`rnnkit.kernels.spec` for the contract."""
+    reason = unsupported_reason(spec, inputs=inputs, **extra)
+    if reason is not None:
+        raise ValueError(f"the fused backend cannot run this configuration: {reason}")
+    B, T, _ = inputs.shape
+    u, cell = spec.units, spec.cell
+    if T == 0:
+        return inputs.new_zeros(B, 0, u), tuple(initial_state)
+    dtype, dev = inputs.dtype, inputs.device
+    x = inputs if input_dropout_mask is None else inputs * input_dropout_mask[:, None, :]
+    x = x.transpose(0, 1)  # (T, B, I) time-major, in processing order
+    if go_backwards:
+        x = x.flip(0)
+    x2 = x.reshape(T * B, x.shape[-1])
+
+    idx_in, idx_rec = _perm(cell, u, "in", dev), _perm(cell, u, "rec", dev)
+    bias = weights.bias if spec.use_bias else None
+    b_in = b_rec = None
+    if bias is not None:
+        b_in = bias[0] if bias.dim() == 2 else bias
+        if cell == "gru" and bias.dim() == 2:
+            b_rec = bias[1]
+    U = weights.recurrent_kernel
+    if recurrent_kernel_dropout_mask is not None:
+        U = U * recurrent_kernel_dropout_mask
+    U = _cols(U, idx_rec)
+    W = _cols(weights.kernel, idx_in)
+    b_in = _cols(b_in, idx_in)
+    g_h = g_c = b_c = None
+    if spec.layer_norm:
+        ln = getattr(weights, "layer_norm", None)
+        if ln is None:
+            raise ValueError(
+                "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
+            )
+        xw = F.layer_norm(x2 @ W, (W.shape[1],), _cols(ln.input_gamma, idx_in), None, _EPS)
+        if b_in is not None:
+            xw = xw + b_in
+        g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
+    elif b_in is not None:
+        xw = torch.addmm(b_in, x2, W)
+    else:
+        xw = x2 @ W
+    xw = xw.view(T, B, -1)  # (T, B, G*u)
+
+    valid = None
+    if mask is not None:
+        m = mask.transpose(0, 1)  # (T, B)
+        if go_backwards:
+            m = m.flip(0)
+        valid = m[..., None].contiguous()  # (T, B, 1) bool
+    a = None  # weight of the new h in h_t = (1 - a) h_{t-1} + a h'
+    mode = "none"
+    if zoneout_mask is not None or spec.zoneout > 0.0:
+        mode = "lerp"
+        if zoneout_mask is not None:
+            zm = zoneout_mask.transpose(0, 1)
+            a = 1.0 - (zm.flip(0) if go_backwards else zm).to(dtype)  # (T, B, u)
+        else:
+            a = torch.full((T, 1, 1), 1.0 - spec.zoneout, dtype=dtype, device=dev)
+        if valid is not None:
+            a = a * valid
+        a = a.contiguous()
+    elif valid is not None:
+        mode = "where"
+        a = valid.to(dtype)
+    rd = recurrent_dropout_mask
+    if rd is not None:
+        rd = rd.to(dtype).contiguous()
+
+    act = _resolve(spec.activation)
+    ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
+    h0 = initial_state[0]
+    diff = [xw, U, h0, g_h, g_c, b_c, b_rec] + list(initial_state[1:])
+    save = torch.is_grad_enabled() and any(
+        isinstance(v, torch.Tensor) and v.requires_grad for v in diff
+    )
+    cfg = _Config(act, ract, spec.layer_norm, mode, save)
+    if cell == "lstm":
+        H, c_T = _LSTMFunction.apply(cfg, xw, U, h0, initial_state[1], g_h, g_c, b_c, rd, a, valid)
+    elif cell == "gru" and spec.reset_after:
+        H = _GRUFunction.apply(cfg, xw, U, h0, b_rec, g_h, rd, a, valid)
+    elif cell == "gru":
+        H = _GRUResetBeforeFunction.apply(cfg, xw, U, h0, g_h, rd, a, valid)
+    else:
+        H = _SimpleFunction.apply(cfg, xw, U, h0, g_h, rd, a, valid)
+
+    out = H[1:]  # (T, B, u)
+    if valid is not None:
+        shown = valid if zero_output_for_mask else (m.cumsum(0) > 0)[..., None]
+        out = out * shown.to(dtype)  # zeros before the first valid step (or at every masked one)
+    outputs = out.transpose(0, 1)  # (B, T, u) in processing order
+    h_T = H[T]
+    return outputs, ((h_T, c_T) if cell == "lstm" else (h_T,))
