@@ -297,7 +297,8 @@ class _LSTMFunction(torch.autograd.Function):
         i.copy_(K_i)
         f.copy_(K_f)
         gg.copy_(K_g)
-        del K_o, K_i, K_f, K_g, P
+        del K_o, K_i, K_f, K_g
+        P = None  # noqa: F841 (free the pre-activations)
         Bc = None if a is None else 1.0 - a  # dh passes to h_{t-1} where the state is carried
         UT = U.t()
         dh = dH[T].clone()
@@ -350,7 +351,7 @@ class _LSTMFunction(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- GRU
 class _GRUFunction(torch.autograd.Function):
-    """GRU, ``reset_after=True``. ``xw`` columns ``h, z, r``; ``U``/``b_rec``/``g_h``: ``z, r, h``."""
+    """GRU, ``reset_after=True``. Columns: ``xw`` h, z, r; ``U``/``b_rec``/``g_h`` z, r, h."""
 
     @staticmethod
     def forward(ctx, cfg, xw, U, h0, b_rec, g_h, rd, a, valid):
@@ -424,7 +425,8 @@ class _GRUFunction(torch.autograd.Function):
         D[..., 2 * u : 3 * u] = _mul(K_h * R[..., 2 * u :], ract.deriv(r, pre(2)))
         torch.mul(K_h, r, out=D[..., 3 * u :])
         Q = z.clone() if a is None else (z * a).add_(1.0 - a)  # dh_{t-1} += Q * dh_t
-        del K_h, G, R, P, hh, z, r
+        del K_h, G, R, hh, z, r
+        P = None  # noqa: F841
         UT = U.t()
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
@@ -538,7 +540,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         K_z = _scale_(_mul(H[:-1] - hh, ract.deriv(z, pre(1))), a)
         hh.copy_(_scale_(_mul(1.0 - z, act.deriv(hh, pre(0))), a))
         z.copy_(K_z)
-        del K_z, P
+        del K_z
+        P = None  # noqa: F841
         U_zr, U_h = U[:, : 2 * u], U[:, 2 * u :]
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
