@@ -3,7 +3,7 @@
     PYTHONPATH=src python3 benchmarks/bench_gpu.py [--quick] [--out DIR]
 
 1. ceilings: device-to-device copy bandwidth, large-GEMM rates, the per-step GEMM alone;
-2. correctness: the Triton backend against a float64 CPU reference (relative error
+2. correctness: the Triton backend against the float64 CPU reference loop (relative error
    ||out - ref|| / ||ref|| of every output and gradient), fp32 and bf16, plain and layer norm,
    graphs and eager, at a tiny odd shape and at the benchmark shape;
 3. timings (median of CUDA-event times): forward+backward of one layer, batch 64, 100 steps,
@@ -22,10 +22,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from rnnkit.kernels import triton_lstm
-from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels import reference, triton_lstm
+from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
 
 DEV = "cuda"
 
@@ -36,28 +35,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if not torch.isfinite(a).all():
         return float("nan")
     return (torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300)).item()
-
-
-def reference(x, W, U, b, h0, c0, ln):
-    """The layer-norm LSTM equations in plain torch (float64 on the CPU): the oracle."""
-    G = W.shape[1]
-    u = G // 4
-    xw = x @ W
-    if ln is not None:
-        xw = F.layer_norm(xw, (G,), ln.gamma_x, ln.beta_x, ln.eps)
-    if b is not None:
-        xw = xw + b
-    h, c, outs = h0, c0, []
-    for t in range(x.shape[1]):
-        r = h @ U
-        if ln is not None:
-            r = F.layer_norm(r, (G,), ln.gamma_h, ln.beta_h, ln.eps)
-        i, f, g, o = (xw[:, t] + r).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        cn = F.layer_norm(c, (u,), ln.gamma_c, ln.beta_c, ln.eps) if ln is not None else c
-        h = torch.sigmoid(o) * torch.tanh(cn)
-        outs.append(h)
-    return torch.stack(outs, 1), h, c
 
 
 def make_problem(B, T, I, u, dtype, layer_norm, seed):
@@ -77,40 +54,32 @@ def make_problem(B, T, I, u, dtype, layer_norm, seed):
         "c0": r(B, u, scale=0.5),
     }
     if layer_norm:
-        p.update(
-            gx=r(G, scale=0.1, shift=1.0), bx=r(G, scale=0.1), gh=r(G, scale=0.1, shift=1.0),
-            bh=r(G, scale=0.1), gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1),
-        )  # fmt: skip
+        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.1, shift=1.0),
+                 gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1))  # fmt: skip
     cot = {"out": r(B, T, u), "hT": r(B, u), "cT": r(B, u)}
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
     dev = {k: v.to(DEV, dtype).requires_grad_() for k, v in p.items()}
     return ref, dev, cot
 
 
-def call(params, layer_norm, u, fn, **kw):
-    ln = None
-    if layer_norm:
-        P = params
-        ln = triton_lstm.LayerNormParams(P["gx"], P["bx"], P["gh"], P["bh"], P["gc"], P["bc"])
-    if fn is reference:
-        return reference(params["x"], params["W"], params["U"], params["b"], params["h0"],
-                         params["c0"], ln)  # fmt: skip
-    spec = RecurrenceSpec("lstm", u)
-    w = RecurrentWeights(params["W"], params["U"], params["b"])
-    out, (h, c) = triton_lstm.run(spec, w, params["x"], (params["h0"], params["c0"]),
-                                  layer_norm=ln, **kw)  # fmt: skip
+def call(p, layer_norm, run, **kw):
+    """One recurrence through ``run`` (the reference loop or the Triton backend)."""
+    spec = RecurrenceSpec("lstm", p["U"].shape[0], layer_norm=layer_norm)
+    ln = LayerNormWeights(p["gx"], p["gh"], p["gc"], p["bc"]) if layer_norm else None
+    w = RecurrentWeights(p["W"], p["U"], p["b"], ln)
+    out, (h, c) = run(spec, w, p["x"], (p["h0"], p["c0"]), **kw)
     return out, h, c
 
 
 def check(B, T, I, u, dtype, layer_norm, graphs, seed):
     ref, dev, cot = make_problem(B, T, I, u, dtype, layer_norm, seed)
     names = list(ref)
-    r_out = call(ref, layer_norm, u, reference)
+    r_out = call(ref, layer_norm, reference.run)
     r_grads = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(r_out, cot.values(), strict=True)),
         [ref[k] for k in names],
     )
-    d_out = call(dev, layer_norm, u, triton_lstm.run, cuda_graphs=graphs)
+    d_out = call(dev, layer_norm, triton_lstm.run, cuda_graphs=graphs)
     cot_d = [c.to(DEV, dtype) for c in cot.values()]
     d_grads = torch.autograd.grad(
         sum((o.float() * c.float()).sum() for o, c in zip(d_out, cot_d, strict=True)),
@@ -233,14 +202,14 @@ def main() -> int:
     def ours_case(dtype, ln, tf32, graphs=True):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         _, p, _ = make_problem(B, T, I, u, dtype, ln, seed=123)
-        xs = [torch.randn(B, T, I, device=DEV, dtype=dtype) for _ in range(3)]
+        xs = [torch.randn(B, T, I, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3)]
         gout = torch.randn(B, T, u, device=DEV, dtype=dtype)
         it = [0]
 
         def step():
             p["x"] = xs[it[0] % 3]
             it[0] += 1
-            out, _, _ = call(p, ln, u, triton_lstm.run, cuda_graphs=graphs)
+            out, _, _ = call(p, ln, triton_lstm.run, cuda_graphs=graphs)
             out.backward(gout)
 
         return step

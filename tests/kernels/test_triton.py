@@ -1,4 +1,8 @@
-"""The Triton LSTM backend against a float64 CPU oracle. GPU tests skip without CUDA and Triton."""
+"""The Triton LSTM backend against the float64 CPU reference loop.
+
+GPU tests skip without CUDA and Triton; ``benchmarks/bench_gpu.py`` runs the same checks at the
+benchmark shape and times the backend against cuDNN.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from rnnkit.kernels import triton_lstm
-from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels import reference, triton_lstm
+from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
 
 HAS_GPU = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CUDA and Triton")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+DEVICE = "cuda"  # the Triton interpreter (TRITON_INTERPRET=1) also runs these checks on "cpu"
 
 
 def test_importing_the_backend_does_not_import_triton():
@@ -29,39 +33,18 @@ def test_importing_the_backend_does_not_import_triton():
 
 def test_supports_nothing_on_cpu():
     assert not triton_lstm.supports(RecurrenceSpec("lstm", 4), "cpu")
+    assert "CUDA" in triton_lstm.unsupported_reason(RecurrenceSpec("lstm", 4), "cpu")
 
 
 def test_run_rejects_unsupported_configuration():
     spec = RecurrenceSpec("gru", 4)
     w = RecurrentWeights(torch.zeros(3, 12), torch.zeros(4, 12), None)
-    with pytest.raises(ValueError, match="triton LSTM backend supports"):
+    with pytest.raises(ValueError, match="triton LSTM backend cannot run this call"):
         triton_lstm.run(spec, w, torch.zeros(2, 3, 3), (torch.zeros(2, 4),))
 
 
-def equations(p, ln, go_backwards=False):
-    """Layer-norm LSTM in plain torch (the oracle; float64 on the CPU)."""
-    x, W, U, b, h, c = p["x"], p["W"], p["U"], p["b"], p["h0"], p["c0"]
-    G = W.shape[1]
-    if go_backwards:
-        x = x.flip(1)
-    xw = x @ W
-    if ln:
-        xw = F.layer_norm(xw, (G,), p["gx"], p["bx"], 1e-5)
-    xw = xw + b
-    outs = []
-    for t in range(x.shape[1]):
-        r = h @ U
-        if ln:
-            r = F.layer_norm(r, (G,), p["gh"], p["bh"], 1e-5)
-        i, f, g, o = (xw[:, t] + r).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        cn = F.layer_norm(c, (G // 4,), p["gc"], p["bc"], 1e-5) if ln else c
-        h = torch.sigmoid(o) * torch.tanh(cn)
-        outs.append(h)
-    return torch.stack(outs, 1), h, c
-
-
-def problem(B, T, I, u, dtype, ln, seed):
+def problem(B, T, I, u, dtype, ln, seed, options=()):
+    """Float64 CPU leaves (values rounded to ``dtype``), cotangents and the call's masks."""
     g = torch.Generator().manual_seed(seed)
     G = 4 * u
 
@@ -71,20 +54,30 @@ def problem(B, T, I, u, dtype, ln, seed):
     p = dict(x=r(B, T, I), W=r(I, G, scale=I**-0.5), U=r(u, G, scale=u**-0.5), b=r(G, scale=0.1),
              h0=r(B, u, scale=0.5), c0=r(B, u, scale=0.5))  # fmt: skip
     if ln:
-        p.update(gx=r(G, scale=0.1, shift=1.0), bx=r(G, scale=0.1), gh=r(G, scale=0.1, shift=1.0),
-                 bh=r(G, scale=0.1), gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1))  # fmt: skip
+        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.1, shift=1.0),
+                 gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1))  # fmt: skip
     cot = [r(B, T, u), r(B, u), r(B, u)]
-    return p, cot
+
+    def drop(*shape, rate=0.3):
+        return (torch.rand(*shape, generator=g) > rate).double() / (1 - rate)
+
+    masks = {}
+    if "input_dropout" in options:
+        masks["input_dropout_mask"] = drop(B, I)
+    if "recurrent_dropout" in options:
+        masks["recurrent_dropout_mask"] = drop(B, u)
+    if "dropconnect" in options:
+        masks["recurrent_kernel_dropout_mask"] = drop(u, G)
+    if "go_backwards" in options:
+        masks["go_backwards"] = True
+    return p, cot, masks
 
 
-def triton_call(p, ln, go_backwards=False, graphs=True):
-    lnp = None
-    if ln:
-        lnp = triton_lstm.LayerNormParams(p["gx"], p["bx"], p["gh"], p["bh"], p["gc"], p["bc"])
-    spec = RecurrenceSpec("lstm", p["U"].shape[0])
-    w = RecurrentWeights(p["W"], p["U"], p["b"])
-    out, (h, c) = triton_lstm.run(spec, w, p["x"], (p["h0"], p["c0"]), layer_norm=lnp,
-                                  go_backwards=go_backwards, cuda_graphs=graphs)  # fmt: skip
+def call(run, p, ln, masks, **kw):
+    spec = RecurrenceSpec("lstm", p["U"].shape[0], layer_norm=ln)
+    lnw = LayerNormWeights(p["gx"], p["gh"], p["gc"], p["bc"]) if ln else None
+    w = RecurrentWeights(p["W"], p["U"], p["b"], lnw)
+    out, (h, c) = run(spec, w, p["x"], (p["h0"], p["c0"]), **masks, **kw)
     return out, h, c
 
 
@@ -94,22 +87,25 @@ def rel(a, b):
     return (torch.linalg.norm(a - b) / torch.linalg.norm(b)).item()
 
 
-def compare(B, T, I, u, dtype, ln, graphs=True, go_backwards=False, seed=0):
-    p, cot = problem(B, T, I, u, dtype, ln, seed)
+def compare(B, T, I, u, dtype, ln, graphs=True, seed=0, options=()):
+    """Relative errors of every output and gradient against the float64 reference."""
+    p, cot, masks = problem(B, T, I, u, dtype, ln, seed, options)
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
-    dev = {k: v.to("cuda", dtype).requires_grad_() for k, v in p.items()}
-    r_out = equations(ref, ln, go_backwards)
-    d_out = triton_call(dev, ln, go_backwards, graphs)
+    dev = {k: v.to(DEVICE, dtype).requires_grad_() for k, v in p.items()}
+    dmasks = {k: v.to(DEVICE, dtype) if torch.is_tensor(v) else v for k, v in masks.items()}
+    r_out = call(reference.run, ref, ln, masks)
+    d_out = call(triton_lstm.run, dev, ln, dmasks, cuda_graphs=graphs)
     r_g = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(r_out, cot, strict=True)), list(ref.values())
     )
     d_g = torch.autograd.grad(
-        sum((o.float() * c.to("cuda")).sum() for o, c in zip(d_out, cot, strict=True)),
+        sum((o.float() * c.to(DEVICE)).sum() for o, c in zip(d_out, cot, strict=True)),
         list(dev.values()),
     )
     errs = {n: rel(a, b) for n, a, b in zip(("out", "h", "c"), d_out, r_out, strict=True)}
     errs.update({"d" + k: rel(a, b) for k, a, b in zip(ref, d_g, r_g, strict=True)})
     assert max(errs.values()) < TOL[dtype], errs
+    return errs
 
 
 @gpu
@@ -117,28 +113,30 @@ def compare(B, T, I, u, dtype, ln, graphs=True, go_backwards=False, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ln", [False, True])
 @pytest.mark.parametrize("graphs", [True, False])
-def test_matches_float64_equations(dtype, ln, graphs):
+def test_matches_float64_reference(dtype, ln, graphs):
     compare(3, 5, 7, 12, dtype, ln, graphs=graphs, seed=int(ln) + 2 * int(graphs))
 
 
 @gpu
 @pytest.mark.gpu
-def test_go_backwards_and_power_of_two_units():
-    compare(4, 6, 8, 16, torch.float32, True, go_backwards=True)
+@pytest.mark.parametrize("ln", [False, True])
+def test_dropouts_dropconnect_and_go_backwards(ln):
+    options = ("input_dropout", "recurrent_dropout", "dropconnect", "go_backwards")
+    compare(4, 6, 8, 16, torch.float32, ln, seed=5, options=options)
 
 
 @gpu
 @pytest.mark.gpu
 def test_two_layers_of_one_shape_in_flight():
     # Two recurrences of the same shape share an engine; each needs its own slot until backward.
-    p, _ = problem(3, 5, 12, 12, torch.float32, True, 7)
+    p, _, _ = problem(3, 5, 12, 12, torch.float32, True, 7)
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
-    dev = {k: v.to("cuda", torch.float32).requires_grad_() for k, v in p.items()}
-    y_ref = equations({**ref, "x": equations(ref, True)[0]}, True)[0]
-    y_dev = triton_call({**dev, "x": triton_call(dev, True)[0]}, True)[0]
+    dev = {k: v.to(DEVICE).requires_grad_() for k, v in p.items()}
+    y_ref = call(reference.run, {**ref, "x": call(reference.run, ref, True, {})[0]}, True, {})[0]
+    y_dev = call(triton_lstm.run, {**dev, "x": call(triton_lstm.run, dev, True, {})[0]}, True, {})
     y_ref.sum().backward()
-    y_dev.sum().backward()
-    assert rel(y_dev, y_ref) < 1e-4
+    y_dev[0].sum().backward()
+    assert rel(y_dev[0], y_ref) < 1e-4
     for k in ref:
         assert rel(dev[k].grad, ref[k].grad) < 1e-4, k
 
@@ -146,9 +144,9 @@ def test_two_layers_of_one_shape_in_flight():
 @gpu
 @pytest.mark.gpu
 def test_second_backward_raises():
-    p, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
-    dev = {k: v.to("cuda", torch.float32).requires_grad_() for k, v in p.items()}
-    out = triton_call(dev, False)[0]
+    p, _, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
+    dev = {k: v.to(DEVICE).requires_grad_() for k, v in p.items()}
+    out = call(triton_lstm.run, dev, False, {})[0]
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.sum().backward()

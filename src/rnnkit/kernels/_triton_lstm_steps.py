@@ -40,6 +40,8 @@ def lstm_forward_step(
     c_prev_ptr,  # (B, u) float32
     c_ptr,  # (B, u) float32, written
     h_ptr,  # (B, u) storage dtype, written
+    hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h * mask, the next GEMM's operand
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
     act_ptr,  # (B, 4u) float32, written: sigma(i), sigma(f), phi(g), sigma(o)
     rhat_ptr,  # (B, 4u) float32, written (layer norm): normalised recurrent projection
     rstd_ptr,  # (B,) float32, written (layer norm): 1 / std of the recurrent projection
@@ -53,6 +55,7 @@ def lstm_forward_step(
     U: tl.constexpr,
     BLOCK: tl.constexpr,
     LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -121,6 +124,9 @@ def lstm_forward_step(
     h = o * _tanh(cn)
     tl.store(c_ptr + b * U + offs, c, mask=m)
     tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+    if RDROP:
+        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
+        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
     tl.store(arow + offs, i, mask=m)
     tl.store(arow + U + offs, f, mask=m)
     tl.store(arow + 2 * U + offs, g, mask=m)
@@ -132,6 +138,7 @@ def lstm_backward_step(
     dout_ptr,  # step t of d(outputs), row b at dout_ptr + b * dout_stride, (u,)
     dout_stride,
     dhrec_ptr,  # (B, u) contiguous: dR_{t+1} @ U^T (d h_t through the recurrence)
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
     dc_ptr,  # (B, u) float32, read (d c_t) and overwritten (d c_{t-1})
     act_ptr,  # (B, 4u) float32 saved by the forward step
     c_prev_ptr,  # (B, u) float32: c_{t-1}
@@ -152,6 +159,7 @@ def lstm_backward_step(
     U: tl.constexpr,
     BLOCK: tl.constexpr,
     LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -159,7 +167,10 @@ def lstm_backward_step(
     urow = b * U + offs
     arow = act_ptr + b * 4 * U
     dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
-    dh += tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    if RDROP:
+        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
+    dh += dhrec
     i = tl.load(arow + offs, mask=m, other=0.0)
     f = tl.load(arow + U + offs, mask=m, other=0.0)
     g = tl.load(arow + 2 * U + offs, mask=m, other=0.0)

@@ -1,8 +1,9 @@
 r"""LSTM and layer-norm LSTM recurrence on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
 
 Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
-:func:`supports` accepts (LSTM, ``tanh``/``sigmoid``, optional layer normalisation, no mask,
-no recurrent dropout), in float32 and bfloat16.
+:func:`supports` accepts: LSTM with ``tanh``/``sigmoid``; optional layer normalisation
+(``spec.layer_norm``), input and recurrent dropout, DropConnect on the recurrent kernel,
+``go_backwards``, initial states; float32 and bfloat16. Not (yet): masks, zoneout.
 
 The recipe (issue 6):
 
@@ -17,10 +18,11 @@ The recipe (issue 6):
 - the forward loop and the backward loop are each captured once as a CUDA graph over static
   buffers, so a training step replays two graphs instead of launching ~4T kernels from Python.
 
-Layer-norm LSTM (haste's ``LayerNormLSTM``, gate order i, f, g, o):
+Layer-norm LSTM (haste's ``LayerNormLSTM``, gate order i, f, g, o; as in
+:mod:`rnnkit.kernels.steps`, epsilon :data:`~rnnkit.kernels.spec.LAYER_NORM_EPS`):
 
 .. math::
-    z = \mathrm{LN}(x W; \gamma_x, \beta_x) + \mathrm{LN}(h_{t-1} U; \gamma_h, \beta_h) + b, \quad
+    z = \mathrm{LN}(x W; \gamma_x) + \mathrm{LN}(h_{t-1} U; \gamma_h) + b, \quad
     c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \quad
     h_t = \sigma(o) \tanh(\mathrm{LN}(c_t; \gamma_c, \beta_c))
 
@@ -33,26 +35,15 @@ Nothing here imports Triton or touches CUDA until a GPU call is made.
 from __future__ import annotations
 
 import importlib.util
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 DTYPES = (torch.float32, torch.bfloat16)
-
-
-class LayerNormParams(NamedTuple):
-    """Parameters of the three layer norms of a layer-norm LSTM (``None`` = identity part)."""
-
-    gamma_x: torch.Tensor | None  # (4u,) scale of LN(x W)
-    beta_x: torch.Tensor | None  # (4u,)
-    gamma_h: torch.Tensor | None  # (4u,) scale of LN(h U)
-    beta_h: torch.Tensor | None  # (4u,)
-    gamma_c: torch.Tensor | None  # (u,) scale of LN(c)
-    beta_c: torch.Tensor | None  # (u,)
-    eps: float = 1e-5
+_TANH = ("tanh", torch.tanh)
+_SIGMOID = ("sigmoid", torch.sigmoid)
 
 
 def triton_available() -> bool:
@@ -60,28 +51,43 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def supports(
+def unsupported_reason(
     spec: RecurrenceSpec,
-    device: torch.device | str,
+    device: torch.device | str | None = "cuda",
     *,
-    dtype: torch.dtype = torch.float32,
-    mask: bool = False,
-    recurrent_dropout: bool = False,
-    **options: object,
-) -> bool:
-    """Whether :func:`run` computes this configuration exactly on ``device``.
+    dtype: torch.dtype | None = None,
+    mask: torch.Tensor | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    **_options: object,
+) -> str | None:
+    """Why :func:`run` cannot compute this call exactly, or ``None`` when it can."""
+    device = torch.device(device if device is not None else "cuda")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "the triton backend needs a CUDA device"
+    if not triton_available():
+        return "the triton backend needs Triton installed"
+    if spec.cell != "lstm":
+        return f"only LSTM is implemented (received cell={spec.cell!r})"
+    if not any(spec.activation is a or spec.activation == a for a in _TANH):
+        return f"activation must be 'tanh' (received {spec.activation!r})"
+    if not any(spec.recurrent_activation is a or spec.recurrent_activation == a for a in _SIGMOID):
+        return f"recurrent_activation must be 'sigmoid' (received {spec.recurrent_activation!r})"
+    if getattr(spec, "zoneout", 0.0) > 0.0 or zoneout_mask is not None:
+        return "zoneout is not implemented in the triton backend"
+    if mask is not None:
+        return "masks are not implemented in the triton backend"
+    if dtype is not None and dtype not in DTYPES:
+        return f"dtype must be float32 or bfloat16 (received {dtype})"
+    return None
 
-    ``options`` may name other features (``zoneout``, ``recurrent_weight_dropout``,
-    ``zero_output_for_mask`` ...); any that is truthy is unsupported.
+
+def supports(spec: RecurrenceSpec, device: torch.device | str | None = "cuda", **options) -> bool:
+    """Whether :func:`run` computes exactly what the reference does for this call on ``device``.
+
+    ``options`` are :func:`run`'s keyword arguments (``mask``, ``zoneout_mask``, ...) and
+    optionally ``dtype``.
     """
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
-        return False
-    if spec.cell != "lstm" or spec.activation != "tanh" or spec.recurrent_activation != "sigmoid":
-        return False
-    if dtype not in DTYPES or mask or recurrent_dropout:
-        return False
-    return not any(bool(v) for k, v in options.items() if k not in ("layer_norm", "go_backwards"))
+    return unsupported_reason(spec, device, **options) is None
 
 
 def _pow2(n: int) -> int:
@@ -106,11 +112,13 @@ class _Slot:
         self.xn = buf(B, T, G, dtype=dt)  # (B, T, 4u) normalised input projection (+ bias)
         self.U = buf(u, G, dtype=dt)
         self.ln = buf(4, G)  # rows: gamma_h, beta_h, gamma_c (first u), beta_c (first u)
+        self.rdm = buf(B, u) if e.rdrop else self.ln  # recurrent dropout mask
         self.dout = buf(B, T, u, dtype=dt)
         self.dhT = buf(B, u, dtype=dt)
         self.dcT = buf(B, u)
         # Forward state and what the backward pass needs.
         self.H = buf(T + 1, B, u, dtype=dt)  # H[0] = h0, H[t + 1] = h_t
+        self.Hin = buf(T + 1, B, u, dtype=dt) if e.rdrop else self.H  # GEMM operands h * mask
         self.C = buf(T + 1, B, u)  # C[0] = c0, C[t + 1] = c_t
         self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
         self.act = buf(T, B, G)
@@ -119,7 +127,7 @@ class _Slot:
             self.rstd = buf(T, B)
             self.chat = buf(T, B, u)
             self.cstd = buf(T, B)
-        else:  # unused by the kernels; the cell state is read from C instead
+        else:  # never touched by the kernels; the cell state is read from C instead
             self.rhat, self.rstd, self.chat, self.cstd = self.R, self.C[0, :, 0], None, self.dcT
         # Backward outputs and work buffers.
         self.dz = buf(B, T, G, dtype=dt)  # d xn
@@ -132,6 +140,11 @@ class _Slot:
         self.dln = buf(4, G)
         self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
 
+    def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
+        if self.engine.layer_norm:
+            return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
+        return self.rhat, self.rstd, self.C[t + 1], self.cstd
+
     # The two loops; both are captured as graphs unless the engine runs eagerly.
     def forward_loop(self) -> None:
         from rnnkit.kernels import _triton_lstm_steps as k
@@ -139,27 +152,25 @@ class _Slot:
         e = self.engine
         u = e.units
         for t in range(e.steps):
-            torch.mm(self.H[t], self.U, out=self.R)
+            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, 4u)
             k.lstm_forward_step[(e.batch,)](
                 self.xn[:, t], self.xn.stride(0),
-                self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.act[t],
-                *self._ln_saved(t),
+                self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
+                self.act[t], *self._ln_saved(t),
                 self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
                 e.eps,
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, num_warps=e.num_warps,
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop,
+                num_warps=e.num_warps,
             )  # fmt: skip
-
-    def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
-        if self.engine.layer_norm:
-            return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
-        return self.rhat, self.rstd, self.C[t + 1], self.cstd
 
     def backward_loop(self) -> None:
         from rnnkit.kernels import _triton_lstm_steps as k
 
         e = self.engine
         u, G = e.units, 4 * e.units
-        self.dH.copy_(self.dhT)
+        # d h_T joins the last step's output gradient (it does not pass the dropout mask).
+        self.dout[:, -1].add_(self.dhT)
+        self.dH.zero_()
         self.dC.copy_(self.dcT)
         self.acc.zero_()
         self.acc_c.zero_()
@@ -167,17 +178,18 @@ class _Slot:
         for t in range(e.steps - 1, -1, -1):
             k.lstm_backward_step[(e.batch,)](
                 self.dout[:, t], self.dout.stride(0),
-                self.dH, self.dC, self.act[t], self.C[t],
+                self.dH, self.rdm, self.dC, self.act[t], self.C[t],
                 *self._ln_saved(t),
                 self.ln[0], self.ln[2, :u], self.ln[3, :u],
                 self.dz[:, t], self.dz.stride(0), self.dR[t],
                 self.acc[0], self.acc[1], self.acc_c[0], self.acc_c[1],
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, num_warps=e.num_warps,
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop,
+                num_warps=e.num_warps,
             )  # fmt: skip
-            torch.mm(self.dR[t], Ut, out=self.dH)
-        # Weight gradient: one GEMM over all steps, sum_t h_{t-1}^T dR_t.
+            torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
+        # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
         TB = e.steps * e.batch
-        torch.mm(self.H[: e.steps].reshape(TB, u).t(), self.dR.reshape(TB, G), out=self.dU)
+        torch.mm(self.Hin[: e.steps].reshape(TB, u).t(), self.dR.reshape(TB, G), out=self.dU)
         if e.layer_norm:
             torch.sum(self.acc, dim=1, out=self.dln[:2])
             torch.sum(self.acc_c, dim=1, out=self.dln[2:, :u])
@@ -198,13 +210,14 @@ class _Slot:
     def _capture(self) -> None:
         if self.graphs is not None:
             return
+        dev = self.engine.device
         # Warm up on a side stream (compiles the Triton kernels, creates cuBLAS handles).
-        side = torch.cuda.Stream(self.engine.device)
-        side.wait_stream(torch.cuda.current_stream(self.engine.device))
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             self.forward_loop()
             self.backward_loop()
-        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        torch.cuda.current_stream(dev).wait_stream(side)
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(fwd):
             self.forward_loop()
@@ -214,11 +227,13 @@ class _Slot:
 
 
 class _Engine:
-    """All slots for one shape/dtype/configuration; a slot is busy from forward to backward."""
+    """All slots for one shape and configuration; a slot is busy from forward to backward."""
 
-    def __init__(self, device, batch, steps, units, dtype, layer_norm, eps, use_graphs):
+    def __init__(self, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs):
         self.device, self.batch, self.steps, self.units = device, batch, steps, units
-        self.dtype, self.layer_norm, self.eps, self.use_graphs = dtype, layer_norm, eps, use_graphs
+        self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
+        self.use_graphs = use_graphs
+        self.eps = LAYER_NORM_EPS
         self.block = _pow2(units)
         self.num_warps = 4 if units <= 512 else 8
         self.slots: list[_Slot] = []
@@ -237,12 +252,11 @@ class _Engine:
 _ENGINES: dict[tuple, _Engine] = {}
 
 
-def _engine(device, batch, steps, units, dtype, layer_norm, eps, use_graphs) -> _Engine:
-    tf32 = torch.backends.cuda.matmul.allow_tf32  # cuBLAS picks kernels at capture time
-    key = (device, batch, steps, units, dtype, layer_norm, eps, use_graphs, tf32)
-    if key not in _ENGINES:
-        _ENGINES[key] = _Engine(device, batch, steps, units, dtype, layer_norm, eps, use_graphs)
-    return _ENGINES[key]
+def _engine(*key) -> _Engine:
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # cuBLAS picks its kernels at capture time
+    if (*key, tf32) not in _ENGINES:
+        _ENGINES[(*key, tf32)] = _Engine(*key)
+    return _ENGINES[(*key, tf32)]
 
 
 def _release(slot: _Slot) -> None:
@@ -264,10 +278,10 @@ class _Lease:
 
 
 class _Recurrence(torch.autograd.Function):
-    """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c) -> (outputs, h_T, c_T)``."""
+    """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c, rdm) -> (outputs, h_T, c_T)``."""
 
     @staticmethod
-    def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, engine):
+    def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, rdm, engine):
         slot = engine.acquire()
         try:
             u = engine.units
@@ -275,6 +289,9 @@ class _Recurrence(torch.autograd.Function):
             slot.U.copy_(U)
             slot.H[0].copy_(h0)
             slot.C[0].copy_(c0)
+            if engine.rdrop:
+                slot.rdm.copy_(rdm)
+                slot.Hin[0].copy_(h0 * rdm)
             if engine.layer_norm:
                 slot.ln[0].copy_(gh)
                 slot.ln[1].copy_(bh)
@@ -312,7 +329,8 @@ class _Recurrence(torch.autograd.Function):
             x_dt, u_dt, h_dt, c_dt = ctx.dtypes
             dxn = slot.dz.to(x_dt, copy=True)
             dU = slot.dU.to(u_dt, copy=True)
-            dh0 = slot.dH.to(h_dt, copy=True)
+            dh0 = slot.dH * slot.rdm if engine.rdrop else slot.dH
+            dh0 = dh0.to(h_dt, copy=True)
             dc0 = slot.dC.to(c_dt, copy=True)
             grads_ln = [None] * 4
             if engine.layer_norm:
@@ -320,15 +338,7 @@ class _Recurrence(torch.autograd.Function):
                 grads_ln = [d[0], d[1], d[2, :u], d[3, :u]]
         finally:
             ctx.lease.release()
-        return (dxn, dU, dh0, dc0, *grads_ln, None)
-
-
-def _layer_norm_params(
-    spec: RecurrenceSpec, weights: RecurrentWeights, layer_norm: LayerNormParams | None
-) -> LayerNormParams | None:
-    if layer_norm is not None:
-        return layer_norm
-    return getattr(weights, "layer_norm", None)
+        return (dxn, dU, dh0, dc0, *grads_ln, None, None)
 
 
 def run(
@@ -342,36 +352,26 @@ def run(
     zero_output_for_mask: bool = False,
     input_dropout_mask: torch.Tensor | None = None,
     recurrent_dropout_mask: torch.Tensor | None = None,
-    layer_norm: LayerNormParams | None = None,
+    zoneout_mask: torch.Tensor | None = None,
+    recurrent_kernel_dropout_mask: torch.Tensor | None = None,
     cuda_graphs: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Run one LSTM recurrence over ``inputs`` on a CUDA device.
+    """Run one LSTM recurrence on a CUDA device (the :mod:`rnnkit.kernels.spec` contract).
 
     Args:
-        spec, weights, inputs, initial_state, mask, go_backwards, zero_output_for_mask,
-        input_dropout_mask, recurrent_dropout_mask: the backend contract
-            (:mod:`rnnkit.kernels.spec`); ``mask`` and ``recurrent_dropout_mask`` must be
-            ``None``.
-        layer_norm: the layer-norm parameters; ``None`` for a plain LSTM.
+        spec, weights, inputs, initial_state, ...: the backend contract; ``mask`` and
+            ``zoneout_mask`` must be ``None`` and ``spec.zoneout`` 0 (see :func:`supports`).
         cuda_graphs: replay captured CUDA graphs of the step loops (default); ``False`` launches
-            every step from Python (slow; for debugging).
+            every step from Python (slow; for debugging and comparison).
 
     Returns:
         ``(outputs (B, T, u), (h_T, c_T))``; ``outputs`` and ``h_T`` in the inputs' dtype.
     """
-    ln = _layer_norm_params(spec, weights, layer_norm)
-    dtype = inputs.dtype
-    if not supports(
-        spec, inputs.device, dtype=dtype, mask=mask is not None,
-        recurrent_dropout=recurrent_dropout_mask is not None,
-    ):  # fmt: skip
-        raise ValueError(
-            "the triton LSTM backend supports LSTM with tanh/sigmoid, no mask and no recurrent "
-            f"dropout, float32 or bfloat16 on CUDA with Triton; received cell={spec.cell!r}, "
-            f"activation={spec.activation!r}, recurrent_activation={spec.recurrent_activation!r}, "
-            f"dtype={dtype}, device={inputs.device}, mask={mask is not None}, "
-            f"recurrent_dropout={recurrent_dropout_mask is not None}"
-        )
+    reason = unsupported_reason(
+        spec, inputs.device, dtype=inputs.dtype, mask=mask, zoneout_mask=zoneout_mask
+    )
+    if reason is not None:
+        raise ValueError(f"the triton LSTM backend cannot run this call: {reason}")
     h0, c0 = initial_state
     B, T, _ = inputs.shape
     u = spec.units
@@ -381,25 +381,30 @@ def run(
         inputs = inputs.flip(1)
     if T == 0:
         return inputs.new_zeros(B, 0, u), (h0, c0)
+    U = weights.recurrent_kernel
+    if recurrent_kernel_dropout_mask is not None:
+        U = U * recurrent_kernel_dropout_mask  # DropConnect, fixed for the sequence
     bias = weights.bias
     xw = inputs @ weights.kernel  # (B, T, 4u)
-    if ln is not None:
-        beta = ln.beta_x
-        if bias is not None:
-            beta = bias if beta is None else beta + bias
-        xn = F.layer_norm(xw, (4 * u,), ln.gamma_x, beta, ln.eps)
-        gh = ln.gamma_h if ln.gamma_h is not None else xw.new_ones(4 * u)
-        bh = ln.beta_h if ln.beta_h is not None else xw.new_zeros(4 * u)
-        gc = ln.gamma_c if ln.gamma_c is not None else xw.new_ones(u)
-        bc = ln.beta_c if ln.beta_c is not None else xw.new_zeros(u)
-        eps = float(ln.eps)
+    if spec.layer_norm:
+        ln = weights.layer_norm
+        if ln is None:
+            raise ValueError(
+                "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
+            )
+        xn = F.layer_norm(xw, (4 * u,), ln.input_gamma, bias, LAYER_NORM_EPS)  # LN(xW) + b
+        gh = ln.recurrent_gamma
+        bh = xw.new_zeros(4 * u)  # the recurrent LayerNorm has no beta (spec.LayerNormWeights)
+        gc = ln.cell_gamma if ln.cell_gamma is not None else xw.new_ones(u)
+        bc = ln.cell_beta if ln.cell_beta is not None else xw.new_zeros(u)
     else:
         xn = xw if bias is None else xw + bias
         gh = bh = gc = bc = None
-        eps = 0.0
     device = inputs.device
-    if device.index is None:
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    engine = _engine(device, B, T, u, dtype, ln is not None, eps, cuda_graphs)
-    out, h_t, c_t = _Recurrence.apply(xn, weights.recurrent_kernel, h0, c0, gh, bh, gc, bc, engine)
+    rdrop = recurrent_dropout_mask is not None
+    engine = _engine(device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs)
+    rdm = recurrent_dropout_mask.float() if rdrop else None
+    out, h_t, c_t = _Recurrence.apply(xn, U, h0, c0, gh, bh, gc, bc, rdm, engine)
     return out, (h_t, c_t)
