@@ -11,7 +11,14 @@ from training_toys import (
     stream_batches,
 )
 
-from rnnkit.training import Accuracy, ModelCheckpoint, Trainer, ZarembaDecay, set_seed
+from rnnkit.training import (
+    Accuracy,
+    ModelCheckpoint,
+    Trainer,
+    ZarembaDecay,
+    plot_history,
+    set_seed,
+)
 
 
 def make_trainer(seed=0, **kwargs):
@@ -21,10 +28,12 @@ def make_trainer(seed=0, **kwargs):
     return Trainer(TinyClassifier(), kwargs.pop("optimizer", "adam"), **kwargs)
 
 
-def test_fit_reduces_loss_and_history_structure():
+def test_fit_reduces_loss_and_history_structure(tmp_path):
     x, y = classification_data()
     trainer = make_trainer(lr=0.05, metrics=["accuracy"], log_every=2)
     hist = trainer.fit(loader(x, y), val_data=loader(x, y, shuffle=False), epochs=8)
+    png = plot_history(hist, tmp_path / "history.png")
+    assert png.stat().st_size > 10_000
     h = hist.history
     assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
     assert all(len(v) == 8 for v in h.values())
@@ -261,3 +270,18 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
 
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         _run_classifier(tmp_path, epochs=1, resume=True)
+
+
+def test_progress_bar_on_a_terminal(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    lm = TinyStreamLM()
+    trainer = Trainer(lm, "sgd", lr=0.1, stateful=True, perplexity=True, device="cpu",
+                      unit="token")  # fmt: skip
+    trainer.fit(stream_batches(), epochs=1)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "ppl=" in err and "token/s=" in err
+    capsys.readouterr()
+    Trainer(TinyStreamLM(), stateful=True, device="cpu", quiet=True).fit(stream_batches())
+    assert "epoch" not in capsys.readouterr().err

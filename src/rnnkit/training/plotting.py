@@ -51,6 +51,7 @@ def plot_history(
     # A Figure with its own Agg canvas: no pyplot, so the global backend is never touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     data: Mapping[str, Sequence[float]]
     if isinstance(history, History):
@@ -70,7 +71,7 @@ def plot_history(
     if not keys:
         raise ValueError("the history is empty: nothing to plot")
 
-    fig = Figure(figsize=(8, 3.2 * len(keys)))
+    fig = Figure(figsize=(8, 3.2 * len(keys)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows=len(keys), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
@@ -88,12 +89,14 @@ def plot_history(
             values = [v for n in (key, f"val_{key}") for v in data.get(n, [])]
             if values and all(v > 0 and math.isfinite(v) for v in values):
                 ax.set_yscale("log")
+                plain = FuncFormatter(lambda v, _: f"{v:g}")
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

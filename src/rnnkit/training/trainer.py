@@ -450,6 +450,14 @@ class Trainer:
                 if max_steps is not None and self.global_step >= max_steps:
                     stopped = total is None or self.batch_in_epoch < total
                     break
+            if bar.enabled and self.batch_in_epoch > 0:
+                run_loss = float(ctx["loss_sum"] / ctx["weight_sum"])
+                elapsed = time.perf_counter() - bar.bar.start_t  # type: ignore[union-attr]
+                bar.set_values(
+                    run_loss,
+                    safe_exp(run_loss) if self.perplexity else None,
+                    float(ctx["weight_sum"]) / max(elapsed, 1e-9),
+                )
         finally:
             bar.close()
         if stopped:
