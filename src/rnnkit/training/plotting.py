@@ -87,11 +87,13 @@ def plot_history(
         ax.set_ylabel(pretty)
         if key in _LOG_SCALE or key == "lr":
             values = [v for n in (key, f"val_{key}") for v in data.get(n, [])]
-            if values and all(v > 0 and math.isfinite(v) for v in values):
+            positive = values and all(v > 0 and math.isfinite(v) for v in values)
+            if positive and max(values) >= 10 * min(values):  # log only when it spans a decade
                 ax.set_yscale("log")
                 plain = FuncFormatter(lambda v, _: f"{v:g}")
                 ax.yaxis.set_major_formatter(plain)
-                ax.yaxis.set_minor_formatter(plain)
+                if key != "lr":
+                    ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
