@@ -53,7 +53,7 @@ def triton_available() -> bool:
 
 def unsupported_reason(
     spec: RecurrenceSpec,
-    device: torch.device | str | None = "cuda",
+    device: torch.device | str | None = None,
     *,
     dtype: torch.dtype | None = None,
     mask: torch.Tensor | None = None,
@@ -61,7 +61,9 @@ def unsupported_reason(
     **_options: object,
 ) -> str | None:
     """Why :func:`run` cannot compute this call exactly, or ``None`` when it can."""
-    device = torch.device(device if device is not None else "cuda")
+    if device is None:  # a caller that cannot say where the inputs live gets no GPU kernel
+        return "the triton backend needs the inputs' device (device=...)"
+    device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return "the triton backend needs a CUDA device"
     if not triton_available():
@@ -81,7 +83,7 @@ def unsupported_reason(
     return None
 
 
-def supports(spec: RecurrenceSpec, device: torch.device | str | None = "cuda", **options) -> bool:
+def supports(spec: RecurrenceSpec, device: torch.device | str | None = None, **options) -> bool:
     """Whether :func:`run` computes exactly what the reference does for this call on ``device``.
 
     ``options`` are :func:`run`'s keyword arguments (``mask``, ``zoneout_mask``, ...) and
