@@ -502,12 +502,15 @@ def fetch_dataset(
     found = _find_local(spec, root)
     target_dir = root / spec.subdir if not root.is_file() else root.parent
     if found is not None:
-        # Files in the cache are verified strictly; files in a user's folder only warn.
+        # Files we downloaded (the cache, or next to our archive) are verified strictly and
+        # removed when corrupt; a user's own files only get a warning.
+        ours = (target_dir / spec.filename).is_file()
         for split, path in found.items():
+            strict = not local or (ours and path.parent == target_dir)
             if path.is_file() and split in spec.member_sha256:
-                _verify_member(path, spec.member_sha256[split], local=local)
+                _verify_member(path, spec.member_sha256[split], local=not strict)
             elif path.is_file() and path.name == spec.filename and spec.sha256:
-                _verify_member(path, spec.sha256, local=local)
+                _verify_member(path, spec.sha256, local=not strict)
         return found
     archive = target_dir / spec.filename
     if not download and not archive.is_file():
