@@ -335,3 +335,25 @@ def test_keras_initialisers():
 def test_bad_input_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_stacked_layer_equals_stepping_the_stacked_cell(go_backwards):
+    """The layer runs stacked cells layer by layer; stepping the whole stack must agree."""
+    torch.manual_seed(0)
+    stack = make_cell("stacked")
+    layer = RNN(stack, return_sequences=True, return_state=True, go_backwards=go_backwards)
+    x = torch.randn(B, T, I, dtype=F64)
+    mask = MASKS["arbitrary"]
+    out, *final = layer(x, mask=mask)
+    state = layer.cell.initial_state(B, dtype=F64)
+    prev, outs = torch.zeros(B, U, dtype=F64), []
+    for t in range(T - 1, -1, -1) if go_backwards else range(T):
+        y, new = layer.cell(x[:, t], state)
+        valid = mask[:, t, None]
+        state = tuple(torch.where(valid, n, s) for n, s in zip(new, state, strict=True))
+        prev = torch.where(valid, y, prev)
+        outs.append(prev)
+    torch.testing.assert_close(out, torch.stack(outs, 1))
+    for a, b in zip(final, state, strict=True):
+        torch.testing.assert_close(a, b)
