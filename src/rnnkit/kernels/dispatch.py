@@ -2,7 +2,9 @@
 
 A backend is a module with ``run(spec, weights, inputs, initial_state, **options)`` (the
 :mod:`rnnkit.kernels.spec` contract) and ``supports(spec, **options) -> bool``; optionally
-``unsupported_reason(spec, **options) -> str | None`` for a better error message. The registry
+``unsupported_reason(spec, **options) -> str | None`` for a better error message. ``supports``
+and ``unsupported_reason`` also receive ``device=`` and ``dtype=`` of the inputs (device-specific
+backends need them); ``run`` receives only the contract's keyword arguments. The registry
 holds ``vendor`` and ``reference`` and, when the module exists, ``rnnkit.kernels.fused``.
 
 ``backend="auto"`` takes the first that supports the call exactly, in the order
@@ -120,5 +122,5 @@ def run(
         "zoneout_mask": zoneout_mask,
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
-    name = select(spec, backend=backend, **options)
+    name = select(spec, backend=backend, device=inputs.device, dtype=inputs.dtype, **options)
     return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
