@@ -1,0 +1,402 @@
+"""Benchmarks of the recurrent layers and of LM training: the engine behind ``rnnkit bench``.
+
+For each configuration (standard LSTM/GRU/SimpleRNN, masked left-/right-padded, bidirectional,
+recurrent dropout, layer norm, custom activation, zoneout, DropConnect) and each backend that can
+run it (rnnkit ``auto``, ``fused``, ``reference``, ``torch.nn`` where exactly applicable, a naive
+``nn.LSTMCell``-style loop), this measures tokens per second of a training step (forward +
+backward) and of inference, as the median of :class:`torch.utils.benchmark.Timer` runs, and
+the ratio to ``torch.nn.<LSTM|GRU|RNN>`` in its standard configuration, measured in the same run.
+Tokens are ``batch * time`` positions (padding included), so ratios compare equal work.
+
+Also measured: the machine's matrix-product roofline (GFLOP/s of a large ``torch.mm``), the
+activation memory a training step keeps for the backward pass (bytes of tensors saved by
+autograd, counted once per storage; see :func:`saved_tensor_bytes`), and end-to-end LM training
+throughput (PTB-small shapes) with its fraction of the roofline.
+
+Benchmarks are not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.utils.benchmark as benchmark
+from torch import nn
+
+from rnnkit.layers import GRU, LSTM, Bidirectional, SimpleRNN, lengths_to_mask
+
+LAYERS = {"lstm": LSTM, "gru": GRU, "simple": SimpleRNN}
+TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "simple": nn.RNN}
+TORCH_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "simple": nn.RNNCell}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Benchmark shapes: ``(batch, time, input) -> units``."""
+
+    batch: int = 32
+    time: int = 100
+    input_size: int = 128
+    units: int = 256
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.time
+
+
+FULL = Shape()
+QUICK = Shape(batch=4, time=8, input_size=8, units=16)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One layer configuration to benchmark."""
+
+    name: str
+    cell: str  # "lstm" | "gru" | "simple"
+    options: dict = field(default_factory=dict)  # layer constructor arguments
+    padding: str | None = None  # None | "right" | "left": masked batch, lengths in [T/2, T]
+    bidirectional: bool = False
+
+    @property
+    def standard(self) -> bool:
+        return not self.options and self.padding is None and not self.bidirectional
+
+
+CONFIGS: tuple[Config, ...] = (
+    Config("lstm standard", "lstm"),
+    Config("lstm right-padded", "lstm", padding="right"),
+    Config("lstm left-padded", "lstm", padding="left"),
+    Config("lstm bidirectional", "lstm", bidirectional=True),
+    Config("lstm recurrent_dropout=0.25", "lstm", {"recurrent_dropout": 0.25}),
+    Config("lstm layer_norm", "lstm", {"layer_norm": True}),
+    Config("lstm hard_sigmoid gates", "lstm", {"recurrent_activation": "hard_sigmoid"}),
+    Config("lstm zoneout=0.1", "lstm", {"zoneout": 0.1}),
+    Config("lstm DropConnect=0.3", "lstm", {"recurrent_weight_dropout": 0.3}),
+    Config("gru standard", "gru"),
+    Config("gru left-padded", "gru", padding="left"),
+    Config("gru recurrent_dropout=0.25", "gru", {"recurrent_dropout": 0.25}),
+    Config("gru layer_norm", "gru", {"layer_norm": True}),
+    Config("simple standard", "simple"),
+    Config("simple recurrent_dropout=0.25", "simple", {"recurrent_dropout": 0.25}),
+)
+
+
+@dataclass
+class Row:
+    """One measured (configuration, backend) pair."""
+
+    config: str
+    backend: str
+    train_tokens_per_s: float | None = None  # forward + backward
+    infer_tokens_per_s: float | None = None  # forward under no_grad, eval mode
+    train_ratio: float | None = None  # vs torch.nn standard of the same cell, training
+    infer_ratio: float | None = None
+    saved_mb: float | None = None  # activation memory kept for backward
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- measuring
+def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
+    """Median seconds per call of ``fn`` (after one warm-up call)."""
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward during ``step()`` (each storage once).
+
+    This is the activation memory a training step holds at its peak (between forward and
+    backward), beyond the parameters and inputs; it is what differs between implementations.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.layout == torch.strided and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    loss.backward()
+    return sum(seen.values())
+
+
+def roofline_gflops(size: int = 2048, min_run_time: float = 1.0) -> float:
+    """GFLOP/s of a ``size x size`` float32 ``torch.mm``: the machine's matrix-product ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = median_seconds(lambda: torch.mm(a, b), min_run_time)
+    return 2 * size**3 / seconds / 1e9
+
+
+# ----------------------------------------------------------------------------- models
+def _mask(config: Config, shape: Shape, generator: torch.Generator) -> torch.Tensor | None:
+    if config.padding is None:
+        return None
+    lengths = torch.randint(shape.time // 2, shape.time + 1, (shape.batch,), generator=generator)
+    side = "post" if config.padding == "right" else "pre"
+    return lengths_to_mask(lengths, shape.time, padding=side)
+
+
+class _CellLoop(nn.Module):
+    """The naive baseline users write when ``torch.nn.LSTM`` cannot do their configuration."""
+
+    def __init__(self, cell: str, input_size: int, units: int):
+        super().__init__()
+        self.kind = cell
+        self.cell = TORCH_CELLS[cell](input_size, units)
+        self.units = units
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.units)
+        state = (h, h) if self.kind == "lstm" else h
+        outputs = []
+        for t in range(x.shape[1]):
+            new = self.cell(x[:, t], state)
+            if mask is not None:
+                valid = mask[:, t, None]
+                new = (
+                    tuple(torch.where(valid, n, s) for n, s in zip(new, state, strict=True))
+                    if self.kind == "lstm"
+                    else torch.where(valid, new, state)
+                )
+            state = new
+            outputs.append(state[0] if self.kind == "lstm" else state)
+        return torch.stack(outputs, 1)
+
+
+class _TorchLayer(nn.Module):
+    """``torch.nn.LSTM/GRU/RNN``; masks only when right-padded (packed sequences)."""
+
+    def __init__(self, config: Config, input_size: int, units: int):
+        super().__init__()
+        self.rnn = TORCH_LAYERS[config.cell](
+            input_size, units, batch_first=True, bidirectional=config.bidirectional
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return self.rnn(x)[0]
+        lengths = mask.sum(1)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, True, enforce_sorted=False)
+        out = self.rnn(packed)[0]
+        return nn.utils.rnn.pad_packed_sequence(out, True, total_length=x.shape[1])[0]
+
+
+class _RnnkitLayer(nn.Module):
+    def __init__(self, config: Config, shape: Shape, backend: str):
+        super().__init__()
+        layer = LAYERS[config.cell](
+            shape.units,
+            return_sequences=True,
+            backend=backend,
+            input_size=shape.input_size,
+            **config.options,
+        )
+        self.layer = Bidirectional(layer) if config.bidirectional else layer
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.layer(x, mask=mask)
+
+
+def _candidates(config: Config, shape: Shape, quick: bool) -> dict[str, Callable[[], nn.Module]]:
+    """Backend name -> constructor of the module that runs ``config`` on it."""
+    out: dict[str, Callable[[], nn.Module]] = {
+        "rnnkit auto": lambda: _RnnkitLayer(config, shape, "auto"),
+        "rnnkit fused": lambda: _RnnkitLayer(config, shape, "fused"),
+        "rnnkit reference": lambda: _RnnkitLayer(config, shape, "reference"),
+    }
+    if not config.options and config.padding != "left":
+        out[f"torch.nn.{TORCH_LAYERS[config.cell].__name__}"] = lambda: _TorchLayer(
+            config, shape.input_size, shape.units
+        )
+    if not config.options and not config.bidirectional:
+        name = f"nn.{TORCH_CELLS[config.cell].__name__} loop"
+        out[name] = lambda: _CellLoop(config.cell, shape.input_size, shape.units)
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+def measure(
+    config: Config, backend: str, make: Callable[[], nn.Module], shape: Shape, min_run_time: float
+) -> Row:
+    """Time one backend on one configuration; unsupported combinations give a note, not a row."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.batch, shape.time, shape.input_size, generator=generator)
+    mask = _mask(config, shape, generator)
+    try:
+        module = make()
+    except (TypeError, ValueError) as exc:
+        return Row(config.name, backend, note=f"n/a: {exc}")
+
+    def train_step() -> torch.Tensor:
+        loss = module(x.requires_grad_(False), mask).sum()
+        return loss
+
+    def train() -> None:
+        module.zero_grad(set_to_none=True)
+        train_step().backward()
+
+    def infer() -> None:
+        with torch.no_grad():
+            module(x, mask)
+
+    try:
+        module.train()
+        train_s = median_seconds(train, min_run_time)
+        saved = saved_tensor_bytes(train_step)
+        module.eval()
+        infer_s = median_seconds(infer, min_run_time)
+    except (TypeError, ValueError) as exc:
+        return Row(config.name, backend, note=f"n/a: {exc}")
+    return Row(
+        config.name,
+        backend,
+        train_tokens_per_s=shape.tokens / train_s,
+        infer_tokens_per_s=shape.tokens / infer_s,
+        saved_mb=saved / 2**20,
+    )
+
+
+def _with_ratios(rows: list[Row]) -> list[Row]:
+    base: dict[str, Row] = {}
+    for row in rows:
+        cell = row.config.split()[0]
+        if row.config == f"{cell} standard" and row.backend.startswith("torch.nn."):
+            base[cell] = row
+    for row in rows:
+        ref = base.get(row.config.split()[0])
+        if ref is None or row.train_tokens_per_s is None:
+            continue
+        row.train_ratio = row.train_tokens_per_s / ref.train_tokens_per_s
+        row.infer_ratio = row.infer_tokens_per_s / ref.infer_tokens_per_s
+    return rows
+
+
+def lm_training_benchmark(quick: bool, roofline: float, min_run_time: float) -> dict:
+    """Tokens/s of a training step of a PTB-small-shaped LM (embedding -> 2x LSTM -> softmax).
+
+    Two models of identical shapes: rnnkit layers (``backend="auto"``) and plain ``torch.nn``.
+    FLOPs per token counted as 3x the forward matrix products (forward + 2x for backward).
+    """
+    vocab, units, layers, batch, steps = (200, 16, 2, 4, 8) if quick else (10000, 200, 2, 20, 20)
+
+    class _LM(nn.Module):
+        def __init__(self, use_torch: bool):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, units)
+            if use_torch:
+                self.rnn = nn.LSTM(units, units, layers, batch_first=True)
+            else:
+                self.rnn = nn.ModuleList(
+                    LSTM(units, return_sequences=True, input_size=units) for _ in range(layers)
+                )
+            self.out = nn.Linear(units, vocab)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.embed(ids)
+            if isinstance(self.rnn, nn.LSTM):
+                h = self.rnn(h)[0]
+            else:
+                for layer in self.rnn:
+                    h = layer(h)
+            return self.out(h)
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, steps + 1), generator=generator)
+    flops_per_token = 3 * 2 * (layers * (units + units) * 4 * units + units * vocab)
+    result = {
+        "shape": {"vocab": vocab, "units": units, "layers": layers, "batch": batch, "steps": steps}
+    }
+    for name, use_torch in (("rnnkit", False), ("torch.nn", True)):
+        model = _LM(use_torch)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(ids[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
+            loss.backward()
+            optimizer.step()
+
+        seconds = median_seconds(step, min_run_time)
+        tokens_per_s = batch * steps / seconds
+        result[name] = {
+            "tokens_per_s": tokens_per_s,
+            "gflops": tokens_per_s * flops_per_token / 1e9,
+            "roofline_fraction": tokens_per_s * flops_per_token / 1e9 / roofline,
+        }
+    return result
+
+
+def run_benchmarks(
+    quick: bool = False,
+    configs: tuple[Config, ...] = CONFIGS,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
+    ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite)."""
+    shape = QUICK if quick else FULL
+    min_run_time = 0.02 if quick else 1.0
+    roofline = roofline_gflops(256 if quick else 2048, min_run_time)
+    rows: list[Row] = []
+    for config in configs:
+        for backend, make in _candidates(config, shape, quick).items():
+            if progress:
+                progress(f"{config.name} / {backend}")
+            rows.append(measure(config, backend, make, shape, min_run_time))
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "shape": asdict(shape),
+        "roofline_gflops": roofline,
+        "rows": [asdict(r) for r in _with_ratios(rows)],
+        "lm": lm_training_benchmark(quick, roofline, min_run_time),
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or math.isnan(value) else format(value, spec)
+
+
+def format_table(result: dict) -> str:
+    """The human-readable report of :func:`run_benchmarks`."""
+    s = result["shape"]
+    lines = [
+        f"machine: {result['machine']['processor']}, {result['machine']['threads']} threads, "
+        f"torch {result['machine']['torch']}",
+        f"shapes: batch {s['batch']}, time {s['time']}, {s['input_size']} -> {s['units']}; "
+        "tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same cell",
+        f"roofline (torch.mm float32): {result['roofline_gflops']:.1f} GFLOP/s",
+        "",
+        f"{'configuration':<30} {'backend':<22} {'train tok/s':>12} {'ratio':>6} "
+        f"{'infer tok/s':>12} {'ratio':>6} {'saved MB':>9}",
+    ]
+    for r in result["rows"]:
+        if r["note"]:
+            lines.append(f"{r['config']:<30} {r['backend']:<22} {r['note'][:60]}")
+            continue
+        lines.append(
+            f"{r['config']:<30} {r['backend']:<22} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
+            f"{_fmt(r['train_ratio'], '6.2f')} {_fmt(r['infer_tokens_per_s'], '12,.0f')} "
+            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['saved_mb'], '9.1f')}"
+        )
+    lm = result["lm"]
+    lines += ["", f"LM training (embedding -> 2x LSTM -> softmax), shapes {lm['shape']}:"]
+    for name in ("rnnkit", "torch.nn"):
+        m = lm[name]
+        lines.append(
+            f"  {name:<9} {m['tokens_per_s']:10,.0f} tokens/s  {m['gflops']:7.1f} GFLOP/s  "
+            f"{100 * m['roofline_fraction']:5.1f}% of roofline"
+        )
+    return "\n".join(lines)

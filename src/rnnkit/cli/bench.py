@@ -1,0 +1,60 @@
+"""``rnnkit bench``: speed of every layer configuration on every backend, and of LM training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark recurrent layers and LM training",
+        description=(
+            "Tokens/second of a training step (forward+backward) and of inference for each "
+            "layer configuration and backend, medians of torch.utils.benchmark runs, with the "
+            "ratio to torch.nn's standard layer measured in the same run; the matrix-product "
+            "roofline; and LM training throughput."
+        ),
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes and short timings (seconds, for tests)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--only", metavar="TEXT", help="only configurations whose name contains TEXT"
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: torch's choice)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnkit import bench
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1; received {args.threads}")
+        torch.set_num_threads(args.threads)
+    configs = bench.CONFIGS
+    if args.only:
+        configs = tuple(c for c in configs if args.only in c.name)
+        if not configs:
+            names = ", ".join(c.name for c in bench.CONFIGS)
+            raise ValueError(f"--only {args.only!r} matches no configuration; known: {names}")
+    result = bench.run_benchmarks(
+        quick=args.quick,
+        configs=configs,
+        progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
+    )
+    print(bench.format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0

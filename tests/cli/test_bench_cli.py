@@ -1,0 +1,45 @@
+"""``rnnkit bench --quick``: the table's structure, never a speed."""
+
+import json
+
+from rnnkit import bench
+from rnnkit.cli.main import main
+
+
+def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {r["config"] for r in rows} == {c.name for c in bench.CONFIGS}
+    by = {(r["config"], r["backend"]): r for r in rows}
+    # every configuration runs through rnnkit auto and reference: no configuration is n/a
+    for config in bench.CONFIGS:
+        for backend in ("rnnkit auto", "rnnkit reference"):
+            row = by[(config.name, backend)]
+            assert row["note"] == "", row
+            assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
+            assert row["train_ratio"] > 0 and row["saved_mb"] >= 0
+    # the reference rows exist and have ratio 1 by definition
+    for cell, name in (("lstm", "LSTM"), ("gru", "GRU"), ("simple", "RNN")):
+        assert by[(f"{cell} standard", f"torch.nn.{name}")]["train_ratio"] == 1.0
+    # torch.nn is not offered where it cannot run the configuration exactly
+    assert ("lstm left-padded", "torch.nn.LSTM") not in by
+    assert result["roofline_gflops"] > 0
+    assert result["lm"]["rnnkit"]["tokens_per_s"] > 0
+    table = capsys.readouterr().out
+    assert "roofline" in table and "lstm layer_norm" in table
+
+
+def test_bench_only_filters_and_rejects_unknown(capsys):
+    assert main(["bench", "--quick", "--only", "no such config"]) == 1
+    assert "matches no configuration" in capsys.readouterr().err
+
+
+def test_saved_tensor_bytes_counts_activation_memory():
+    import torch
+
+    x = torch.randn(64, 64, requires_grad=True)
+    small = bench.saved_tensor_bytes(lambda: (x * 2).sum())  # saves nothing big
+    large = bench.saved_tensor_bytes(lambda: torch.tanh(x).sum())  # saves tanh's output
+    assert large >= 64 * 64 * 4 > small
