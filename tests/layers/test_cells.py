@@ -39,16 +39,30 @@ def test_stacked_step_equals_manual():
     assert len(stack.get_weights()) == 6
 
 
-def test_dropout_masks_scaled_and_only_in_training():
+def test_sequence_masks_scaled_and_only_in_training():
     torch.manual_seed(0)
-    cell = LSTMCell(4, dropout=0.5, recurrent_dropout=0.25, input_size=3)
-    inp, rec = cell.dropout_masks(1000)
+    cell = LSTMCell(
+        4,
+        dropout=0.5,
+        recurrent_dropout=0.25,
+        zoneout=0.3,
+        recurrent_weight_dropout=0.2,
+        input_size=3,
+    )
+    masks = cell.sequence_masks(1000, 7)
+    inp, rec = masks["input_dropout_mask"], masks["recurrent_dropout_mask"]
     assert inp.shape == (1000, 3) and rec.shape == (1000, 4)
     assert set(inp.unique().tolist()) <= {0.0, 2.0}
     torch.testing.assert_close(rec.unique(), torch.tensor([0.0, 4 / 3]))
     assert abs(inp.mean().item() - 1.0) < 0.1
+    zone = masks["zoneout_mask"]  # 1 = keep the previous h, probability 0.3, not rescaled
+    assert zone.shape == (1000, 7, 4) and set(zone.unique().tolist()) == {0.0, 1.0}
+    assert abs(zone.mean().item() - 0.3) < 0.02
+    drop = masks["recurrent_kernel_dropout_mask"]
+    assert drop.shape == (4, 16)
+    torch.testing.assert_close(drop.unique(), torch.tensor([0.0, 1.25]))
     cell.eval()
-    assert cell.dropout_masks(10) == (None, None)
+    assert all(m is None for m in cell.sequence_masks(10, 7).values())
 
 
 def test_cell_errors():

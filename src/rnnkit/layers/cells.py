@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnkit.kernels import reference
 from rnnkit.kernels.activations import get_activation
-from rnnkit.kernels.spec import GATES, RecurrenceSpec, RecurrentWeights
-from rnnkit.kernels.steps import gru_step, lstm_step, simple_step
+from rnnkit.kernels.spec import GATES, LayerNormWeights, RecurrenceSpec, RecurrentWeights
 from rnnkit.layers.initializers import get_initializer, unit_forget_bias_
 
 State = tuple[torch.Tensor, ...]
@@ -74,6 +74,15 @@ class RecurrentCell(nn.Module):
             ``f(tensor) -> tensor`` (in place).
         dropout: rate of the input dropout, in ``[0, 1)``.
         recurrent_dropout: rate of the recurrent dropout, in ``[0, 1)``.
+        layer_norm: layer-normalise the input and recurrent projections (and the LSTM cell
+            state), as in LayerNorm-LSTM (Ba et al. 2016; haste); adds the gains
+            ``input_gamma (G*u,)``, ``recurrent_gamma (G*u,)`` and, for the LSTM,
+            ``cell_gamma (u,)``, ``cell_beta (u,)``. Equations: :mod:`rnnkit.kernels.steps`.
+        zoneout: probability in ``[0, 1)`` that a unit of ``h`` keeps its previous value at a
+            step (Krueger et al. 2017); in eval mode the expectation
+            ``h = p h_prev + (1 - p) h_new`` is used.
+        recurrent_weight_dropout: DropConnect rate in ``[0, 1)`` on ``recurrent_kernel`` (AWD-LSTM
+            weight drop): one mask per call, in training mode only.
         input_size: input features ``I``; ``None`` builds on the first call.
         device, dtype: where to create the parameters.
     """
@@ -92,6 +101,9 @@ class RecurrentCell(nn.Module):
         bias_initializer="zeros",
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
+        recurrent_weight_dropout: float = 0.0,
         input_size: int | None = None,
         device=None,
         dtype=None,
@@ -112,6 +124,13 @@ class RecurrentCell(nn.Module):
         self.bias_initializer = get_initializer(bias_initializer, argument="bias_initializer")
         self.dropout = check_rate("dropout", dropout)
         self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm must be a bool; received layer_norm={layer_norm!r}")
+        self.layer_norm = layer_norm
+        self.zoneout = check_rate("zoneout", zoneout)
+        self.recurrent_weight_dropout = check_rate(
+            "recurrent_weight_dropout", recurrent_weight_dropout
+        )
         self._device, self._dtype = device, dtype
         self.input_size: int | None = None
         self.kernel: nn.Parameter | None
@@ -120,6 +139,8 @@ class RecurrentCell(nn.Module):
         self.register_parameter("kernel", None)
         self.register_parameter("recurrent_kernel", None)
         self.register_parameter("bias", None)
+        for name in LayerNormWeights._fields:
+            self.register_parameter(name, None)
         if input_size is not None:
             self.build(check_positive_int("input_size", input_size))
 
@@ -164,7 +185,19 @@ class RecurrentCell(nn.Module):
         self.recurrent_kernel = nn.Parameter(torch.empty(self.units, gu, **kw))
         if self.use_bias:
             self.bias = nn.Parameter(torch.empty(self._bias_shape(), **kw))
+        for name, shape in self._layer_norm_shapes():
+            setattr(self, name, nn.Parameter(torch.empty(shape, **kw)))
         self.reset_parameters()
+
+    def _layer_norm_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the layer-norm parameters (none without ``layer_norm``)."""
+        if not self.layer_norm:
+            return []
+        gu = self.gates * self.units
+        shapes = [("input_gamma", (gu,)), ("recurrent_gamma", (gu,))]
+        if self.cell_type == "lstm":
+            shapes += [("cell_gamma", (self.units,)), ("cell_beta", (self.units,))]
+        return shapes
 
     def reset_parameters(self) -> None:
         """Re-draw the parameters with the cell's initialisers."""
@@ -174,6 +207,8 @@ class RecurrentCell(nn.Module):
         self.recurrent_initializer(self.recurrent_kernel.data)
         if self.bias is not None:
             self.bias_initializer(self.bias.data)
+        for name, _ in self._layer_norm_shapes():  # gains 1, cell-state bias 0 (haste)
+            getattr(self, name).data.fill_(0.0 if name == "cell_beta" else 1.0)
 
     def _check_built(self) -> None:
         if not self.built:
@@ -190,12 +225,25 @@ class RecurrentCell(nn.Module):
             activation=self.activation,
             recurrent_activation=self.recurrent_activation,
             use_bias=self.use_bias,
+            reset_after=getattr(self, "reset_after", True),
+            layer_norm=self.layer_norm,
+            zoneout=self.zoneout,
         )
 
     @property
     def weights(self) -> RecurrentWeights:
         self._check_built()
-        return RecurrentWeights(self.kernel, self.recurrent_kernel, self.bias)
+        ln = None
+        if self.layer_norm:
+            ln = LayerNormWeights(*(getattr(self, n) for n in LayerNormWeights._fields))
+        return RecurrentWeights(self.kernel, self.recurrent_kernel, self.bias, ln)
+
+    def parameter_list(self) -> list[nn.Parameter]:
+        """The parameters in Keras order: ``kernel, recurrent_kernel[, bias]`` then the layer-norm
+        parameters (``input_gamma, recurrent_gamma[, cell_gamma, cell_beta]``)."""
+        self._check_built()
+        names = ["kernel", "recurrent_kernel"] + (["bias"] if self.use_bias else [])
+        return [getattr(self, n) for n in names + [n for n, _ in self._layer_norm_shapes()]]
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: a tuple of ``(batch_size, units)`` tensors."""
@@ -207,28 +255,45 @@ class RecurrentCell(nn.Module):
             torch.zeros(batch_size, n, device=device, dtype=dtype) for n in self.state_sizes
         )
 
-    def dropout_masks(
-        self, batch_size: int, device=None, dtype=None, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Draw ``(input_mask (B, I), recurrent_mask (B, u))`` for one sequence.
+    def sequence_masks(
+        self,
+        batch_size: int,
+        steps: int,
+        device=None,
+        dtype=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Draw the random masks of one call, as keyword arguments of a backend's ``run``.
 
-        ``None`` where the rate is 0 or the cell is in eval mode (Keras: dropout only in training).
+        ``input_dropout_mask (B, I)`` and ``recurrent_dropout_mask (B, u)`` (scaled keep-masks,
+        fixed over time), ``zoneout_mask (B, T, u)`` (1 = keep the previous ``h``) and
+        ``recurrent_kernel_dropout_mask (u, G*u)`` (scaled DropConnect mask). Each is ``None``
+        where its rate is 0 or in eval mode (Keras: regularisers act only in training).
         """
         self._check_built()
+        masks: dict[str, torch.Tensor | None] = {
+            "input_dropout_mask": None,
+            "recurrent_dropout_mask": None,
+            "zoneout_mask": None,
+            "recurrent_kernel_dropout_mask": None,
+        }
         if not self.training:
-            return None, None
+            return masks
         device = device if device is not None else self.kernel.device
         dtype = dtype if dtype is not None else self.kernel.dtype
-        inp = rec = None
-        if self.dropout > 0:
-            inp = draw_dropout_mask(
-                self.dropout, (batch_size, self.input_size), device, dtype, generator
-            )
-        if self.recurrent_dropout > 0:
-            rec = draw_dropout_mask(
-                self.recurrent_dropout, (batch_size, self.units), device, dtype, generator
-            )
-        return inp, rec
+        u, gu = self.units, self.gates * self.units
+        for key, rate, shape in (
+            ("input_dropout_mask", self.dropout, (batch_size, self.input_size)),
+            ("recurrent_dropout_mask", self.recurrent_dropout, (batch_size, u)),
+            ("recurrent_kernel_dropout_mask", self.recurrent_weight_dropout, (u, gu)),
+        ):
+            if rate > 0:
+                masks[key] = draw_dropout_mask(rate, shape, device, dtype, generator)
+        if self.zoneout > 0:
+            masks["zoneout_mask"] = torch.empty(
+                batch_size, steps, u, device=device, dtype=dtype
+            ).bernoulli_(self.zoneout, generator=generator)
+        return masks
 
     # --- one step ---------------------------------------------------------------------------
     def _normalise_state(self, state, batch_size: int) -> State:
@@ -249,22 +314,20 @@ class RecurrentCell(nn.Module):
         self,
         inputs: torch.Tensor,
         state,
-        *,
-        input_dropout_mask: torch.Tensor | None = None,
-        recurrent_dropout_mask: torch.Tensor | None = None,
+        **masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, State]:
-        """One step.
+        """One step: the reference recurrence over a sequence of length one.
 
         Args:
             inputs: ``(B, I)``.
             state: tuple of ``(B, u)`` tensors (a bare tensor is accepted for one-state cells).
-            input_dropout_mask: ``(B, I)`` scaled keep-mask, or ``None``.
-            recurrent_dropout_mask: ``(B, u)`` scaled keep-mask on ``h`` where it enters the
-                recurrent product, or ``None``.
+            **masks: the masks of :meth:`sequence_masks` (``input_dropout_mask``,
+                ``recurrent_dropout_mask``, ``recurrent_kernel_dropout_mask``, and
+                ``zoneout_mask`` of shape ``(B, 1, u)`` for this step), or none of them.
 
         Returns:
-            ``(output (B, u), new_state)``. The cell draws no dropout mask itself: the layer
-            draws them once per sequence (:meth:`dropout_masks`) and passes them in.
+            ``(output (B, u), new_state)``. The cell draws no mask itself: the layer draws them
+            once per sequence (:meth:`sequence_masks`) and passes them in.
         """
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
             raise ValueError(
@@ -278,24 +341,14 @@ class RecurrentCell(nn.Module):
                 f"received inputs of shape {tuple(inputs.shape)}"
             )
         state = self._normalise_state(state, inputs.shape[0])
-        if input_dropout_mask is not None:
-            inputs = inputs * input_dropout_mask
-        xw = inputs @ self.kernel
-        if self.bias is not None:
-            xw = xw + (self.bias[0] if self.bias.dim() == 2 else self.bias)
-        h = state[0]
-        h_in = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
-        new_state = self._step(xw, state, h_in)
-        return new_state[0], new_state
-
-    def _step(self, xw: torch.Tensor, state: State, h_in: torch.Tensor) -> State:
-        raise NotImplementedError
+        out, new_state = reference.run(self.spec, self.weights, inputs[:, None], state, **masks)
+        return out[:, 0], new_state
 
     # --- Keras weights ----------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         """``[kernel (I, G*u), recurrent_kernel (u, G*u), bias]``; no bias without ``use_bias``."""
         self._check_built()
-        return [p.detach().cpu().numpy().copy() for p in self.weights if p is not None]
+        return [p.detach().cpu().numpy().copy() for p in self.parameter_list()]
 
     def weight_shapes(self, input_size: int | None = None) -> list[tuple[int, ...]]:
         input_size = self.input_size if input_size is None else input_size
@@ -303,7 +356,7 @@ class RecurrentCell(nn.Module):
         shapes = [(input_size, gu), (self.units, gu)]
         if self.use_bias:
             shapes.append(self._bias_shape())
-        return shapes
+        return shapes + [shape for _, shape in self._layer_norm_shapes()]
 
     def set_weights(self, weights: Sequence) -> None:
         """Load Keras arrays (the layout of :meth:`get_weights`); shapes are checked first."""
@@ -326,8 +379,7 @@ class RecurrentCell(nn.Module):
             )
         self.build(input_size)
         with torch.no_grad():
-            params = [p for p in self.weights if p is not None]
-            for p, w in zip(params, weights, strict=True):
+            for p, w in zip(self.parameter_list(), weights, strict=True):
                 p.copy_(torch.as_tensor(np.asarray(w), dtype=p.dtype))
 
     def extra_repr(self) -> str:
@@ -351,9 +403,6 @@ class SimpleRNNCell(RecurrentCell):
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True, **kwargs):
         super().__init__(units, activation=activation, use_bias=use_bias, **kwargs)
-
-    def _step(self, xw, state, h_in):
-        return (simple_step(xw, h_in, self.recurrent_kernel, get_activation(self.activation)),)
 
 
 class LSTMCell(RecurrentCell):
@@ -407,17 +456,6 @@ class LSTMCell(RecurrentCell):
         if self.bias is not None and self.unit_forget_bias:
             unit_forget_bias_(self.bias.data)
 
-    def _step(self, xw, state, h_in):
-        return lstm_step(
-            xw,
-            state[0],
-            state[1],
-            h_in,
-            self.recurrent_kernel,
-            get_activation(self.activation),
-            get_activation(self.recurrent_activation),
-        )
-
 
 class GRUCell(RecurrentCell):
     r"""Gated recurrent unit cell (Keras ``GRUCell``), gate order ``z, r, h``.
@@ -463,31 +501,6 @@ class GRUCell(RecurrentCell):
 
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
-
-    @property
-    def spec(self) -> RecurrenceSpec:
-        return RecurrenceSpec(
-            "gru",
-            self.units,
-            activation=self.activation,
-            recurrent_activation=self.recurrent_activation,
-            use_bias=self.use_bias,
-            reset_after=self.reset_after,
-        )
-
-    def _step(self, xw, state, h_in):
-        rec_bias = self.bias[1] if self.bias is not None and self.bias.dim() == 2 else None
-        h = gru_step(
-            xw,
-            state[0],
-            h_in,
-            self.recurrent_kernel,
-            rec_bias,
-            get_activation(self.activation),
-            get_activation(self.recurrent_activation),
-            self.reset_after,
-        )
-        return (h,)
 
 
 class StackedRNNCells(nn.Module):
@@ -558,8 +571,9 @@ class StackedRNNCells(nn.Module):
             i += n
         return out
 
-    def forward(self, inputs: torch.Tensor, state, *, dropout_masks=None):
-        """One step through all cells; ``dropout_masks`` is a list of per-cell mask pairs."""
+    def forward(self, inputs: torch.Tensor, state, *, masks=None):
+        """One step through all cells; ``masks`` is a list of per-cell mask dicts
+        (:meth:`RecurrentCell.sequence_masks`)."""
         if isinstance(state, torch.Tensor):
             state = (state,)
         state = tuple(state)
@@ -570,8 +584,7 @@ class StackedRNNCells(nn.Module):
         new_states: list[torch.Tensor] = []
         x = inputs
         for k, (c, s) in enumerate(zip(self.cells, self.split_state(state), strict=True)):
-            masks = dropout_masks[k] if dropout_masks is not None else (None, None)
-            x, ns = c(x, s, input_dropout_mask=masks[0], recurrent_dropout_mask=masks[1])
+            x, ns = c(x, s, **(masks[k] if masks is not None else {}))
             new_states.extend(ns)
         return x, tuple(new_states)
 
@@ -582,7 +595,7 @@ class StackedRNNCells(nn.Module):
         weights = list(weights)
         i = 0
         for c in self.cells:
-            n = 3 if c.use_bias else 2
+            n = len(c.weight_shapes(0))
             c.set_weights(weights[i : i + n])
             i += n
         if i != len(weights):

@@ -218,7 +218,7 @@ class RNN(nn.Module):
         finals: list[torch.Tensor] = []
         seq, layer_mask = x, mask
         for k, (cell, s0) in enumerate(zip(cells, per_cell, strict=True)):
-            in_mask, rec_mask = cell.dropout_masks(batch, x.device, x.dtype)
+            masks = cell.sequence_masks(batch, steps, x.device, x.dtype)
             # go_backwards on the first cell puts the sequence in processing order; later
             # cells then run forwards over it (with the mask in the same order).
             backwards = self.go_backwards and k == 0
@@ -231,8 +231,7 @@ class RNN(nn.Module):
                 mask=layer_mask,
                 go_backwards=backwards,
                 zero_output_for_mask=self.zero_output_for_mask,
-                input_dropout_mask=in_mask,
-                recurrent_dropout_mask=rec_mask,
+                **masks,
             )
             if backwards and layer_mask is not None:
                 layer_mask = layer_mask.flip(1)
@@ -290,6 +289,9 @@ class SimpleRNN(_CellLayer):
             dropout, recurrent_dropout: as :class:`~rnnkit.layers.SimpleRNNCell`.
         return_sequences, return_state, go_backwards, stateful, zero_output_for_mask,
             time_major, backend: as :class:`RNN`.
+        layer_norm, zoneout, recurrent_weight_dropout: as :class:`~rnnkit.layers.RecurrentCell`
+            (layer-normalised projections, zoneout of ``h``, DropConnect on the recurrent kernel;
+            run by the fused backend).
         input_size: input features; ``None`` builds on the first call.
         device, dtype: where to create the parameters.
 
@@ -314,6 +316,9 @@ class SimpleRNN(_CellLayer):
         time_major: bool = False,
         backend: str = "auto",
         *,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
+        recurrent_weight_dropout: float = 0.0,
         input_size: int | None = None,
         device=None,
         dtype=None,
@@ -327,6 +332,9 @@ class SimpleRNN(_CellLayer):
             bias_initializer=bias_initializer,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            recurrent_weight_dropout=recurrent_weight_dropout,
             input_size=input_size,
             device=device,
             dtype=dtype,
@@ -357,6 +365,9 @@ class LSTM(_CellLayer):
             dropout, recurrent_dropout: as :class:`~rnnkit.layers.LSTMCell`.
         return_sequences, return_state, go_backwards, stateful, zero_output_for_mask,
             time_major, backend: as :class:`RNN`.
+        layer_norm, zoneout, recurrent_weight_dropout: as :class:`~rnnkit.layers.RecurrentCell`
+            (layer-normalised projections, zoneout of ``h``, DropConnect on the recurrent kernel;
+            run by the fused backend).
         input_size: input features; ``None`` builds on the first call.
         device, dtype: where to create the parameters.
 
@@ -386,6 +397,9 @@ class LSTM(_CellLayer):
         time_major: bool = False,
         backend: str = "auto",
         *,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
+        recurrent_weight_dropout: float = 0.0,
         input_size: int | None = None,
         device=None,
         dtype=None,
@@ -401,6 +415,9 @@ class LSTM(_CellLayer):
             unit_forget_bias=unit_forget_bias,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            recurrent_weight_dropout=recurrent_weight_dropout,
             input_size=input_size,
             device=device,
             dtype=dtype,
@@ -433,6 +450,9 @@ class GRU(_CellLayer):
             :class:`~rnnkit.layers.GRUCell`.
         return_sequences, return_state, go_backwards, stateful, zero_output_for_mask,
             time_major, backend: as :class:`RNN`.
+        layer_norm, zoneout, recurrent_weight_dropout: as :class:`~rnnkit.layers.RecurrentCell`
+            (layer-normalised projections, zoneout of ``h``, DropConnect on the recurrent kernel;
+            run by the fused backend).
         input_size: input features; ``None`` builds on the first call.
         device, dtype: where to create the parameters.
 
@@ -460,6 +480,9 @@ class GRU(_CellLayer):
         reset_after: bool = True,
         backend: str = "auto",
         *,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
+        recurrent_weight_dropout: float = 0.0,
         input_size: int | None = None,
         device=None,
         dtype=None,
@@ -475,6 +498,9 @@ class GRU(_CellLayer):
             reset_after=reset_after,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            recurrent_weight_dropout=recurrent_weight_dropout,
             input_size=input_size,
             device=device,
             dtype=dtype,
