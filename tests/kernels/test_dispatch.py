@@ -48,3 +48,13 @@ def test_registered_backend_plugs_in(monkeypatch):
     assert set(calls[0]) >= {"mask", "go_backwards", "zero_output_for_mask"}
     with pytest.raises(ValueError, match="backend 'fused' cannot run"):
         dispatch.select(RecurrenceSpec("simple", U, activation="elu"), backend="fused")
+
+
+def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
+    from rnnkit.kernels import dispatch
+
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert dispatch.auto_order(device=torch.device("cpu"), mask=mask)[0] == "fused"
+    assert dispatch.auto_order(device=torch.device("cpu"), mask=None)[0] == "vendor"
+    assert dispatch.auto_order(device=torch.device("cuda"), mask=mask)[0] == "vendor"
+    assert "triton" in dispatch.available()  # registered; it accepts CUDA inputs only

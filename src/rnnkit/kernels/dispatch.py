@@ -5,10 +5,12 @@ A backend is a module with ``run(spec, weights, inputs, initial_state, **options
 ``unsupported_reason(spec, **options) -> str | None`` for a better error message. ``supports``
 and ``unsupported_reason`` also receive ``device=`` and ``dtype=`` of the inputs (device-specific
 backends need them); ``run`` receives only the contract's keyword arguments. The registry
-holds ``vendor`` and ``reference`` and, when the module exists, ``rnnkit.kernels.fused``.
+holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and ``triton``
+(:mod:`rnnkit.kernels.triton_lstm`, which accepts CUDA inputs only).
 
 ``backend="auto"`` takes the first that supports the call exactly, in the order
-``vendor, fused, reference``; naming a backend that cannot run the call raises ``ValueError``.
+``vendor, triton, fused, reference`` (masked calls on the CPU: ``fused, vendor, reference``, see
+:func:`auto_order`); naming a backend that cannot run the call raises ``ValueError``.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
 >>> select(RecurrenceSpec("lstm", 8))
@@ -27,22 +29,34 @@ import torch
 from rnnkit.kernels import reference, vendor
 from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
 
-AUTO_ORDER = ("vendor", "fused", "reference")
+AUTO_ORDER = ("vendor", "triton", "fused", "reference")
+# On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
+# than unmasked input (bench: 5-15x); the fused recurrence costs the same with or without a mask.
+MASKED_CPU_ORDER = ("fused", "vendor", "reference")
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
 
 _REGISTRY: dict[str, ModuleType] = {"vendor": vendor, "reference": reference}
+_OPTIONAL = {"fused": "rnnkit.kernels.fused", "triton": "rnnkit.kernels.triton_lstm"}
 
 
-def _load_fused() -> None:
-    try:
-        module = importlib.import_module("rnnkit.kernels.fused")
-    except ImportError:
-        return
-    if callable(getattr(module, "run", None)) and callable(getattr(module, "supports", None)):
-        _REGISTRY["fused"] = module
+def _load_optional() -> None:
+    """Register the backends whose modules import here (importing them imports no GPU code)."""
+    for name, path in _OPTIONAL.items():
+        try:
+            module = importlib.import_module(path)
+        except ImportError:
+            continue
+        if callable(getattr(module, "run", None)) and callable(getattr(module, "supports", None)):
+            _REGISTRY[name] = module
 
 
-_load_fused()
+_load_optional()
+
+
+def auto_order(*, device=None, mask: torch.Tensor | None = None, **_options) -> tuple[str, ...]:
+    """The order in which ``auto`` tries the backends for a call."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return MASKED_CPU_ORDER if on_cpu and mask is not None else AUTO_ORDER
 
 
 def register(name: str, module: ModuleType) -> None:
@@ -81,7 +95,7 @@ def select(spec: RecurrenceSpec, *, backend: str = "auto", **options) -> str:
     """
     check_backend_name(backend)
     if backend == "auto":
-        for name in AUTO_ORDER:
+        for name in auto_order(**options):
             module = _REGISTRY.get(name)
             if module is not None and (name == "reference" or module.supports(spec, **options)):
                 return name
