@@ -51,8 +51,6 @@ def test_registered_backend_plugs_in(monkeypatch):
 
 
 def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
-    from rnnkit.kernels import dispatch
-
     mask = torch.ones(2, 3, dtype=torch.bool)
     assert dispatch.auto_order(device=torch.device("cpu"), mask=mask)[0] == "fused"
     assert dispatch.auto_order(device=torch.device("cpu"), mask=None)[0] == "vendor"
