@@ -1,0 +1,17 @@
+"""Models: the seeds' ``LanguageModel`` (padded sentences and stream LM) and its PTB recipes.
+
+The classifier (``rnnkit.models.classifier``) adds its names below.
+"""
+
+from rnnkit.models.language_model import IGNORE_INDEX, LanguageModel, LanguageModelConfig
+from rnnkit.models.presets import LM_PRESETS, LMRecipe, LMTrainingConfig, resolve_recipe
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LM_PRESETS",
+    "LMRecipe",
+    "LMTrainingConfig",
+    "LanguageModel",
+    "LanguageModelConfig",
+    "resolve_recipe",
+]
