@@ -43,6 +43,93 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
 
+# ----------------------------------------------------------------------------- matrix products
+# On x86 CPUs PyTorch's float32 matmul goes to MKL, which on some CPUs (AMD EPYC here) is ~2x
+# slower than oneDNN's JIT GEMM that torch.nn.LSTM uses; oneDNN is reachable through the
+# (inductor) op mkldnn._linear_pointwise. Exact float32 (no reduced-precision math mode); float64
+# and other devices use torch.mm.
+def _find_onednn_linear():
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.randn(3, 4), torch.randn(5, 4)
+        torch.testing.assert_close(op(x, w, None, "none", [], ""), x @ w.t())
+        return op
+    except Exception:  # noqa: BLE001 - any failure means: not available, use torch.mm
+        return None
+
+
+_ONEDNN_LINEAR = _find_onednn_linear()
+
+
+def _onednn(t: torch.Tensor) -> bool:
+    return _ONEDNN_LINEAR is not None and t.dtype == torch.float32 and t.device.type == "cpu"
+
+
+class _Right:
+    """Right-multiplication by a fixed matrix ``mat (K, N)``: ``x @ mat`` for many small ``x``."""
+
+    def __init__(self, mat: torch.Tensor, batch: int):
+        self.mat = mat
+        self.fast = _onednn(mat)
+        if self.fast:
+            w = mat.t().contiguous()  # (N, K), torch.nn.Linear layout
+            try:
+                w = torch.ops.mkldnn._reorder_linear_weight(w, batch)  # packed once per call
+            except Exception:  # noqa: BLE001 - packing is an optimisation only
+                pass
+            self.w = w
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return _ONEDNN_LINEAR(x, self.w, None, "none", [], "")
+        return x @ self.mat
+
+    def acc_(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out += x @ mat``."""
+        return out.add_(self(x)) if self.fast else out.addmm_(x, self.mat)
+
+    def into(self, base: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out = base + x @ mat``."""
+        if self.fast:
+            return torch.add(base, self(x), out=out)
+        return torch.addmm(base, x, self.mat, out=out)
+
+    def mm(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out = x @ mat``."""
+        return out.copy_(self(x)) if self.fast else torch.mm(x, self.mat, out=out)
+
+
+class _Linear(torch.autograd.Function):
+    """``x @ w + b`` with oneDNN products (used for the input projection of all steps)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _ONEDNN_LINEAR(x, w.t().contiguous(), b, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = (
+            _ONEDNN_LINEAR(dy, w.contiguous(), None, "none", [], "")
+            if ctx.needs_input_grad[0]
+            else None
+        )
+        dw = x.t() @ dy if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if _onednn(x) and _onednn(w):
+        return _Linear.apply(x, w, b)
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
 # ----------------------------------------------------------------------------- activations
 @dataclass(frozen=True)
 class _Act:
@@ -187,13 +274,22 @@ def _set_h(cfg, H, t, hbuf, hp, a, valid):
         torch.lerp(hp, hbuf, a[t], out=H[t + 1])
 
 
-def _consume(ctx):
+# The backward pass overwrites the stored gate activations with the gate gradients (no extra
+# buffer). Set True to keep them (one copy per backward), e.g. for gradcheck / retain_graph.
+ALLOW_REPEATED_BACKWARD = False
+
+
+def _consume(ctx, G: torch.Tensor) -> torch.Tensor:
+    if ALLOW_REPEATED_BACKWARD:
+        return G.clone()
     if getattr(ctx, "consumed", False):
         raise RuntimeError(
             "the fused recurrence's backward pass can run only once per forward "
-            "(its buffers are reused in place); recompute the forward instead of retain_graph"
+            "(its buffers are reused in place); set rnnkit.kernels.fused.ALLOW_REPEATED_BACKWARD"
+            " = True to allow retain_graph"
         )
     ctx.consumed = True
+    return G
 
 
 # ----------------------------------------------------------------------------- LSTM
@@ -217,6 +313,7 @@ class _LSTMFunction(torch.autograd.Function):
         P = xw.new_empty(T, B, G4) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
+        mU = _Right(U, B)
         if ln:
             M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
             MU_h, RS_h = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
@@ -227,13 +324,11 @@ class _LSTMFunction(torch.autograd.Function):
             hp, cp, g = H[t], C[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
             if ln:
-                y, mu, rs = torch.native_layer_norm(
-                    torch.mm(hin, U, out=M[s]), (G4,), g_h, None, _EPS
-                )
+                y, mu, rs = torch.native_layer_norm(mU.mm(hin, out=M[s]), (G4,), g_h, None, _EPS)
                 g.add_(y)
                 MU_h[s], RS_h[s] = mu, rs
             else:
-                g.addmm_(hin, U)
+                mU.acc_(g, hin)
             if P is not None:
                 P[t] = g
             ract.apply_(g[:, : 3 * u])
@@ -266,11 +361,10 @@ class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dH, dc_T):
-        _consume(ctx)
         (H,) = ctx.saved_tensors
         cfg = ctx.cfg
         G, C, CN, TC, P, Hin, U, rd, a, valid, g_h, g_c, b_c = ctx.bufs
-        del ctx.bufs
+        G = _consume(ctx, G)
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G4 = G.shape
         u = G4 // 4
@@ -282,7 +376,6 @@ class _LSTMFunction(torch.autograd.Function):
 
         if ln:
             M, MU_h, RS_h, CY, MU_c, RS_c = ctx.ln_bufs
-            del ctx.ln_bufs
             c_in = CY
         else:
             c_in = CN if CN is not None else C[1:]
@@ -300,7 +393,7 @@ class _LSTMFunction(torch.autograd.Function):
         del K_o, K_i, K_f, K_g
         P = None  # noqa: F841 (free the pre-activations)
         Bc = None if a is None else 1.0 - a  # dh passes to h_{t-1} where the state is carried
-        UT = U.t()
+        mUT = _Right(U.t(), B)
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
         dc = dc_T.clone()
@@ -332,9 +425,9 @@ class _LSTMFunction(torch.autograd.Function):
                     )[0]
                 )
             if rd is None:
-                torch.addmm(dH[t], src, UT, out=dh2)
+                mUT.into(dH[t], src, out=dh2)
             else:
-                torch.addcmul(dH[t], torch.mm(src, UT, out=tmp), rd, out=dh2)
+                torch.addcmul(dH[t], mUT.mm(src, out=tmp), rd, out=dh2)
             if Bc is not None:
                 dh2.addcmul_(Bc[t], dh)
             dh, dh2 = dh2, dh
@@ -363,6 +456,7 @@ class _GRUFunction(torch.autograd.Function):
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         R = xw.new_empty(n, B, G3)  # recurrent projection (after LN) + recurrent bias
+        mU = _Right(U, B)
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
@@ -374,15 +468,13 @@ class _GRUFunction(torch.autograd.Function):
             hp, g, r_t = H[t], G[t], R[s]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
             if ln:
-                y, mu, rs = torch.native_layer_norm(
-                    torch.mm(hin, U, out=M[s]), (G3,), g_h, b_rec, _EPS
-                )
+                y, mu, rs = torch.native_layer_norm(mU.mm(hin, out=M[s]), (G3,), g_h, b_rec, _EPS)
                 r_t.copy_(y)
                 MU[s], RS[s] = mu, rs
             elif b_rec is not None:
-                torch.addmm(b_rec, hin, U, out=r_t)
+                mU.into(b_rec, hin, out=r_t)
             else:
-                torch.mm(hin, U, out=r_t)
+                mU.mm(hin, out=r_t)
             g[:, u:].add_(r_t[:, : 2 * u])
             if P is not None:
                 P[t, :, u:] = g[:, u:]
@@ -404,11 +496,10 @@ class _GRUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dH):
-        _consume(ctx)
         (H,) = ctx.saved_tensors
         cfg = ctx.cfg
         G, R, P, Hin, U, b_rec, g_h, rd, a, valid = ctx.bufs
-        del ctx.bufs
+        G = _consume(ctx, G)
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G3 = G.shape
         u = G3 // 3
@@ -427,13 +518,12 @@ class _GRUFunction(torch.autograd.Function):
         Q = z.clone() if a is None else (z * a).add_(1.0 - a)  # dh_{t-1} += Q * dh_t
         del K_h, G, R, hh, z, r
         P = None  # noqa: F841
-        UT = U.t()
+        mUT = _Right(U.t(), B)
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ln:
             M, MU, RS = ctx.ln_bufs
-            del ctx.ln_bufs
             DM = torch.empty_like(M)
         for t in range(T - 1, -1, -1):
             Dt = D[t]
@@ -448,9 +538,9 @@ class _GRUFunction(torch.autograd.Function):
                 )
             torch.addcmul(dH[t], Q[t], dh, out=dh2)
             if rd is None:
-                dh2.addmm_(src, UT)
+                mUT.acc_(dh2, src)
             else:
-                dh2.addcmul_(torch.mm(src, UT, out=tmp), rd)
+                dh2.addcmul_(mUT.mm(src, out=tmp), rd)
             dh, dh2 = dh2, dh
         dR = D[..., u:]
         src_all = DM if ln else dR
@@ -473,7 +563,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         G = xw if cfg.owns_xw else xw.clone()
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
-        U_zr, U_h = U[:, : 2 * u], U[:, 2 * u :]
+        mUzr, mUh = _Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)
         RH = xw.new_empty(n, B, u)  # r * h_in
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
@@ -488,11 +578,11 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             hp, g = H[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
             if ln:
-                m = torch.mm(hin, U_zr, out=Mzr[s])
+                m = mUzr.mm(hin, out=Mzr[s])
                 y, MU[s, 0], RS[s, 0] = torch.native_layer_norm(m, (2 * u,), g_zr, None, _EPS)
                 g[:, u:].add_(y)
             else:
-                g[:, u:].addmm_(hin, U_zr)
+                mUzr.acc_(g[:, u:], hin)
             if P is not None:
                 P[t, :, u:] = g[:, u:]
             ract.apply_(g[:, u:])
@@ -500,11 +590,11 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             hh = g[:, :u]
             if ln:
                 y, MU[s, 1], RS[s, 1] = torch.native_layer_norm(
-                    torch.mm(rh, U_h, out=Mh[s]), (u,), g_hh, None, _EPS
+                    mUh.mm(rh, out=Mh[s]), (u,), g_hh, None, _EPS
                 )
                 hh.add_(y)
             else:
-                hh.addmm_(rh, U_h)
+                mUh.acc_(hh, rh)
             if P is not None:
                 P[t, :, :u] = hh
             act.apply_(hh)
@@ -521,11 +611,10 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dH):
-        _consume(ctx)
         (H,) = ctx.saved_tensors
         cfg = ctx.cfg
         G, RH, P, Hin, U, g_h, rd, a, valid = ctx.bufs
-        del ctx.bufs
+        G = _consume(ctx, G)
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G3 = G.shape
         u = G3 // 3
@@ -542,14 +631,13 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         z.copy_(K_z)
         del K_z
         P = None  # noqa: F841
-        U_zr, U_h = U[:, : 2 * u], U[:, 2 * u :]
+        mUzrT, mUhT = _Right(U[:, : 2 * u].t(), B), _Right(U[:, 2 * u :].t(), B)
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
         drh = torch.empty_like(dh)
         dhin = torch.empty_like(dh)
         if ln:
             Mzr, Mh, MU, RS = ctx.ln_bufs
-            del ctx.ln_bufs
             g_zr, g_hh = g_h[: 2 * u], g_h[2 * u :]
             DMzr, DMh = torch.empty_like(Mzr), torch.empty_like(Mh)
         for t in range(T - 1, -1, -1):
@@ -570,7 +658,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
                         [True, False, False],
                     )[0]
                 )
-            torch.mm(src_h, U_h.t(), out=drh)  # d(r * h_in)
+            mUhT.mm(src_h, out=drh)  # d(r * h_in)
             torch.mul(drh, Dt[:, 2 * u :], out=dhin)  # Dt[:, 2u:] still holds r
             torch.mul(drh, K_r[t], out=Dt[:, 2 * u :])
             src_zr = Dt[:, u:]
@@ -588,7 +676,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
                         [True, False, False],
                     )[0]
                 )
-            dhin.addmm_(src_zr, U_zr.t())
+            mUzrT.acc_(dhin, src_zr)
             torch.addcmul(dH[t], Q[t], dh, out=dh2)
             if rd is None:
                 dh2.add_(dhin)
@@ -626,6 +714,7 @@ class _SimpleFunction(torch.autograd.Function):
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         Hin = xw.new_empty(n, B, u) if rd is not None else None
+        mU = _Right(U, B)
         # Without mask/zoneout the activation writes straight into H and G keeps the pre-activation.
         direct = cfg.mode == "none"
         P = xw.new_empty(T, B, u) if save and act.needs_input and not direct else None
@@ -638,11 +727,11 @@ class _SimpleFunction(torch.autograd.Function):
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
             if ln:
                 y, MU[s], RS[s] = torch.native_layer_norm(
-                    torch.mm(hin, U, out=M[s]), (u,), g_h, None, _EPS
+                    mU.mm(hin, out=M[s]), (u,), g_h, None, _EPS
                 )
                 g.add_(y)
             else:
-                g.addmm_(hin, U)
+                mU.acc_(g, hin)
             if direct:
                 act.out(g, out=H[t + 1])
             else:
@@ -661,10 +750,9 @@ class _SimpleFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dH):
-        _consume(ctx)
         (H,) = ctx.saved_tensors
         G, P, Hin, U, g_h, rd, a, direct = ctx.bufs
-        del ctx.bufs
+        G = _consume(ctx, G)
         T, B, u = G.shape
         act = ctx.cfg.act
         d = act.deriv(H[1:], G) if direct else act.deriv(G, P)
@@ -675,13 +763,12 @@ class _SimpleFunction(torch.autograd.Function):
         del d, P
         _scale_(G, a)
         Q = None if a is None else 1.0 - a
-        UT = U.t()
+        mUT = _Right(U.t(), B)
         dh = dH[T].clone()
         dh2 = torch.empty_like(dh)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ctx.cfg.layer_norm:
             M, MU, RS = ctx.ln_bufs
-            del ctx.ln_bufs
             DM = torch.empty_like(M)
         for t in range(T - 1, -1, -1):
             src = G[t].mul_(dh)
@@ -693,9 +780,9 @@ class _SimpleFunction(torch.autograd.Function):
                     )[0]
                 )
             if rd is None:
-                torch.addmm(dH[t], src, UT, out=dh2)
+                mUT.into(dH[t], src, out=dh2)
             else:
-                torch.addcmul(dH[t], torch.mm(src, UT, out=tmp), rd, out=dh2)
+                torch.addcmul(dH[t], mUT.mm(src, out=tmp), rd, out=dh2)
             if Q is not None:
                 dh2.addcmul_(Q[t], dh)
             dh, dh2 = dh2, dh
@@ -777,14 +864,14 @@ def run(
             raise ValueError(
                 "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
             )
-        xw = F.layer_norm(x2 @ W, (W.shape[1],), _cols(ln.input_gamma, idx_in), None, _EPS)
+        xw = F.layer_norm(
+            _linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), None, _EPS
+        )
         if b_in is not None:
             xw = xw + b_in
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
-    elif b_in is not None:
-        xw = torch.addmm(b_in, x2, W)
     else:
-        xw = x2 @ W
+        xw = _linear(x2, W, b_in)
     xw = xw.view(T, B, -1)  # (T, B, G*u)
 
     valid = None

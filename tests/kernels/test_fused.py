@@ -1,0 +1,320 @@
+"""The fused backend equals the reference loop for every configuration, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.kernels import fused, reference
+from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
+
+B, T, I, U = 3, 5, 4, 3
+F64 = torch.float64
+
+MASKS = {
+    "none": None,
+    "right": [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]],
+    "left": [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]],
+    "arbitrary_empty_row": [[1, 0, 1, 0, 1], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]],
+}
+CELLS = [("lstm", True), ("gru", True), ("gru", False), ("simple", True)]
+CELL_IDS = ["lstm", "gru", "gru_reset_before", "simple"]
+
+
+def _mask(name):
+    m = MASKS[name]
+    return None if m is None else torch.tensor(m, dtype=torch.bool)
+
+
+def _weights(spec: RecurrenceSpec, dtype=F64, seed=0) -> RecurrentWeights:
+    g = torch.Generator().manual_seed(seed)
+    G, u = spec.gates, spec.units
+
+    def rnd(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(True)
+
+    bias = None
+    if spec.use_bias:
+        two = spec.cell == "gru" and spec.reset_after
+        bias = rnd(2, G * u, scale=0.3) if two else rnd(G * u, scale=0.3)
+    ln = None
+    if spec.layer_norm:
+        lstm = spec.cell == "lstm"
+        ln = LayerNormWeights(
+            (1 + rnd(G * u, scale=0.2)).detach().requires_grad_(True),
+            (1 + rnd(G * u, scale=0.2)).detach().requires_grad_(True),
+            (1 + rnd(u, scale=0.2)).detach().requires_grad_(True) if lstm else None,
+            rnd(u, scale=0.2) if lstm else None,
+        )
+    return RecurrentWeights(rnd(I, G * u), rnd(u, G * u), bias, ln)
+
+
+def _params(w: RecurrentWeights) -> list[torch.Tensor]:
+    out = [w.kernel, w.recurrent_kernel] + ([w.bias] if w.bias is not None else [])
+    if w.layer_norm is not None:
+        out += [p for p in w.layer_norm if p is not None]
+    return out
+
+
+def _options(spec, extra, dtype=F64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    kw = {}
+    if "recurrent_dropout" in extra:
+        kw["recurrent_dropout_mask"] = (torch.rand(B, U, generator=g) > 0.4).to(dtype) / 0.6
+    if "input_dropout" in extra:
+        kw["input_dropout_mask"] = (torch.rand(B, I, generator=g) > 0.3).to(dtype) / 0.7
+    if "zoneout" in extra:
+        kw["zoneout_mask"] = (torch.rand(B, T, U, generator=g) > 0.5).to(dtype)
+    if "drop_connect" in extra:
+        keep = torch.rand(U, spec.gates * U, generator=g) > 0.3
+        kw["recurrent_kernel_dropout_mask"] = keep.to(dtype) / 0.7
+    return kw
+
+
+def _both(spec, w, kw, dtype=F64, seed=2):
+    """Outputs, final states and all gradients of reference and fused on the same data."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, I, generator=g, dtype=dtype).requires_grad_(True)
+    state = tuple(
+        torch.randn(B, U, generator=g, dtype=dtype).requires_grad_(True)
+        for _ in range(spec.state_count)
+    )
+    results = []
+    for backend in (reference, fused):
+        out, final = backend.run(spec, w, x, state, **kw)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+        loss = (out * weight).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(final))
+        grads = torch.autograd.grad(loss, [x, *state, *_params(w)])
+        results.append((out, final, grads))
+    return results
+
+
+def _assert_same(results, **tol):
+    (o1, s1, g1), (o2, s2, g2) = results
+    torch.testing.assert_close(o2, o1, **tol)
+    for a, b in zip(s2, s1, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    for k, (a, b) in enumerate(zip(g2, g1, strict=True)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
+MASK_DIRECTIONS = [
+    ("none", False),
+    ("right", True),
+    ("left", False),
+    ("left", True),
+    ("arbitrary_empty_row", True),
+]
+
+EXTRAS = [
+    (),
+    ("recurrent_dropout",),
+    ("input_dropout",),
+    ("zoneout",),
+    ("zoneout_eval",),
+    ("drop_connect",),
+    ("recurrent_dropout", "zoneout", "drop_connect"),
+]
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=["+".join(e) or "plain" for e in EXTRAS])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["", "layer_norm"])
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_fused_equals_reference(cell, reset_after, layer_norm, extra):
+    spec = RecurrenceSpec(
+        cell,
+        U,
+        reset_after=reset_after,
+        layer_norm=layer_norm,
+        zoneout=0.3 if "zoneout_eval" in extra else 0.0,
+    )
+    w = _weights(spec)
+    for mask_name, go_backwards in MASK_DIRECTIONS:
+        kw = _options(spec, extra)
+        kw.update(mask=_mask(mask_name), go_backwards=go_backwards)
+        _assert_same(_both(spec, w, kw))
+
+
+@pytest.mark.parametrize("zero_output_for_mask", [False, True])
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_zero_output_for_mask_and_no_bias(cell, reset_after, zero_output_for_mask):
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after, use_bias=False)
+    kw = {"mask": _mask("arbitrary_empty_row"), "zero_output_for_mask": zero_output_for_mask}
+    _assert_same(_both(spec, _weights(spec), kw))
+
+
+ACTIVATION_NAMES = [
+    "tanh",
+    "sigmoid",
+    "hard_sigmoid",
+    "relu",
+    "linear",
+    "elu",
+    "selu",
+    "softsign",
+    "softplus",
+    "silu",
+    "gelu",
+    "exponential",
+]
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_every_named_activation(name):
+    for cell, reset_after in CELLS:
+        for which in ("activation", "recurrent_activation"):
+            if cell == "simple" and which == "recurrent_activation":
+                continue
+            if name == "exponential" and cell == "lstm" and which == "activation":
+                continue  # exp(c) with c growing by exp(g) overflows to inf/nan in both backends
+            spec = RecurrenceSpec(cell, U, reset_after=reset_after, **{which: name})
+            w = _weights(spec)
+            with torch.no_grad():  # keep exponential/relu recurrences tame
+                w.recurrent_kernel.mul_(0.3)
+                w.kernel.mul_(0.3)
+            _assert_same(_both(spec, w, {"mask": _mask("left")}))
+
+
+def test_activation_given_as_library_function_is_recognised():
+    spec = RecurrenceSpec("lstm", U, activation=torch.tanh, recurrent_activation=torch.sigmoid)
+    assert fused.supports(spec)
+    _assert_same(_both(spec, _weights(spec), {}))
+
+
+def test_arbitrary_callable_is_not_supported():
+    spec = RecurrenceSpec("gru", U, activation=lambda x: torch.tanh(x) * 2)
+    assert not fused.supports(spec)
+    assert "callable" in fused.unsupported_reason(spec)
+    with pytest.raises(ValueError, match="cannot run this configuration"):
+        fused.run(spec, _weights(spec), torch.zeros(B, T, I, dtype=F64), (torch.zeros(B, U),))
+
+
+def test_supports_every_implemented_configuration():
+    for cell, reset_after in CELLS:
+        for ln in (False, True):
+            spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=ln, zoneout=0.1)
+            assert fused.supports(
+                spec,
+                mask=_mask("left"),
+                go_backwards=True,
+                zero_output_for_mask=True,
+                recurrent_dropout_mask=torch.ones(B, U),
+                zoneout_mask=torch.ones(B, T, U),
+                recurrent_kernel_dropout_mask=torch.ones(U, spec.gates * U),
+            )
+    assert not fused.supports(RecurrenceSpec("lstm", U), unroll_twice=True)
+
+
+GRADCHECK = [
+    ("lstm", True, False, ()),
+    ("lstm", True, True, ("recurrent_dropout", "zoneout")),
+    ("gru", True, True, ("drop_connect",)),
+    ("gru", False, True, ("recurrent_dropout",)),
+    ("simple", True, True, ("zoneout",)),
+]
+
+
+@pytest.mark.parametrize(("cell", "reset_after", "layer_norm", "extra"), GRADCHECK)
+def test_gradcheck(cell, reset_after, layer_norm, extra, monkeypatch):
+    """float64 gradcheck of the whole fused run (input projection + hand-written BPTT)."""
+    monkeypatch.setattr(fused, "ALLOW_REPEATED_BACKWARD", True)
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm)
+    w = _weights(spec)
+    params = _params(w)
+    kw = _options(spec, extra)
+    kw["mask"] = _mask("left")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, I, generator=g, dtype=F64).requires_grad_(True)
+    state = tuple(
+        torch.randn(2, U, generator=g, dtype=F64).requires_grad_(True)
+        for _ in range(spec.state_count)
+    )
+    kw = {
+        k: (v[:2, :4] if k == "zoneout_mask" else v[:2] if k.endswith("dropout_mask") else v)
+        for k, v in kw.items()
+    }
+    if "recurrent_kernel_dropout_mask" in _options(spec, extra):
+        kw["recurrent_kernel_dropout_mask"] = _options(spec, extra)["recurrent_kernel_dropout_mask"]
+    kw["mask"] = kw["mask"][:2, 1:]
+    n_state = len(state)
+
+    def f(x, *rest):
+        st, ps = rest[:n_state], list(rest[n_state:])
+        ln = None
+        if w.layer_norm is not None:
+            k = len(ps) - sum(p is not None for p in w.layer_norm)
+            it = iter(ps[k:])
+            ln = LayerNormWeights(*[next(it) if p is not None else None for p in w.layer_norm])
+            ps = ps[:k]
+        ww = RecurrentWeights(ps[0], ps[1], ps[2] if w.bias is not None else None, ln)
+        out, final = fused.run(spec, ww, x, st, **kw)
+        return (out, *final)
+
+    assert torch.autograd.gradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-6)
+
+
+def test_float32_onednn_path_matches_reference():
+    for cell, reset_after in CELLS:
+        for ln in (False, True):
+            spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=ln)
+            w = _weights(spec, dtype=torch.float32)
+            kw = _options(spec, ("recurrent_dropout",), dtype=torch.float32)
+            kw["mask"] = _mask("left")
+            _assert_same(_both(spec, w, kw, dtype=torch.float32), atol=1e-4, rtol=1e-3)
+
+
+def test_inference_path_equals_training_forward():
+    for cell, reset_after in CELLS:
+        spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=True)
+        w = _weights(spec)
+        kw = _options(spec, ("zoneout", "recurrent_dropout"))
+        kw["mask"] = _mask("right")
+        x = torch.randn(B, T, I, dtype=F64)
+        state = tuple(torch.randn(B, U, dtype=F64) for _ in range(spec.state_count))
+        out, final = fused.run(spec, w, x, state, **kw)
+        with torch.no_grad():
+            out2, final2 = fused.run(spec, w, x, state, **kw)
+        torch.testing.assert_close(out2, out.detach())
+        for a, b in zip(final2, final, strict=True):
+            torch.testing.assert_close(a, b.detach())
+
+
+def test_zoneout_mask_of_ones_keeps_the_initial_state():
+    spec = RecurrenceSpec("lstm", U)
+    w = _weights(spec)
+    h0, c0 = torch.randn(B, U, dtype=F64), torch.randn(B, U, dtype=F64)
+    out, (h, c) = fused.run(
+        spec, w, torch.randn(B, T, I, dtype=F64), (h0, c0), zoneout_mask=torch.ones(B, T, U)
+    )
+    torch.testing.assert_close(h.detach(), h0)
+    torch.testing.assert_close(out.detach(), h0[:, None].expand(B, T, U))
+    assert not torch.allclose(c.detach(), c0)  # the cell state is not zoned out (haste)
+
+
+def test_empty_sequence_returns_initial_state():
+    spec = RecurrenceSpec("gru", U)
+    h0 = torch.randn(B, U, dtype=F64)
+    out, (h,) = fused.run(spec, _weights(spec), torch.zeros(B, 0, I, dtype=F64), (h0,))
+    assert out.shape == (B, 0, U)
+    assert h is h0
+
+
+def test_backward_twice_raises():
+    spec = RecurrenceSpec("lstm", U)
+    w = _weights(spec)
+    x = torch.randn(B, T, I, dtype=F64)
+    state = (torch.zeros(B, U, dtype=F64), torch.zeros(B, U, dtype=F64))
+    out, _ = fused.run(spec, w, x, state)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        out.sum().backward()
+
+
+def test_repeated_backward_when_allowed(monkeypatch):
+    monkeypatch.setattr(fused, "ALLOW_REPEATED_BACKWARD", True)
+    spec = RecurrenceSpec("gru", U, reset_after=False)
+    w = _weights(spec)
+    out, _ = fused.run(spec, w, torch.randn(B, T, I, dtype=F64), (torch.zeros(B, U, dtype=F64),))
+    (g1,) = torch.autograd.grad(out.sum(), [w.kernel], retain_graph=True)
+    (g2,) = torch.autograd.grad(out.sum(), [w.kernel])
+    torch.testing.assert_close(g1, g2)
