@@ -240,6 +240,8 @@ def test_adaptive_softmax_head():
     torch.testing.assert_close(loss, manual)
     with pytest.raises(ValueError, match="below vocab_size"):
         tiny(adaptive_softmax_cutoffs=[4, 11])
+    with pytest.raises(ValueError, match="0 dimensions"):
+        tiny(adaptive_softmax_cutoffs=[4, 8])  # 5 units // 4**2
 
 
 def test_gru_and_init_scale():

@@ -218,6 +218,13 @@ class LanguageModel(nn.Module):
                     f"adaptive_softmax_cutoffs must be below vocab_size={cfg.vocab_size}; "
                     f"received {cutoffs}"
                 )
+            smallest = cfg.num_lstm_units // int(cfg.adaptive_softmax_div_value ** len(cutoffs))
+            if smallest < 1:
+                raise ValueError(
+                    f"adaptive_softmax_div_value={cfg.adaptive_softmax_div_value} is too large for "
+                    f"num_lstm_units={cfg.num_lstm_units} and {len(cutoffs)} cutoffs: the last "
+                    "cluster would have 0 dimensions"
+                )
             cfg.adaptive_softmax_cutoffs = cutoffs
         self.config = cfg
         self.tokenizer = Tokenizer(num_words=cfg.vocab_size)
