@@ -568,15 +568,18 @@ def run_eval(args: argparse.Namespace) -> int:
     ids = encode_file(args.data, vocab, level=info["level"], eos_token=info["eos_token"])
     if ids.numel() < 2:
         raise UsageError(f"{args.data} has fewer than 2 tokens")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = model.evaluate_stream(ids, args.batch_size, args.num_steps)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"perplexity: {res['perplexity']:.3f}")
     print(
         f"tokens: {res['tokens']:,} predicted ({ids.numel():,} in the file; the first is context)"
     )
     print(f"evaluation batch size: {args.batch_size} (window {args.num_steps})")
-    print(f"time: {dt:.1f} s ({res['tokens'] / dt:,.0f} tokens/s)")
+    print(
+        f"time: {dt:.1f} s ({res['tokens'] / dt:,.0f} tokens/s; {cpu:.1f} CPU-s, "
+        f"{torch.get_num_threads()} thread(s))"
+    )
     return 0
 
 
@@ -603,7 +606,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt_ids = vocab.encode(tokens)
     eos_id = vocab.lookup(eos) if (args.stop_at_eos and eos and eos in vocab) else None
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    total, t0 = 0, time.perf_counter()
+    total, t0, c0 = 0, time.perf_counter(), time.process_time()
     for _ in range(args.num_samples):
         try:
             new = model.generate(
@@ -628,10 +631,12 @@ def run_generate(args: argparse.Namespace) -> int:
             if eos:
                 text = text.replace(f" {eos} ", "\n").replace(f" {eos}", "\n")
         print(text.rstrip("\n"))
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     if not args.quiet:
         print(
-            f"[{total:,} tokens in {dt:.2f} s: {total / max(dt, 1e-9):,.0f} tokens/s, batch 1]",
+            f"[{total:,} tokens in {dt:.2f} s: {total / max(dt, 1e-9):,.0f} tokens/s, batch 1, "
+            f"{torch.get_num_threads()} thread(s); {total / max(cpu, 1e-9):,.0f} tokens per "
+            "CPU-second]",
             file=sys.stderr,
         )
     return 0

@@ -681,14 +681,54 @@ class LanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def _step(self, token: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One token per row: ``(B,)`` ids -> ``(B, V)`` logits and the new state."""
-        x = self.embedding.embeddings[token]  # (B, E)
-        new: list[torch.Tensor] = []
-        for cell, s in zip(self.cells.cells, self.cells.split_state(state), strict=True):
-            x, ns = cell(x, s)
-            new.extend(ns)
-        return self.output_logits(x), tuple(new)
+    def _stepper(self):
+        """A one-token step ``(token (B,), state) -> (logits (B, V), state)`` for generation.
+
+        Cells that the vendor kernel computes exactly (default activations) step with the fused
+        ``torch.lstm_cell`` / ``torch.gru_cell`` on the torch-layout views of their weights
+        (:func:`rnnkit.kernels.vendor.torch_params`); others use their own ``forward``. The output
+        weights are laid out ``(H, V)`` once, so each token reads them contiguously.
+        """
+        from rnnkit.kernels import vendor
+
+        steps = []
+        for cell in self.cells.cells:
+            spec = cell.spec
+            if spec.cell in ("lstm", "gru") and vendor.supports(spec):
+                w_ih, w_hh, *bias = vendor.torch_params(spec, cell.weights)
+                b_ih, b_hh = (bias[0], bias[1] if spec.cell == "gru" else None) if bias else (
+                    None, None,
+                )  # fmt: skip
+                if spec.cell == "lstm":
+                    steps.append(lambda x, s, a=(w_ih, w_hh, b_ih, b_hh): torch.lstm_cell(x, s, *a))
+                else:
+                    steps.append(
+                        lambda x, s, a=(w_ih, w_hh, b_ih, b_hh): (torch.gru_cell(x, s[0], *a),)
+                    )
+            else:
+                steps.append(lambda x, s, c=cell: c(x, s)[1])
+        if self.decoder is not None:
+            wt = self.decoder.weight.t().contiguous()  # (H, V)
+            b = self.decoder.bias
+
+            def head(h: torch.Tensor) -> torch.Tensor:
+                return torch.addmm(b, h, wt) if b is not None else h @ wt
+
+        else:
+            head = self.output_logits
+        table = self.embedding.embeddings
+        split = self.cells.split_state
+
+        def step(token: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+            x = table[token]  # (B, E)
+            new: list[torch.Tensor] = []
+            for fn, s in zip(steps, split(state), strict=True):
+                ns = fn(x, s)
+                x = ns[0]
+                new.extend(ns)
+            return head(x), tuple(new)
+
+        return step
 
     @torch.no_grad()
     def generate(
@@ -765,13 +805,15 @@ class LanguageModel(nn.Module):
             elif state is None:
                 state = self.initial_state(batch)
             token = prompt_t[:, -1]
+            step = self._stepper()
             out: list[torch.Tensor] = []
             done = torch.zeros(batch, dtype=torch.bool, device=device)
             for _ in range(max_new_tokens):
-                logits, state = self._step(token, state)  # (B, V)
+                logits, state = step(token, state)  # (B, V)
                 token = self.sample_from_logits(
-                    logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-                )
+                    logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                    generator=generator, inplace=True,
+                )  # fmt: skip
                 token = token.masked_fill(done, 0)
                 out.append(token)
                 if eos_id is not None:
@@ -791,8 +833,14 @@ class LanguageModel(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Draw one id per row from ``(B, V)`` logits with temperature / top-k / top-p.
+
+        Top-k keeps the ``k`` largest logits, then the temperature applies, then top-p keeps
+        the smallest set of best candidates whose probability reaches ``top_p``. With
+        ``mask_zero`` the padding id 0 is never drawn (``inplace=True`` writes that into
+        ``logits`` instead of a copy).
 
         >>> m = LanguageModel(vocab_size=5, num_lstm_units=2, num_lstm_layers=1)
         >>> logits = torch.tensor([[0.0, 1.0, 3.0, 2.0, 0.5]])
@@ -803,22 +851,25 @@ class LanguageModel(nn.Module):
         """
         logits = logits.float()
         if self.config.mask_zero:
-            logits = logits.clone()
+            logits = logits if inplace else logits.clone()
             logits[:, 0] = -math.inf
         if temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits / temperature
+        ids = None  # candidate ids when the support is cut down, best first
         if top_k is not None and top_k < logits.shape[-1]:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, -math.inf)
+            logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k)
+        logits = logits / temperature
         if top_p is not None and top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above
-            sorted_logits = sorted_logits.masked_fill(before >= top_p, -math.inf)
-            logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+            if ids is None:
+                logits, ids = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(logits, dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # mass of the candidates ranked above
+            logits = logits.masked_fill(before >= top_p, -math.inf)
+        # Inverse-CDF sampling: one uniform draw per row (torch.multinomial draws V exponentials).
+        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V) or (B, k)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # (B, 1)
+        return (pick if ids is None else ids.gather(1, pick))[:, 0]
 
     def extra_repr(self) -> str:
         c = self.config
