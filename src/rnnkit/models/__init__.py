@@ -15,3 +15,22 @@ __all__ = [
     "LanguageModelConfig",
     "resolve_recipe",
 ]
+
+# --- classifier (rnnkit.models.classifier) ---
+from rnnkit.models.classifier import (  # noqa: E402
+    CharOneHot,
+    ClassifierConfig,
+    SequenceClassifier,
+    build_text_classifier,
+    load_classifier,
+    save_classifier,
+)
+
+__all__ += [
+    "CharOneHot",
+    "ClassifierConfig",
+    "SequenceClassifier",
+    "build_text_classifier",
+    "load_classifier",
+    "save_classifier",
+]
