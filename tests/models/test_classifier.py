@@ -23,6 +23,7 @@ from rnnkit.models.classifier import (
 from rnnkit.training import Trainer
 from rnnkit.training.checkpoint import CheckpointError
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # Tiny models: more threads only add synchronisation (and contention on shared machines).
