@@ -8,11 +8,13 @@ Usage::
 For each configuration: median seconds (torch.utils.benchmark, ``blocked_autorange``) of
 forward+backward and of inference, and the ratio ``torch.nn.X standard time / rnnkit time``
 (> 1 means rnnkit is faster) with the torch.nn module measured right before, in the same process.
-``--repeats`` repeats the whole table to show the spread on a noisy machine.
+torch.nn and rnnkit are measured alternately ``--repeats`` times per configuration (the machine is
+shared and noisy); the table shows the median ratio and its min..max over the repeats.
 
 ``--memory`` also reports the peak memory of one training step (forward + backward) measured with
-``torch.profiler`` (``profile_memory=True``): the maximum over time of the running sum of CPU
-allocations minus frees after the inputs and weights exist.
+``torch.profiler`` (``profile_memory=True``): the maximum over time of the running sum of every
+op's own CPU allocations minus frees (``self_cpu_memory_usage``, ordered by start time), i.e. the
+peak of memory allocated during the step on top of the inputs and weights that exist before it.
 """
 
 from __future__ import annotations
@@ -117,10 +119,11 @@ def peak_memory(fn) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = []
-    for e in prof.events():
-        if e.cpu_memory_usage != 0 and e.name in ("[memory]",):
-            events.append((e.time_range.start, e.cpu_memory_usage))
+    events = [
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.self_cpu_memory_usage != 0
+    ]
     cur = peak = 0
     for _, delta in sorted(events):
         cur += delta
@@ -146,27 +149,30 @@ def main(argv=None) -> int:
     B, T, I, u = args.batch, args.steps, args.inputs, args.units
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={B} T={T} I={I} u={u}")
     rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    for rep in range(args.repeats):
-        for cell in args.only.split(","):
-            t_train, t_infer, _, _ = _torch_case(cell, B, T, I, u)
-            base_tr = _median("f()", {"f": t_train}, args.min_run_time)
-            base_inf = _median("f()", {"f": t_infer}, args.min_run_time)
-            rows.setdefault((cell, f"torch.nn.{TORCH_MODULES[cell].__name__}"), []).append(
-                (base_tr, 1.0, base_inf, 1.0)
-            )
-            for name, spec_kw, opt in _configs(cell):
-                if args.configs and not any(s in name for s in args.configs.split(",")):
-                    continue
-                tr, inf = _rnnkit_case(cell, spec_kw, opt, B, T, I, u)
-                m_tr = _median("f()", {"f": tr}, args.min_run_time)
-                m_inf = _median("f()", {"f": inf}, args.min_run_time)
+    mrt = args.min_run_time
+    for cell in args.only.split(","):
+        t_train, t_infer, _, _ = _torch_case(cell, B, T, I, u)
+        for name, spec_kw, opt in _configs(cell):
+            if args.configs and not any(s in name for s in args.configs.split(",")):
+                continue
+            tr, inf = _rnnkit_case(cell, spec_kw, opt, B, T, I, u)
+            for rep in range(args.repeats):
+                # torch.nn and rnnkit alternate, so both see the same machine load
+                base_tr = _median("f()", {"f": t_train}, mrt)
+                m_tr = _median("f()", {"f": tr}, mrt)
+                base_inf = _median("f()", {"f": t_infer}, mrt)
+                m_inf = _median("f()", {"f": inf}, mrt)
+                rows.setdefault((cell, f"torch.nn.{TORCH_MODULES[cell].__name__}"), []).append(
+                    (base_tr, 1.0, base_inf, 1.0)
+                )
                 rows.setdefault((cell, name), []).append(
                     (m_tr, base_tr / m_tr, m_inf, base_inf / m_inf)
                 )
                 print(
-                    f"[rep {rep}] {cell:6s} {name:28s} train {m_tr * 1e3:7.1f} ms "
-                    f"({base_tr / m_tr:4.2f}x)  infer {m_inf * 1e3:6.1f} ms "
-                    f"({base_inf / m_inf:4.2f}x)",
+                    f"[rep {rep}] {cell:6s} {name:30s} train {m_tr * 1e3:7.1f} ms "
+                    f"(torch {base_tr * 1e3:6.1f}, {base_tr / m_tr:4.2f}x)  infer "
+                    f"{m_inf * 1e3:6.1f} ms (torch {base_inf * 1e3:6.1f}, "
+                    f"{base_inf / m_inf:4.2f}x)",
                     flush=True,
                 )
     print()
