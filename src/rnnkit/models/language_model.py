@@ -218,7 +218,7 @@ class LanguageModel(nn.Module):
                     f"adaptive_softmax_cutoffs must be below vocab_size={cfg.vocab_size}; "
                     f"received {cutoffs}"
                 )
-            smallest = cfg.num_lstm_units // int(cfg.adaptive_softmax_div_value ** len(cutoffs))
+            smallest = int(cfg.num_lstm_units // cfg.adaptive_softmax_div_value ** len(cutoffs))
             if smallest < 1:
                 raise ValueError(
                     f"adaptive_softmax_div_value={cfg.adaptive_softmax_div_value} is too large for "
