@@ -393,3 +393,33 @@ def test_presets_match_zaremba_2014():
     assert (r.model["num_lstm_units"], r.training.epochs, r.training.lr) == (7, 3, 1.0)
     with pytest.raises(ValueError, match="preset must be one of"):
         resolve_recipe("huge")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_generation_fast_step_equals_the_cells_own_step(monkeypatch, cell):
+    from rnnkit.kernels import vendor
+
+    m = tiny(cell=cell)
+    prompt = torch.tensor([[3, 4], [5, 6]])
+    fast = m.generate(prompt, 8, seed=2, temperature=1.5)
+    monkeypatch.setattr(vendor, "supports", lambda spec, **kw: False)
+    assert torch.equal(m.generate(prompt, 8, seed=2, temperature=1.5), fast)
+
+
+def test_generation_with_adaptive_softmax_and_tied_weights():
+    a = tiny(adaptive_softmax_cutoffs=[4], adaptive_softmax_div_value=2.0)
+    out = a.generate([3], 10, seed=0, top_k=3)
+    assert out.shape == (10,) and out.min() >= 1
+    t = tiny(embedding_dim=5, tie_weights=True)
+    assert torch.equal(t.generate([3], 6, seed=0), t.generate([3], 6, seed=0))
+
+
+def test_run_lstm_dropout_only_in_training():
+    m = LanguageModel(11, 6, 5, 2, embedding_dim=4, dropout_keep_prob=0.5)
+    torch.manual_seed(0)
+    a, _ = m.run_lstm(PADDED, is_training=True)
+    b, _ = m.run_lstm(PADDED, is_training=True)
+    assert not torch.allclose(a, b)
+    c, _ = m.run_lstm(PADDED, is_training=False)
+    d, _ = m.run_lstm(PADDED, is_training=False)
+    torch.testing.assert_close(c, d)
