@@ -244,3 +244,16 @@ def test_load_rejects_non_classifier_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "lin", torch.nn.Linear(2, 1), config={"a": 1})
     with pytest.raises(CheckpointError, match="not a sequence-classifier checkpoint"):
         load_classifier(tmp_path / "lin")
+
+
+def test_dropouts_train_mode_random_eval_mode_deterministic_and_padding_invariant():
+    model = _model(dropout=0.3, recurrent_dropout=0.3, embedding_dropout=0.2, head_dropout=0.2,
+                   pooling="mean")  # fmt: skip
+    ids = _pad(SEQS, 6, "post")
+    model.train()
+    assert not model._vendor_ok()  # recurrent dropout in training: the masked layers run
+    a, b = model.encode(ids), model.encode(ids)
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert model._vendor_ok()
+    torch.testing.assert_close(model(ids)[0], model(_pad(SEQS, 8, "pre"))[0], atol=1e-10, rtol=0)

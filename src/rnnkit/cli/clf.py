@@ -42,7 +42,12 @@ from torch.utils.data import DataLoader
 
 from rnnkit.cli.main import UsageError
 from rnnkit.data import reber
-from rnnkit.data.batching import BucketBatchSampler, ClassificationDataset, pad_batch
+from rnnkit.data.batching import (
+    BucketBatchSampler,
+    ClassificationDataset,
+    pad_batch,
+    padding_fraction,
+)
 from rnnkit.data.classification import (
     LabelMap,
     SkippedRowsWarning,
@@ -153,6 +158,8 @@ REBER_PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 30,
     },
 }
+
+_CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "simple": "SimpleRNN"}
 
 # ------------------------------------------------------------------------------------ data
 
@@ -412,6 +419,7 @@ def train_text_classifier(
     patience: int | None = None,
     quiet: bool = False,
     device: str = "cpu",
+    fast_path: bool = True,
 ) -> dict[str, Any]:
     """Train a token classifier on labelled texts and evaluate its best checkpoint.
 
@@ -428,6 +436,7 @@ def train_text_classifier(
         patience: early-stopping patience on ``val_accuracy`` (``None``: off).
         quiet: no progress bars.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``.
+        fast_path: see :attr:`SequenceClassifier.fast_path` (exact either way; speed only).
 
     Returns:
         A summary dict (also written to ``run_dir/summary.json``).
@@ -447,6 +456,7 @@ def train_text_classifier(
         truncating=s["truncating"],
         **model_kw,
     )
+    model.fast_path = fast_path
     train_ids = _encode(model, train.texts)
     loader = make_loader(
         train_ids, train.labels, batch_size=s["batch_size"], bucket_batches=bucket_batches,
@@ -489,6 +499,10 @@ def train_text_classifier(
         "settings": s,
         "seed": seed,
         "bucket_batches": bucket_batches,
+        "fast_path": fast_path,
+        "train_padding_fraction": round(
+            padding_fraction(loader.batch_sampler, loader.batch_sampler.lengths), 4
+        ),
         "train_examples": n_train,
         "val_examples": 0 if val is None else len(val),
         "vocabulary_size": model.config.vocab_size,
@@ -508,7 +522,11 @@ def train_text_classifier(
         "history": history.history,
     }
     if history.epoch:
-        plot_history(history, run_dir / "history.png", title=f"{run_dir.name}")
+        layers = " + ".join(f"{_CELL_NAMES[model.config.cell]}({u})" for u in model.config.units)
+        if model.config.bidirectional:
+            layers = f"Bidirectional {layers}"
+        title = f"{run_dir.name}: {layers}, {model.config.pooling} pooling"
+        plot_history(history, run_dir / "history.png", title=title)
         summary["history_png"] = str(run_dir / "history.png")
     if val is not None and trainer.epochs_done:
         best = load_classifier(run_dir)
@@ -610,8 +628,9 @@ def train_reber(
     t1, c1 = time.perf_counter(), time.process_time()
     history = trainer.fit(loader, val_loader, epochs=s["epochs"])
     train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
-    plot_history(history, run_dir / "history.png", title=f"{'embedded ' if embedded else ''}"
-                 f"Reber, {s['cell']}{s['units']}")  # fmt: skip
+    layers = " + ".join(f"{_CELL_NAMES[s['cell']]}({u})" for u in s["units"])
+    grammar_name = "embedded Reber" if embedded else "Reber"
+    plot_history(history, run_dir / "history.png", title=f"{grammar_name}: {layers}")
     best = load_classifier(run_dir)
     report = evaluate_classifier(
         best, data["test"][0], data["test"][1], batch_size=512, out_dir=run_dir, name="test"
@@ -794,6 +813,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=50,
         help="batches per length bucket; 1 = plain random batches (default: 50)",
+    )
+    p.add_argument(
+        "--fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run right-padded batches unmasked on the vendor kernel (exact; default: on); "
+        "--no-fast-path runs the masked layers (packed sequences), for comparison",
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument(
@@ -978,6 +1004,7 @@ def run_train(args) -> int:
             train, val, run_dir=run_dir, settings=s, seed=args.seed,
             bucket_batches=args.bucket_batches, max_steps=args.max_steps,
             patience=args.patience, quiet=args.quiet, device=args.device,
+            fast_path=args.fast_path,
         )  # fmt: skip
     except ValueError as exc:  # bad settings (e.g. config validation)
         raise UsageError(str(exc)) from exc

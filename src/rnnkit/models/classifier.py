@@ -328,6 +328,14 @@ class SequenceClassifier(nn.Module):
     Returns:
         ``(logits, loss)``: logits ``(B,)`` for binary models, ``(B, C)`` otherwise; ``loss``
         a scalar, or ``None`` without targets.
+
+    Attributes:
+        fast_path: when ``True`` (default), a right-padded batch (or one without padding) whose
+            recurrences the vendor kernel supports (no recurrent dropout, default activations)
+            runs without masks, each backward direction over its rows reversed within their
+            lengths (:func:`reverse_valid`). Same numbers (forward and gradients) as the masked
+            layers, which on CPU run packed sequences several times slower. Other batches
+            (left or arbitrary padding) always take the masked layers.
     """
 
     def __init__(
