@@ -143,6 +143,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         help="before training, time STEPS training steps of this model and of a plain "
         "torch.nn.LSTM model of the same size (tokens/s, written to throughput.json)",
     )
+    run.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also log scalars to OUT/tensorboard (needs the optional tensorboard package)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run_train)
 
@@ -482,6 +488,7 @@ def run_train(args: argparse.Namespace) -> int:
             run_dir=out,
             log_every=tc.log_every,
             quiet=args.quiet,
+            tensorboard=args.tensorboard,
             seed=tc.seed,
             batch_weight=model.count_targets,
             unit="token",
@@ -492,7 +499,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "recipe": recipe.to_dict(),
             },
         )
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ImportError) as err:
         raise UsageError(str(err)) from None
     t0 = time.perf_counter()
     history = trainer.fit(
