@@ -803,7 +803,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=False,
         help="class weights inversely proportional to class frequency",
     )
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], help="optimizer")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--batch-size", type=int, help="examples per batch")
     p.add_argument("--epochs", type=int, help="epochs")
@@ -849,7 +849,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a classifier on labelled data")
     p.add_argument("checkpoint", type=Path, help="run folder or checkpoint directory")
     p.add_argument("--data", type=Path, required=True, help="labelled data: file or folder")
-    p.add_argument("--format", choices=["aclimdb", "csv", "jsonl", "folders"], default=None)
+    p.add_argument(
+        "--format",
+        choices=["aclimdb", "csv", "jsonl", "folders"],
+        default=None,
+        help="format of --data (default: guessed from the path)",
+    )
     p.add_argument("--split", default="test", help="aclImdb split to read (default: test)")
     p.add_argument("--text-column", default="text", help="CSV column / JSONL key of the text")
     p.add_argument("--label-column", default="label", help="CSV column / JSONL key of the label")
@@ -859,8 +864,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="error",
         help="rows whose label the model does not know: error (default) or skip",
     )
-    p.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: 'strict' errors (files: skipped+reported), 'replace'",
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="texts per forward pass")
     p.add_argument(
         "--output",
         type=Path,
@@ -880,7 +890,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="file with one text per line ('-' for stdin), UTF-8",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument(
         "--all-probabilities",
         action=argparse.BooleanOptionalAction,
@@ -903,19 +913,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="lstm",
         help="'seed': SimpleRNN(4) + RMSprop, 100 epochs; 'lstm' (default)",
     )
-    p.add_argument("--cell", choices=sorted(CELLS))
-    p.add_argument("--units", type=int, nargs="+")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--train-size", type=int, default=10000)
-    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--cell", choices=sorted(CELLS), help="override the preset's cell")
+    p.add_argument("--units", type=int, nargs="+", help="units of each recurrent layer")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "rmsprop"], help="optimizer")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=int, help="strings per batch")
+    p.add_argument("--epochs", type=int, help="epochs (seed: 100, lstm: 30)")
+    p.add_argument("--train-size", type=int, default=10000, help="training strings")
+    p.add_argument("--val-size", type=int, default=5000, help="validation strings")
     p.add_argument("--test-size", type=int, default=5000, help="fresh strings for the test")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", type=Path, default=None)
-    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--seed", type=int, default=0, help="data and weight seed")
+    p.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default: runs/reber-<time>)"
+    )
+    p.add_argument(
+        "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars"
+    )
     p.set_defaults(run=run_reber)
 
 
@@ -1018,11 +1032,10 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     model = _load(args.checkpoint)
-    if model.label_map is None or not isinstance(model.encoder, object):
+    if model.label_map is None:
         raise UsageError(f"{args.checkpoint}: the checkpoint has no label map")
     if isinstance(model.encoder, CharOneHot):
         raise UsageError("eval reads labelled text files; Reber models are tested by 'clf reber'")
-    args.format = args.format
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedRowsWarning)
         data = read_labelled(
