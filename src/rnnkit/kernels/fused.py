@@ -119,9 +119,16 @@ class _Linear(torch.autograd.Function):
             if ctx.needs_input_grad[0]
             else None
         )
-        dw = x.t() @ dy if ctx.needs_input_grad[1] else None
+        dw = _tn(x, dy) if ctx.needs_input_grad[1] else None
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
+
+
+def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^T @ b`` for tall ``a (N, K1)``, ``b (N, K2)``: the weight gradients over all steps."""
+    if _onednn(a) and _onednn(b):
+        return _ONEDNN_LINEAR(b.t(), a.t().contiguous(), None, "none", [], "").t()
+    return a.t() @ b
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -454,7 +461,7 @@ class _LSTMFunction(torch.autograd.Function):
             dh, dh2 = dh2, dh
         src_all = DM if ln else G
         h_in = Hin if rd is not None else H[:-1]
-        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.view(T * B, G4))
+        dU = _tn(h_in.reshape(T * B, u), src_all.view(T * B, G4))
         dg_h = dg_c = db_c = None
         if ln:
             dg_h = ((M - MU_h).mul_(RS_h).mul_(G)).sum((0, 1))
@@ -566,7 +573,7 @@ class _GRUFunction(torch.autograd.Function):
         dR = D[..., u:]
         src_all = DM if ln else dR
         h_in = Hin if rd is not None else H[:-1]
-        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.reshape(T * B, G3))
+        dU = _tn(h_in.reshape(T * B, u), src_all.reshape(T * B, G3))
         db_rec = dR.sum((0, 1)) if b_rec is not None else None
         dg_h = ((M - MU).mul_(RS).mul_(dR)).sum((0, 1)) if ln else None
         return None, D[..., :G3], dU, dh, db_rec, dg_h, None, None, None
@@ -708,8 +715,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
         dU = torch.cat(
             [
-                torch.mm(h_in.reshape(T * B, u).t(), zr_all),
-                torch.mm(RH.reshape(T * B, u).t(), h_all),
+                _tn(h_in.reshape(T * B, u), zr_all),
+                _tn(RH.reshape(T * B, u), h_all),
             ],
             dim=1,
         )
@@ -809,7 +816,7 @@ class _SimpleFunction(torch.autograd.Function):
             dh, dh2 = dh2, dh
         h_in = Hin if rd is not None else H[:-1]
         src_all = DM if ctx.cfg.layer_norm else G
-        dU = torch.mm(h_in.reshape(T * B, u).t(), src_all.view(T * B, u))
+        dU = _tn(h_in.reshape(T * B, u), src_all.view(T * B, u))
         dg_h = ((M - MU).mul_(RS).mul_(G)).sum((0, 1)) if ctx.cfg.layer_norm else None
         return None, G, dU, dh, dg_h, None, None, None
 
