@@ -206,26 +206,29 @@ def test_embedding_dropout_drops_whole_words():
 
 def test_weight_drop_is_dropconnect_on_recurrent_kernel(monkeypatch):
     m = tiny(weight_drop=0.5).train()
+    assert [c.recurrent_weight_dropout for c in m.cells.cells] == [0.5, 0.5]
     x = torch.randint(1, 11, (2, 5))
-    masks = {}
+    drops = {}
+    for k, cell in enumerate(m.cells.cells):
+        g = torch.Generator().manual_seed(k)
+        drop = (torch.rand(cell.recurrent_kernel.shape, generator=g) > 0.5) * 2.0
+        drops[id(cell)] = drop
 
-    def fixed(cell):
-        g = torch.Generator().manual_seed(len(masks))
-        masks[id(cell)] = (torch.rand(cell.recurrent_kernel.shape, generator=g) > 0.5) * 2.0
-        return masks[id(cell)]
+        def fixed(*args, real=cell.sequence_masks, drop=drop, **kwargs):
+            return {**real(*args, **kwargs), "recurrent_kernel_dropout_mask": drop}
 
-    monkeypatch.setattr(m, "_weight_drop_mask", fixed)
+        monkeypatch.setattr(cell, "sequence_masks", fixed)
     out, _, _ = m(x)
     ref = tiny()
     ref.load_state_dict(m.state_dict())
     with torch.no_grad():
         for mine, theirs in zip(m.cells.cells, ref.cells.cells, strict=True):
-            theirs.recurrent_kernel.mul_(masks[id(mine)])
+            theirs.recurrent_kernel.mul_(drops[id(mine)])
     torch.testing.assert_close(out, ref.eval()(x)[0])
-    real = tiny(weight_drop=0.5).train()
-    mask = real._weight_drop_mask(real.cells.cells[0])
+    cell = tiny(weight_drop=0.5).train().cells.cells[0]
+    mask = cell.sequence_masks(2, 5)["recurrent_kernel_dropout_mask"]
     assert mask.shape == (5, 20) and set(mask.unique().tolist()) <= {0.0, 2.0}
-    assert real.eval()._weight_drop_mask(real.cells.cells[0]) is None
+    assert cell.eval().sequence_masks(2, 5)["recurrent_kernel_dropout_mask"] is None
 
 
 def test_adaptive_softmax_head():

@@ -322,7 +322,9 @@ class LanguageModel(nn.Module):
                 rate, which drops half when it means to keep all).
         """
         keep = _check_prob("dropout_keep_prob", dropout_keep_prob, low_open=True)
-        return _CELLS[self.config.cell](self.num_lstm_units, dropout=1.0 - keep)
+        return _CELLS[self.config.cell](
+            self.num_lstm_units, dropout=1.0 - keep, recurrent_weight_dropout=self.weight_drop
+        )
 
     def make_lstm_cell(self, dropout_keep_prob: float) -> RecurrentCell:
         """The seed's name for :meth:`make_cell`: an ``LSTMCell`` (or a ``GRUCell`` with
@@ -501,13 +503,6 @@ class LanguageModel(nn.Module):
         keep = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1.0 - p)  # (B, 1, F)
         return x * keep / (1.0 - p)
 
-    def _weight_drop_mask(self, cell: RecurrentCell) -> torch.Tensor | None:
-        if not self.training or self.weight_drop == 0.0:
-            return None
-        rk = cell.recurrent_kernel
-        keep = torch.empty_like(rk).bernoulli_(1.0 - self.weight_drop)  # (H, G*H)
-        return keep / (1.0 - self.weight_drop)
-
     def _check_state(self, state, batch: int) -> State:
         state = tuple(state)
         sizes = self.cells.state_sizes
@@ -554,14 +549,12 @@ class LanguageModel(nn.Module):
         finals: list[torch.Tensor] = []
         cells = list(self.cells.cells)
         for cell, s0 in zip(cells, self.cells.split_state(state), strict=True):
+            # The cells' weight drop (DropConnect) applies; their Keras input dropout does not:
+            # the stream LM's own dropout between layers (per step or locked) replaces it.
+            masks = cell.sequence_masks(batch, x.shape[1], x.device, x.dtype)
+            masks["input_dropout_mask"] = None
             x, final = dispatch.run(
-                cell.spec,
-                cell.weights,
-                x,
-                s0,
-                backend=self.config.backend,
-                mask=mask,
-                recurrent_kernel_dropout_mask=self._weight_drop_mask(cell),
+                cell.spec, cell.weights, x, s0, backend=self.config.backend, mask=mask, **masks
             )  # (B, T, H)
             finals.extend(final)
             x = self._dropout(x)  # between layers, and on the last layer's output
