@@ -690,7 +690,9 @@ def demo_stage(ctx) -> dict[str, Any]:
     s = reber_stage(out, quick=ctx.quick, seed=ctx.seed)
     summary = {
         "task": "embedded Reber: valid vs corrupted strings",
-        "model": f"{s['settings']['cell']}{s['settings']['units']}",
+        "model": " + ".join(
+            f"{_CELL_NAMES[s['settings']['cell']]}({u})" for u in s["settings"]["units"]
+        ),
         "parameters": s["parameters"],
         "train_strings": s["train_size"],
         "epochs": s["epochs_done"],
