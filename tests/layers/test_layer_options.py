@@ -51,7 +51,9 @@ def test_backends_equal_reference(cell, options, backend, training):
 def test_auto_never_falls_back_to_the_reference_loop(options):
     layer = LSTM(3, input_size=4, **options)
     layer(torch.randn(2, 3, 4))
-    assert dispatch.select(layer.cell.spec, **_mask_kwargs(layer)) == "fused"
+    chosen = dispatch.select(layer.cell.spec, **_mask_kwargs(layer))
+    # DropConnect only changes the recurrent kernel: torch.nn's kernel runs it exactly
+    assert chosen == ("vendor" if "recurrent_weight_dropout" in options else "fused")
 
 
 def _mask_kwargs(layer):

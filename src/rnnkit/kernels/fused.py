@@ -239,9 +239,8 @@ _KNOWN_OPTIONS = {
     "recurrent_dropout_mask",
     "zoneout_mask",
     "recurrent_kernel_dropout_mask",
-    "inputs",
-    "weights",
-    "initial_state",
+    "device",  # dispatch passes the inputs' device and dtype to supports()
+    "dtype",
 }
 
 
@@ -259,9 +258,9 @@ def unsupported_reason(spec: RecurrenceSpec, **options) -> str | None:
     for key, value in options.items():
         if key not in _KNOWN_OPTIONS and value is not None and value is not False:
             return f"option {key}={value!r} is not supported by the fused backend"
-    inputs = options.get("inputs")
-    if isinstance(inputs, torch.Tensor) and inputs.dtype not in (torch.float32, torch.float64):
-        return f"dtype {inputs.dtype} is not supported (float32, float64)"
+    dtype = options.get("dtype")
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        return f"dtype {dtype} is not supported (float32, float64)"
     return None
 
 
@@ -858,7 +857,7 @@ def run(
     **extra,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run one recurrence over ``inputs``; see :mod:`rnnkit.kernels.spec` for the contract."""
-    reason = unsupported_reason(spec, inputs=inputs, **extra)
+    reason = unsupported_reason(spec, dtype=inputs.dtype, **extra)
     if reason is not None:
         raise ValueError(f"the fused backend cannot run this configuration: {reason}")
     B, T, _ = inputs.shape
