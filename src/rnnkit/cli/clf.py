@@ -97,8 +97,12 @@ __all__ = [
 
 # --------------------------------------------------------------------------------- presets
 
-#: Text-classifier presets. ``seed`` is seed 002's IMDB model; ``strong`` reaches ~88-89% IMDB
-#: validation accuracy in 2-3 CPU epochs.
+#: Text-classifier presets. ``seed`` is seed 002's IMDB model (134,209 parameters, as in Keras'
+#: summary); ``strong`` is 20k words, 128-d embeddings, a 64-unit BiLSTM over the last 400 tokens,
+#: masked max pooling and dropout. Measured on IMDB train with 20% held out (seed 0, one thread
+#: of a shared 2-core CPU): ``seed`` 80.5% validation accuracy after 10 epochs (21 min wall,
+#: 7 min CPU); ``strong`` 88.4% after 3 epochs (9.5 min wall, 2.7 min CPU). Keeping the start of
+#: long reviews (``truncating="post"``) instead gave 87.8%.
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
         "max_tokens": 1000,
@@ -138,8 +142,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Reber presets: the seed's SimpleRNN(4) -> Dense(1) (RMSprop, Keras' default optimizer) and an
-#: LSTM.
+#: Reber presets: the seed's SimpleRNN(4) -> Dense(1) (53 parameters; RMSprop, Keras' default
+#: optimizer) and an LSTM(32). On 5,000 fresh embedded-Reber strings: SimpleRNN(4) 94.9% after
+#: 100 epochs (6 min), LSTM(32) 100% (val 100% from epoch 12; 30 epochs in 92 s).
 REBER_PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
         "cell": "simple",
