@@ -31,7 +31,9 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def get_activation(activation: str | Activation | None, *, argument: str = "activation") -> Activation:
+def get_activation(
+    activation: str | Activation | None, *, argument: str = "activation"
+) -> Activation:
     """Return the activation function for a Keras name (or a callable, returned as is).
 
     ``None`` means linear, as in Keras. Unknown names raise ``ValueError`` naming ``argument``.
