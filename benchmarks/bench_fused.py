@@ -25,6 +25,7 @@ import statistics
 import torch
 import torch.utils.benchmark as tb
 
+from rnnkit.bench import peak_memory_bytes
 from rnnkit.kernels import fused
 from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights, default_layer_norm_weights
 
@@ -114,21 +115,8 @@ def _torch_case(cell, B, T, I, u):
 
 
 def peak_memory(fn) -> float:
-    """Peak bytes allocated (running sum of allocations minus frees) while ``fn`` runs, in MiB."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [
-        (e.time_range.start, e.self_cpu_memory_usage)
-        for e in prof.events()
-        if e.self_cpu_memory_usage != 0
-    ]
-    cur = peak = 0
-    for _, delta in sorted(events):
-        cur += delta
-        peak = max(peak, cur)
-    return peak / 2**20
+    """Peak MiB allocated during ``fn`` (see :func:`rnnkit.bench.peak_memory_bytes`)."""
+    return peak_memory_bytes(fn) / 2**20
 
 
 def main(argv=None) -> int:

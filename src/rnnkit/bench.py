@@ -9,9 +9,8 @@ the ratio to ``torch.nn.<LSTM|GRU|RNN>`` in its standard configuration, measured
 Tokens are ``batch * time`` positions (padding included), so ratios compare equal work.
 
 Also measured: the machine's matrix-product roofline (GFLOP/s of a large ``torch.mm``), the
-activation memory a training step keeps for the backward pass (bytes of tensors saved by
-autograd, counted once per storage; see :func:`saved_tensor_bytes`), and end-to-end LM training
-throughput (PTB-small shapes) with its fraction of the roofline.
+peak memory of a training step (forward + backward; see :func:`peak_memory_bytes`), and
+end-to-end LM training throughput (PTB-small shapes) with its fraction of the roofline.
 
 Benchmarks are not tests: nothing here asserts a speed.
 """
@@ -96,7 +95,7 @@ class Row:
     infer_tokens_per_s: float | None = None  # forward under no_grad, eval mode
     train_ratio: float | None = None  # vs torch.nn standard of the same cell, training
     infer_ratio: float | None = None
-    saved_mb: float | None = None  # activation memory kept for backward
+    peak_mb: float | None = None  # peak memory of one training step (forward + backward)
     note: str = ""
 
 
@@ -108,24 +107,28 @@ def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the tensors autograd saves for backward during ``step()`` (each storage once).
+def peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated while ``fn()`` runs, on top of what existed before it.
 
-    This is the activation memory a training step holds at its peak (between forward and
-    backward), beyond the parameters and inputs; it is what differs between implementations.
+    From ``torch.profiler`` with ``profile_memory=True``: the maximum over time of the running
+    sum of every op's own allocations minus frees. For a training step this is the activation
+    memory held between forward and backward plus the backward's temporaries; it counts tensors
+    a custom ``autograd.Function`` keeps on ``ctx`` too (saved-tensor hooks would miss them).
     """
-    seen: dict[int, int] = {}
+    from torch.profiler import ProfilerActivity, profile
 
-    def pack(t: torch.Tensor):
-        if t.layout == torch.strided and t.device.type != "meta":
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = step()
-    loss.backward()
-    return sum(seen.values())
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.self_cpu_memory_usage != 0
+    )
+    current = peak = 0
+    for _, delta in deltas:
+        current += delta
+        peak = max(peak, current)
+    return peak
 
 
 def roofline_gflops(size: int = 2048, min_run_time: float = 1.0) -> float:
@@ -235,13 +238,9 @@ def measure(
     except (TypeError, ValueError) as exc:
         return Row(config.name, backend, note=f"n/a: {exc}")
 
-    def train_step() -> torch.Tensor:
-        loss = module(x.requires_grad_(False), mask).sum()
-        return loss
-
     def train() -> None:
         module.zero_grad(set_to_none=True)
-        train_step().backward()
+        module(x, mask).sum().backward()
 
     def infer() -> None:
         with torch.no_grad():
@@ -250,7 +249,7 @@ def measure(
     try:
         module.train()
         train_s = median_seconds(train, min_run_time)
-        saved = saved_tensor_bytes(train_step)
+        peak = peak_memory_bytes(train)
         module.eval()
         infer_s = median_seconds(infer, min_run_time)
     except (TypeError, ValueError) as exc:
@@ -260,7 +259,7 @@ def measure(
         backend,
         train_tokens_per_s=shape.tokens / train_s,
         infer_tokens_per_s=shape.tokens / infer_s,
-        saved_mb=saved / 2**20,
+        peak_mb=peak / 2**20,
     )
 
 
@@ -380,7 +379,7 @@ def format_table(result: dict) -> str:
         f"roofline (torch.mm float32): {result['roofline_gflops']:.1f} GFLOP/s",
         "",
         f"{'configuration':<30} {'backend':<22} {'train tok/s':>12} {'ratio':>6} "
-        f"{'infer tok/s':>12} {'ratio':>6} {'saved MB':>9}",
+        f"{'infer tok/s':>12} {'ratio':>6} {'peak MB':>8}",
     ]
     for r in result["rows"]:
         if r["note"]:
@@ -389,7 +388,7 @@ def format_table(result: dict) -> str:
         lines.append(
             f"{r['config']:<30} {r['backend']:<22} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
             f"{_fmt(r['train_ratio'], '6.2f')} {_fmt(r['infer_tokens_per_s'], '12,.0f')} "
-            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['saved_mb'], '9.1f')}"
+            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['peak_mb'], '8.1f')}"
         )
     lm = result["lm"]
     lines += ["", f"LM training (embedding -> 2x LSTM -> softmax), shapes {lm['shape']}:"]

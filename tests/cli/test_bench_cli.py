@@ -19,7 +19,7 @@ def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, c
             row = by[(config.name, backend)]
             assert row["note"] == "", row
             assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
-            assert row["train_ratio"] > 0 and row["saved_mb"] >= 0
+            assert row["train_ratio"] > 0 and row["peak_mb"] > 0
     # the reference rows exist and have ratio 1 by definition
     for cell, name in (("lstm", "LSTM"), ("gru", "GRU"), ("simple", "RNN")):
         assert by[(f"{cell} standard", f"torch.nn.{name}")]["train_ratio"] == 1.0
@@ -36,10 +36,18 @@ def test_bench_only_filters_and_rejects_unknown(capsys):
     assert "matches no configuration" in capsys.readouterr().err
 
 
-def test_saved_tensor_bytes_counts_activation_memory():
+def test_peak_memory_counts_allocations_alive_at_the_same_time():
     import torch
 
-    x = torch.randn(64, 64, requires_grad=True)
-    small = bench.saved_tensor_bytes(lambda: (x * 2).sum())  # saves nothing big
-    large = bench.saved_tensor_bytes(lambda: torch.tanh(x).sum())  # saves tanh's output
-    assert large >= 64 * 64 * 4 > small
+    def two_blocks_alive():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 20)  # 4 MiB, while a is alive
+        return a.sum() + b.sum()
+
+    def one_block_at_a_time():
+        for _ in range(2):
+            torch.ones(1 << 20).sum()
+
+    both = bench.peak_memory_bytes(two_blocks_alive)
+    single = bench.peak_memory_bytes(one_block_at_a_time)
+    assert both >= 8 * 2**20 > single >= 4 * 2**20
