@@ -10,7 +10,8 @@ recurrent kernel). Any mask works:
 
     processing order (go_backwards flips time first)      mask  1 0 1 1 0
     1. compact each row's valid steps to the front          x    a . b c .   ->  a b c . .
-    2. run packed sequences (lengths = valid counts)        y    A B C 0 0
+    2. run the compacted rows (lengths = valid counts)      y    A B C 0 0
+       (CUDA: packed sequences; CPU: dense calls per length, _run_by_length)
     3. gather back: step t takes compact output             cs   1 1 2 3 3   (cumsum of mask)
        cs[t] - 1 (forward fill), zeros where cs[t] == 0     out  A A B C C
        (or where mask[t] is False, zero_output_for_mask)
@@ -133,6 +134,46 @@ def _call(spec, params, x, state, batch_sizes=None, training=False):
     return y, final
 
 
+def _run_by_length(spec, params, compact, counts, initial_state, training):
+    """Right-padded sequences on the dense kernel, one call per distinct length (CPU).
+
+    torch runs packed sequences on the CPU without oneDNN, several times slower than dense
+    input. Rows sorted by length, longest first, are processed in time segments between
+    consecutive distinct lengths; each segment is one dense call over the rows still running
+    (a prefix of the sorted batch), which then hand their state to the next segment::
+
+        lengths 5 3 3 1      segment [0,1): rows 0-3   [1,3): rows 0-2   [3,5): row 0
+                             row 3 ends after [0,1), rows 1-2 after [1,3), row 0 after [3,5)
+
+    Returns ``(y (B, T, u), final_state)`` like the packed path: zeros past each row's length;
+    rows of length 0 keep their initial state.
+    """
+    batch, steps = compact.shape[0], compact.shape[1]
+    order = torch.argsort(counts, descending=True, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(batch, device=order.device)
+    sorted_counts = counts.index_select(0, order).tolist()
+    x = compact.index_select(0, order)
+    state = tuple(s.index_select(0, order) for s in initial_state)
+    bounds = sorted({c for c in sorted_counts if c > 0})
+    finished: list[tuple[torch.Tensor, ...]] = []  # final states of stopped rows, shortest first
+    active = sum(c > 0 for c in sorted_counts)
+    finished.append(tuple(s[active:] for s in state))  # length-0 rows: the initial state
+    state = tuple(s[:active] for s in state)
+    segments, start = [], 0
+    for end in bounds:
+        y, state = _call(spec, params, x[:active, start:end], state, training=training)
+        segments.append(torch.nn.functional.pad(y, (0, 0, 0, 0, 0, batch - active)))
+        still = sum(c > end for c in sorted_counts)
+        finished.append(tuple(s[still:] for s in state))
+        state = tuple(s[:still] for s in state)
+        active, start = still, end
+    y = torch.cat(segments, dim=1) if segments else compact.new_zeros(batch, 0, spec.units)
+    y = torch.nn.functional.pad(y, (0, 0, 0, steps - y.shape[1]))  # (B, T, u) sorted rows
+    final = tuple(torch.cat(parts[::-1], dim=0) for parts in zip(*finished, strict=True))
+    return y.index_select(0, inverse), tuple(s.index_select(0, inverse) for s in final)
+
+
 def run(
     spec: RecurrenceSpec,
     weights: RecurrentWeights,
@@ -185,14 +226,17 @@ def run(
         # Stable sort puts each row's valid steps first, in their original order.
         order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
         compact = inputs.gather(1, order[:, :, None].expand(-1, -1, inputs.shape[2]))
-    lengths = counts.clamp(min=1).cpu()
-    packed = pack_padded_sequence(compact, lengths, batch_first=True, enforce_sorted=False)
-    sorted_idx, unsorted_idx = packed.sorted_indices, packed.unsorted_indices
-    hx = tuple(s.index_select(0, sorted_idx) for s in initial_state)
-    y_data, final = _call(spec, params, packed.data, hx, packed.batch_sizes, training)
-    final = tuple(s.index_select(0, unsorted_idx) for s in final)
-    y_packed = packed._replace(data=y_data)
-    y, _ = pad_packed_sequence(y_packed, batch_first=True, total_length=steps)  # (B, T, u)
+    if inputs.device.type == "cpu":
+        y, final = _run_by_length(spec, params, compact, counts, initial_state, training)
+    else:
+        lengths = counts.clamp(min=1).cpu()
+        packed = pack_padded_sequence(compact, lengths, batch_first=True, enforce_sorted=False)
+        sorted_idx, unsorted_idx = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(s.index_select(0, sorted_idx) for s in initial_state)
+        y_data, final = _call(spec, params, packed.data, hx, packed.batch_sizes, training)
+        final = tuple(s.index_select(0, unsorted_idx) for s in final)
+        y_packed = packed._replace(data=y_data)
+        y, _ = pad_packed_sequence(y_packed, batch_first=True, total_length=steps)  # (B, T, u)
 
     empty = counts == 0
     if bool(empty.any()):
