@@ -196,3 +196,12 @@ def test_reber_and_demo_stage(tmp_path, capsys):
     ctx = demo.DemoContext(out=tmp_path / "demo", quick=True, quiet=True)
     s = dict(demo.STAGES)["reber-clf"](ctx)
     assert s["test_strings"] == 500 and (tmp_path / "demo/reber-clf/summary.json").is_file()
+
+
+def test_out_and_run_dir_name_the_same_run_folder():
+    from rnnkit.cli.main import build_parser
+
+    parser = build_parser()
+    for flag in ("--out", "--run-dir"):
+        args = parser.parse_args(["clf", "reber", flag, "runs/x"])
+        assert str(args.run_dir) == "runs/x"

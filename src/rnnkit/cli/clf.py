@@ -845,7 +845,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, weights and batches")
     p.add_argument(
-        "--run-dir", type=Path, default=None, help="run folder (default: runs/clf-<time>)"
+        "--out",
+        "--run-dir",
+        dest="run_dir",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/clf-<time>); --run-dir is the same",
     )
     p.add_argument(
         "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars"
@@ -932,7 +937,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0, help="data and weight seed")
     p.add_argument(
-        "--run-dir", type=Path, default=None, help="run folder (default: runs/reber-<time>)"
+        "--out",
+        "--run-dir",
+        dest="run_dir",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/reber-<time>); --run-dir is the same",
     )
     p.add_argument(
         "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars"
