@@ -392,6 +392,8 @@ class _LSTMFunction(torch.autograd.Function):
         # passes over (T, B, u) here. dG[t] overwrites the gate activations G[t].
         if ln:
             M, MU_h, RS_h, CY, MU_c, RS_c = ctx.ln_bufs
+            if ALLOW_REPEATED_BACKWARD:
+                M = M.clone()  # overwritten below with its gradient
             c_in = CY
         else:
             c_in = CN if CN is not None else C[1:]
@@ -406,8 +408,8 @@ class _LSTMFunction(torch.autograd.Function):
         mul3 = G.new_empty(B, 3, u)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ln:
-            DM = torch.empty_like(G)
             DY = torch.empty_like(TC)
+            dg_h = G.new_zeros(G4)
         for t in range(T - 1, -1, -1):
             Gt, tc = G[t], TC[t]
             S, gg = Gt[:, : 3 * u], Gt[:, 3 * u :]  # sigmoid block o, i, f and candidate g
@@ -417,10 +419,11 @@ class _LSTMFunction(torch.autograd.Function):
             dgg = act.deriv(gg, None if Pt is None else Pt[:, 3 * u :])
             dtc = act.deriv(tc, None if c_in is None else c_in[t])
             dhn = dh if a is None else dh * a[t]  # gradient of the new h' (zoneout / mask)
+            if ln:
+                d_pre_c = DY[t]
             torch.mul(dhn, o, out=d_pre_c)
             _scale_(d_pre_c, dtc)
             if ln:
-                DY[t] = d_pre_c
                 dc.add_(
                     _layer_norm_backward(
                         d_pre_c, c_raw[t], [u], MU_c[t], RS_c[t], g_c, b_c, [True, False, False]
@@ -445,12 +448,13 @@ class _LSTMFunction(torch.autograd.Function):
             dc, dc2 = dc2, dc
             src = Gt
             if ln:
-                src = DM[t]
-                src.copy_(
-                    _layer_norm_backward(
-                        Gt, M[t], [G4], MU_h[t], RS_h[t], g_h, None, [True, False, False]
-                    )[0]
+                # dG[t] -> dM[t] (and this step's share of dg_h); dM[t] overwrites h_in U in
+                # M[t], its last use, so no extra (T, B, 4u) buffer is touched
+                src, dg, _ = _layer_norm_backward(
+                    Gt, M[t], [G4], MU_h[t], RS_h[t], g_h, None, [True, True, False]
                 )
+                dg_h.add_(dg)
+                M[t].copy_(src)
             if rd is None:
                 mUT.into(dH[t], src, out=dh2)
             else:
@@ -458,14 +462,25 @@ class _LSTMFunction(torch.autograd.Function):
             if a is not None:
                 dh2.add_(dh).sub_(dhn)  # (1 - a) dh passes to h_{t-1} where h is kept
             dh, dh2 = dh2, dh
-        src_all = DM if ln else G
+        src_all = M if ln else G
         h_in = Hin if rd is not None else H[:-1]
         dU = _tn(h_in.reshape(T * B, u), src_all.view(T * B, G4))
-        dg_h = dg_c = db_c = None
-        if ln:
-            dg_h = ((M - MU_h).mul_(RS_h).mul_(G)).sum((0, 1))
-            dg_c = ((c_raw - MU_c).mul_(RS_c).mul_(DY)).sum((0, 1))
-            db_c = DY.sum((0, 1))
+        dg_c = db_c = None
+        if not ln:
+            dg_h = None
+        else:
+            # the cell LayerNorm's gamma/beta gradients over all steps at once (one pass)
+            N = T * B
+            _, dg_c, db_c = _layer_norm_backward(
+                DY.view(N, u),
+                c_raw.reshape(N, u),
+                [u],
+                MU_c.view(N, 1),
+                RS_c.view(N, 1),
+                g_c,
+                b_c,
+                [False, True, True],
+            )
         return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None
 
 
@@ -891,11 +906,10 @@ def run(
             raise ValueError(
                 "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
             )
+        # LN(x W; gamma) + b as one op (b is the LayerNorm's bias)
         xw = F.layer_norm(
-            _linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), None, _EPS
+            _linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
         )
-        if b_in is not None:
-            xw = xw + b_in
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
     else:
         xw = _linear(x2, W, b_in)
