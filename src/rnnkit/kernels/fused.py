@@ -336,17 +336,21 @@ class _LSTMFunction(torch.autograd.Function):
         mU = _Right(U, B)
         if ln:
             M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
-            MU_h, RS_h = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
             CY = xw.new_empty(T, B, u) if save and act.needs_input else None
-            MU_c, RS_c = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
+            if save:  # per-step LayerNorm statistics, for the backward pass only
+                MU_h, RS_h = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
+                MU_c, RS_c = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
+            direct = not save and mU.fast  # use the product as it comes, M is not kept
         for t in range(T):
             s = t if save else 0
             hp, cp, g = H[t], C[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
             if ln:
-                y, mu, rs = torch.native_layer_norm(mU.mm(hin, out=M[s]), (G4,), g_h, None, _EPS)
+                m = mU(hin) if direct else mU.mm(hin, out=M[s])
+                y, mu, rs = torch.native_layer_norm(m, (G4,), g_h, None, _EPS)
                 g.add_(y)
-                MU_h[s], RS_h[s] = mu, rs
+                if save:
+                    MU_h[t], RS_h[t] = mu, rs
             else:
                 mU.acc_(g, hin)
             if P is not None:
@@ -359,7 +363,8 @@ class _LSTMFunction(torch.autograd.Function):
             tc = TC[s]
             if ln:
                 y, mu, rs = torch.native_layer_norm(cn, (u,), g_c, b_c, _EPS)
-                MU_c[s], RS_c[s] = mu, rs
+                if save:
+                    MU_c[t], RS_c[t] = mu, rs
                 if CY is not None:
                     CY[t] = y
                 act.out(y, out=tc)
