@@ -31,7 +31,12 @@ def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, c
     assert "roofline" in table and "lstm layer_norm" in table
 
 
-def test_bench_only_filters_and_rejects_unknown(capsys):
+def test_bench_only_filters_keeps_the_baseline_and_rejects_unknown(tmp_path, capsys):
+    out = tmp_path / "only.json"
+    assert main(["bench", "--quick", "--only", "gru layer_norm", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["config"] for r in rows} == {"gru layer_norm", "gru standard"}
+    assert all(r["train_ratio"] > 0 for r in rows if not r["note"])
     assert main(["bench", "--quick", "--only", "no such config"]) == 1
     assert "matches no configuration" in capsys.readouterr().err
 

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
-        "--only", metavar="TEXT", help="only configurations whose name contains TEXT"
+        "--only",
+        metavar="TEXT",
+        help="only configurations whose name contains TEXT (plus each cell's standard baseline)",
     )
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch threads (default: torch's choice)"
@@ -43,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     configs = bench.CONFIGS
     if args.only:
-        configs = tuple(c for c in configs if args.only in c.name)
-        if not configs:
+        chosen = {c.name for c in configs if args.only in c.name}
+        if not chosen:
             names = ", ".join(c.name for c in bench.CONFIGS)
             raise ValueError(f"--only {args.only!r} matches no configuration; known: {names}")
+        # the standard configuration of each chosen cell is the baseline of the ratios
+        cells = {c.cell for c in configs if c.name in chosen}
+        configs = tuple(c for c in configs if c.name in chosen or (c.standard and c.cell in cells))
     result = bench.run_benchmarks(
         quick=args.quick,
         configs=configs,
