@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from rnnkit.cli.main import main
 
@@ -34,15 +33,6 @@ def _rows(n=3, labels=("pos", "neg")):
     for i in range(n):
         rows += [(POS[i % 4], labels[0]), (NEG[i % 4], labels[1])]
     return rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: more threads only add synchronisation (and contention on shared machines).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from rnnkit.cli.main import main
 
 WORDS = "the cat sat on a mat and the dog ran far away".split()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -23,16 +23,6 @@ from rnnkit.models.classifier import (
 from rnnkit.training import Trainer
 from rnnkit.training.checkpoint import CheckpointError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: more threads only add synchronisation (and contention on shared machines).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SEQS = [[5, 7, 9, 3], [3], [2, 4, 6, 8, 10, 12]]
 
 

@@ -13,14 +13,6 @@ from rnnkit.models import LM_PRESETS, LanguageModel, LanguageModelConfig, resolv
 from rnnkit.training import Trainer, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> LanguageModel:
     torch.manual_seed(0)
     opts = {"embedding_dim": 4, "dropout_keep_prob": 1.0}
