@@ -844,17 +844,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, weights and batches")
-    p.add_argument(
-        "--out",
-        "--run-dir",
-        dest="run_dir",
-        type=Path,
-        default=None,
-        help="run folder (default: runs/clf-<time>); --run-dir is the same",
-    )
-    p.add_argument(
-        "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars"
-    )
+    _add_run_folder_options(p, "clf")
     p.set_defaults(run=run_train)
 
     # ---- eval
@@ -936,18 +926,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-size", type=int, default=5000, help="fresh strings for the test")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0, help="data and weight seed")
+    _add_run_folder_options(p, "reber")
+    p.set_defaults(run=run_reber)
+
+
+def _add_run_folder_options(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument(
         "--out",
         "--run-dir",
         dest="run_dir",
         type=Path,
         default=None,
-        help="run folder (default: runs/reber-<time>); --run-dir is the same",
+        help=f"run folder (default: runs/{prefix}-<time>); --run-dir is the same",
     )
     p.add_argument(
         "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars"
     )
-    p.set_defaults(run=run_reber)
 
 
 def _load(path: Path) -> SequenceClassifier:
