@@ -208,7 +208,7 @@ class _RnnkitLayer(nn.Module):
         return self.layer(x, mask=mask)
 
 
-def _candidates(config: Config, shape: Shape, quick: bool) -> dict[str, Callable[[], nn.Module]]:
+def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Module]]:
     """Backend name -> constructor of the module that runs ``config`` on it."""
     out: dict[str, Callable[[], nn.Module]] = {
         "rnnkit auto": lambda: _RnnkitLayer(config, shape, "auto"),
@@ -346,7 +346,7 @@ def run_benchmarks(
     roofline = roofline_gflops(256 if quick else 2048, min_run_time)
     rows: list[Row] = []
     for config in configs:
-        for backend, make in _candidates(config, shape, quick).items():
+        for backend, make in _candidates(config, shape).items():
             if progress:
                 progress(f"{config.name} / {backend}")
             rows.append(measure(config, backend, make, shape, min_run_time))

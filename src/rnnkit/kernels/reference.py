@@ -31,13 +31,13 @@ def input_projection(
     """
     xw = inputs @ weights.kernel
     if spec.layer_norm:
-        xw = layer_norm(xw, _layer_norm_weights(spec, weights).input_gamma)
+        xw = layer_norm(xw, _layer_norm_weights(weights).input_gamma)
     if weights.bias is not None:
         xw = xw + (weights.bias[0] if weights.bias.dim() == 2 else weights.bias)
     return xw
 
 
-def _layer_norm_weights(spec: RecurrenceSpec, weights: RecurrentWeights):
+def _layer_norm_weights(weights: RecurrentWeights):
     ln = getattr(weights, "layer_norm", None)
     if ln is None:
         raise ValueError(
@@ -68,7 +68,7 @@ def run(
         recurrent_kernel = recurrent_kernel * recurrent_kernel_dropout_mask
     g_h = g_c = b_c = None
     if spec.layer_norm:
-        ln = _layer_norm_weights(spec, weights)
+        ln = _layer_norm_weights(weights)
         g_h, g_c, b_c = ln.recurrent_gamma, ln.cell_gamma, ln.cell_beta
     if input_dropout_mask is not None:
         inputs = inputs * input_dropout_mask[:, None, :]
@@ -87,7 +87,6 @@ def run(
         if spec.cell == "lstm":
             new_state = lstm_step(
                 xw[:, t],
-                h,
                 state[1],
                 h_in,
                 recurrent_kernel,

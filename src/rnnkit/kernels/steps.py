@@ -60,7 +60,6 @@ def layer_norm(
 
 def lstm_step(
     xw: torch.Tensor,  # (B, 4u)
-    h: torch.Tensor,  # (B, u)
     c: torch.Tensor,  # (B, u)
     h_in: torch.Tensor,  # (B, u)  h after recurrent dropout
     recurrent_kernel: torch.Tensor,  # (u, 4u)
