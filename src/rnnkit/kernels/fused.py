@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from rnnkit.kernels import cpu_ext
 from rnnkit.kernels.activations import ACTIVATIONS
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
@@ -114,20 +115,28 @@ class _Linear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = (
-            _ONEDNN_LINEAR(dy, w.contiguous(), None, "none", [], "")
-            if ctx.needs_input_grad[0]
-            else None
-        )
+        dx = _nt(dy, w) if ctx.needs_input_grad[0] else None
         dw = _tn(x, dy) if ctx.needs_input_grad[1] else None
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 
-def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a^T @ b`` for tall ``a (N, K1)``, ``b (N, K2)``: the weight gradients over all steps."""
+def _nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous."""
     if _onednn(a) and _onednn(b):
-        return _ONEDNN_LINEAR(b.t(), a.t().contiguous(), None, "none", [], "").t()
+        return _ONEDNN_LINEAR(a, b.contiguous(), None, "none", [], "")
+    return a @ b.t()
+
+
+def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^T @ b`` for tall ``a (N, K1)``, ``b (N, K2)``: the weight gradients over all steps.
+
+    oneDNN's linear computes ``x @ w^T``; fed the transposed copies ``x = a^T``, ``w = b^T`` it
+    runs at full speed (measured: 7.6 ms for (256, 3200) x (3200, 1024), against 11 ms plus a
+    copy for the other orientation and 17 ms for MKL's ``a.t() @ b`` on this AMD CPU).
+    """
+    if _onednn(a) and _onednn(b):
+        return _ONEDNN_LINEAR(a.t().contiguous(), b.t().contiguous(), None, "none", [], "")
     return a.t() @ b
 
 
@@ -312,6 +321,23 @@ def _consume(ctx, G: torch.Tensor) -> torch.Tensor:
     return G
 
 
+# ----------------------------------------------------------------------------- compiled loops
+_ACT_IDS = cpu_ext.ACTIVATION_IDS
+_MODES = {"none": 0, "where": 1, "lerp": 2}
+
+
+def _compiled(cfg: _Config, x: torch.Tensor):
+    """The compiled step loops (:mod:`rnnkit.kernels.cpu_ext`) when they cover this call."""
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or cfg.act.name not in _ACT_IDS
+        or cfg.ract.name not in _ACT_IDS
+    ):
+        return None
+    return cpu_ext.ops()
+
+
 # ----------------------------------------------------------------------------- LSTM
 class _LSTMFunction(torch.autograd.Function):
     """Gate columns of ``xw``/``U``: ``o, i, f, g`` (u each). Returns ``(H (T+1, B, u), c_T)``."""
@@ -341,7 +367,16 @@ class _LSTMFunction(torch.autograd.Function):
                 MU_h, RS_h = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
                 MU_c, RS_c = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
             direct = not save and mU.fast  # use the product as it comes, M is not kept
-        for t in range(T):
+        ext = _compiled(cfg, xw)
+        if ext is not None:
+            ext.lstm_forward(
+                G, mU.w if mU.fast else mU.mat, mU.fast, H, C, CN, TC, Hin, rd, a, valid,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
+                M if (ln and save) else None,
+                *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
+                g_h, g_c, b_c, _EPS,
+            )  # fmt: skip
+        for t in range(T if ext is None else 0):
             s = t if save else 0
             hp, cp, g = H[t], C[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
@@ -405,9 +440,9 @@ class _LSTMFunction(torch.autograd.Function):
         c_raw = CN if CN is not None else C[1:]
         vf = valid.to(G.dtype) if valid is not None else None
         mUT = _Right(U.t(), B)
-        dh = dH[T].clone()
+        dh = dH[T].clone(memory_format=torch.contiguous_format)
         dh2 = torch.empty_like(dh)
-        dc = dc_T.clone()
+        dc = dc_T.clone(memory_format=torch.contiguous_format)
         dc2 = torch.empty_like(dc)
         d_pre_c = torch.empty_like(dh)
         mul3 = G.new_empty(B, 3, u)
@@ -415,7 +450,14 @@ class _LSTMFunction(torch.autograd.Function):
         if ln:
             DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
-        for t in range(T - 1, -1, -1):
+        ext = _compiled(cfg, G)
+        if ext is not None:
+            ext.lstm_backward(
+                G, mUT.w if mUT.fast else mUT.mat, mUT.fast, H, C, CN, TC, dH.contiguous(), dh,
+                dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
+                *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
+            )  # fmt: skip
+        for t in range(T - 1 if ext is None else -1, -1, -1):
             Gt, tc = G[t], TC[t]
             S, gg = Gt[:, : 3 * u], Gt[:, 3 * u :]  # sigmoid block o, i, f and candidate g
             o, i, f = S[:, :u], S[:, u : 2 * u], S[:, 2 * u :]
@@ -948,7 +990,15 @@ def run(
     act = _resolve(spec.activation)
     ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
     h0 = initial_state[0]
-    diff = [xw, U, h0, g_h, g_c, b_c, b_rec] + list(initial_state[1:])
+    diff = [
+        xw,
+        U,
+        h0,
+        g_h,
+        g_c,
+        b_c,
+        b_rec,
+    ] + list(initial_state[1:])
     save = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in diff
     )

@@ -1,0 +1,434 @@
+// rnnkit: the per-step loops of the fused LSTM recurrence in C++ (CPU, float32 and float64).
+//
+// The loops of rnnkit/kernels/fused.py's _LSTMFunction (same buffers, same layout, same
+// numbers up to float rounding), without Python's per-op overhead and with the element-wise gate
+// math of a step in one pass per batch row. Everything else (input projection, weight gradients
+// over all steps, autograd) stays in Python. Built on first use by rnnkit/kernels/cpu_ext.py.
+//
+// Layout (all contiguous): G (T, B, 4u) gate columns o, i, f, g: pre-activations in, activations
+// out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN (n, B, u) with
+// n = T when saving for the backward, else 1.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Activations: the ids are fixed by rnnkit/kernels/cpu_ext.py (ACTIVATION_IDS).
+enum Act : int64_t { kLinear = 0, kSigmoid = 1, kTanh = 2, kHardSigmoid = 3, kRelu = 4 };
+
+// exp(x) for float in plain arithmetic (Cephes' polynomial, ~1 ulp), so that the loops
+// vectorise (with -fno-trapping-math, which lets the compiler turn the clamps and the floor into
+// vector selects); inputs are clamped to the range where the result is a normal float.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float fn = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const int32_t n = static_cast<int32_t>(fn);
+  x = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  const float z = x * x;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  const int32_t bits = (n + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+inline double exp_approx(double x) { return std::exp(x); }
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + exp_approx(-x));
+}
+
+template <typename T>
+void act_inplace(int64_t kind, T* x, int64_t n) {
+  switch (kind) {
+    case kSigmoid:
+      for (int64_t j = 0; j < n; ++j) x[j] = sigmoid(x[j]);
+      break;
+    case kTanh:  // 2 sigmoid(2x) - 1, as the Python loops compute it
+      for (int64_t j = 0; j < n; ++j) x[j] = T(2) * sigmoid(x[j] + x[j]) - T(1);
+      break;
+    case kHardSigmoid:
+      for (int64_t j = 0; j < n; ++j) x[j] = std::min(std::max((x[j] + T(3)) / T(6), T(0)), T(1));
+      break;
+    case kRelu:
+      for (int64_t j = 0; j < n; ++j) x[j] = std::max(x[j], T(0));
+      break;
+    default:
+      break;
+  }
+}
+
+template <typename T>
+void act_out(int64_t kind, const T* x, T* y, int64_t n) {
+  if (y != x) std::copy(x, x + n, y);
+  act_inplace(kind, y, n);
+}
+
+// g[j] *= f'(y[j]) for j < n.
+template <typename T>
+void mul_deriv(int64_t kind, const T* y, T* g, int64_t n) {
+  switch (kind) {
+    case kSigmoid:
+      for (int64_t j = 0; j < n; ++j) g[j] *= y[j] * (T(1) - y[j]);
+      break;
+    case kTanh:
+      for (int64_t j = 0; j < n; ++j) g[j] *= T(1) - y[j] * y[j];
+      break;
+    case kHardSigmoid:
+      for (int64_t j = 0; j < n; ++j) g[j] *= (y[j] > T(0) && y[j] < T(1)) ? T(1) / T(6) : T(0);
+      break;
+    case kRelu:
+      for (int64_t j = 0; j < n; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
+      break;
+    default:
+      break;
+  }
+}
+
+// x @ W: oneDNN's packed linear (W in torch.nn.Linear layout, packed once per call by
+// mkldnn::_reorder_linear_weight) when `onednn`, else torch.mm (W is (K, N)).
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, bool onednn) {
+  if (!onednn) return at::mm(x, w);
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{x, w, c10::IValue(), std::string("none"),
+                                 c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+// The weight of the new h in h_t = (1 - a) h_{t-1} + a h' (zoneout; the mask as 0/1), with
+// shape (T, B, u), (T, B, 1) or (T, 1, 1): element (t, b, j) without materialising it.
+template <typename T>
+struct Weight {
+  const T* p = nullptr;
+  int64_t st = 0, sb = 0, sj = 0;
+  explicit Weight(const std::optional<at::Tensor>& a) {
+    if (!a.has_value()) return;
+    p = a->data_ptr<T>();
+    st = a->stride(0);
+    sb = a->size(1) == 1 ? 0 : a->stride(1);
+    sj = a->size(2) == 1 ? 0 : 1;
+  }
+  const T* row(int64_t t, int64_t b) const { return p + t * st + b * sb; }
+};
+
+template <typename T>
+T* ptr(const std::optional<at::Tensor>& x) {
+  return x.has_value() ? x->data_ptr<T>() : nullptr;
+}
+
+void check_contiguous(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.is_contiguous(), "rnnkit fused_cpu: ", name, " must be contiguous");
+}
+
+// mode: 0 h_t = h'; 1 h_t = valid ? h' : h_{t-1}; 2 h_t = lerp(h_{t-1}, h', a).
+template <typename T>
+void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
+                       const at::Tensor& C, const std::optional<at::Tensor>& CN,
+                       const at::Tensor& TC, const std::optional<at::Tensor>& Hin,
+                       const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                       const std::optional<at::Tensor>& valid, int64_t act, int64_t ract,
+                       int64_t mode, bool save, const std::optional<at::Tensor>& M,
+                       const std::optional<at::Tensor>& MU_h, const std::optional<at::Tensor>& RS_h,
+                       const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
+                       const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
+                       const std::optional<at::Tensor>& b_c, double eps) {
+  const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
+  const bool ln = g_h.has_value();
+  const bool masked = valid.has_value();
+  T* g_all = G.data_ptr<T>();
+  T* h_all = H.data_ptr<T>();
+  T* c_all = C.data_ptr<T>();
+  T* cn_all = ptr<T>(CN);
+  T* tc_all = TC.data_ptr<T>();
+  const bool* v_all = masked ? valid->data_ptr<bool>() : nullptr;
+  const Weight<T> wa(a);
+  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  const int64_t grain = std::max<int64_t>(1, 8192 / G4);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t s = save ? t : 0;
+    at::Tensor hin = H[t];
+    if (rd.has_value()) {
+      hin = (*Hin)[s];
+      at::mul_out(hin, H[t], *rd);
+    }
+    at::Tensor m = matmul(hin, W, onednn);
+    if (ln) {
+      if (save) (*M)[s].copy_(m);
+      auto y = at::native_layer_norm(m, {G4}, g_h, std::nullopt, eps);
+      if (save) {
+        (*MU_h)[t].copy_(std::get<1>(y));
+        (*RS_h)[t].copy_(std::get<2>(y));
+      }
+      m = std::get<0>(y);
+    }
+    const T* m_all = m.data_ptr<T>();
+    T* g_t = g_all + t * B * G4;
+    const T* c_prev = c_all + t * B * u;
+    T* cn_t = masked ? cn_all + s * B * u : c_all + (t + 1) * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G4;
+        const T* mm = m_all + b * G4;
+        for (int64_t k = 0; k < G4; ++k) g[k] += mm[k];
+        act_inplace(ract, g, 3 * u);
+        act_inplace(act, g + 3 * u, u);
+        const T *i = g + u, *f = g + 2 * u, *gg = g + 3 * u, *cp = c_prev + b * u;
+        T* cn = cn_t + b * u;
+        for (int64_t j = 0; j < u; ++j) cn[j] = f[j] * cp[j] + i[j] * gg[j];
+      }
+    });
+    const T* c_in_all = cn_t;  // what the output activation reads: c' or LN(c')
+    at::Tensor y_c;
+    if (ln) {
+      at::Tensor cn_block = masked ? (*CN)[s] : C[t + 1];
+      auto y = at::native_layer_norm(cn_block, {u}, g_c, b_c, eps);
+      if (save) {
+        (*MU_c)[t].copy_(std::get<1>(y));
+        (*RS_c)[t].copy_(std::get<2>(y));
+      }
+      y_c = std::get<0>(y);
+      c_in_all = y_c.data_ptr<T>();
+    }
+    T* tc_t = tc_all + s * B * u;
+    T* h_prev = h_all + t * B * u;
+    T* h_next = h_all + (t + 1) * B * u;
+    T* c_next = c_all + (t + 1) * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* o = g_t + b * G4;
+        T* tc = tc_t + b * u;
+        act_out(act, c_in_all + b * u, tc, u);
+        T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
+        for (int64_t j = 0; j < u; ++j) hn[j] = o[j] * tc[j];
+        const bool ok = masked ? v_all[t * B + b] : true;
+        if (masked) {
+          const T* src = ok ? cn_t + b * u : c_prev + b * u;
+          std::copy(src, src + u, c_next + b * u);
+        }
+        const T* hp = h_prev + b * u;
+        T* h = h_next + b * u;
+        if (mode == 1) {
+          std::copy(ok ? hn : hp, (ok ? hn : hp) + u, h);
+        } else if (mode == 2) {
+          const T* w = wa.row(t, b);
+          if (wa.sj == 0) {
+            const T w0 = w[0];
+            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w0 * (hn[j] - hp[j]);
+          } else {
+            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w[j] * (hn[j] - hp[j]);
+          }
+        }
+      }
+    });
+  }
+}
+
+void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
+                  const at::Tensor& C, const std::optional<at::Tensor>& CN, const at::Tensor& TC,
+                  const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                  const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
+                  int64_t act, int64_t ract, int64_t mode, bool save,
+                  const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU_h,
+                  const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
+                  const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
+                  const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
+                  double eps) {
+  for (const auto* x : {&G, &H, &C, &TC}) check_contiguous(*x, "G/H/C/TC");
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (valid.has_value()) check_contiguous(*valid, "valid");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_forward", [&] {
+    lstm_forward_impl<scalar_t>(G, W, onednn, H, C, CN, TC, Hin, rd, a, valid, act, ract, mode,
+                                save, M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, eps);
+  });
+}
+
+// Backward through time. On return G holds the gate gradients (of the gate pre-activations;
+// with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
+// dc the gradients of h_0 and c_0; dg_h accumulates the gates' LayerNorm gamma gradient and DY
+// receives the gradients of the cell LayerNorm's output (Python turns them into its gamma/beta
+// gradients over all steps at once).
+template <typename T>
+void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
+                        const at::Tensor& C, const std::optional<at::Tensor>& CN,
+                        const at::Tensor& TC, const at::Tensor& dH, const at::Tensor& dh_in,
+                        const at::Tensor& dc_in, const std::optional<at::Tensor>& rd,
+                        const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
+                        int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
+                        const std::optional<at::Tensor>& MU_h, const std::optional<at::Tensor>& RS_h,
+                        const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
+                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
+                        const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& DY,
+                        const std::optional<at::Tensor>& dg_h) {
+  const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
+  const bool ln = g_h.has_value();
+  const bool masked = valid.has_value();
+  T* g_all = G.data_ptr<T>();
+  const T* c_all = C.data_ptr<T>();
+  const T* tc_all = TC.data_ptr<T>();
+  const T* dH_all = dH.data_ptr<T>();
+  const T* rd_p = ptr<T>(rd);
+  const bool* v_all = masked ? valid->data_ptr<bool>() : nullptr;
+  const Weight<T> wa(a);
+  at::Tensor dh = dh_in, dc = dc_in;
+  at::Tensor dh2 = at::empty_like(dh);
+  at::Tensor dhn_t = at::empty_like(dh);  // the gradient of the new h'
+  at::Tensor dpc_buf = at::empty_like(dh);
+  T* dhn_all = dhn_t.data_ptr<T>();
+  T* dc_p = dc.data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, 8192 / G4);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    T* g_t = g_all + t * B * G4;
+    const T* tc_t = tc_all + t * B * u;
+    const T* dh_p = dh.data_ptr<T>();
+    at::Tensor dpc = ln ? (*DY)[t] : dpc_buf;  // gradient of c' through the output
+    T* dpc_p = dpc.data_ptr<T>();
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* o = g_t + b * G4;
+        const T* tc = tc_t + b * u;
+        const T* dhb = dh_p + b * u;
+        T* dhn = dhn_all + b * u;
+        if (wa.p == nullptr) {
+          std::copy(dhb, dhb + u, dhn);
+        } else if (wa.sj == 0) {
+          const T w0 = wa.row(t, b)[0];
+          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w0;
+        } else {
+          const T* w = wa.row(t, b);
+          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w[j];
+        }
+        T* d = dpc_p + b * u;
+        for (int64_t j = 0; j < u; ++j) d[j] = dhn[j] * o[j];
+        mul_deriv(act, tc, d, u);
+        if (!ln) {
+          T* dcb = dc_p + b * u;
+          for (int64_t j = 0; j < u; ++j) dcb[j] += d[j];
+        }
+      }
+    });
+    if (ln) {
+      at::Tensor c_raw = CN.has_value() ? (*CN)[t] : C[t + 1];
+      auto r = at::native_layer_norm_backward(dpc, c_raw, {u}, (*MU_c)[t], (*RS_c)[t], g_c, b_c,
+                                              {true, false, false});
+      dc.add_(std::get<0>(r));
+    }
+    const T* c_prev = c_all + t * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<T> y(G4);  // this row's gate activations, read by the derivatives
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G4;
+        std::copy(g, g + G4, y.data());
+        const T *o = y.data(), *i = o + u, *f = o + 2 * u, *gg = o + 3 * u;
+        const T* tc = tc_t + b * u;
+        const T* dhn = dhn_all + b * u;
+        const T* cp = c_prev + b * u;
+        T* dcb = dc_p + b * u;
+        for (int64_t j = 0; j < u; ++j) g[j] = dhn[j] * tc[j];
+        if (!masked || v_all[t * B + b]) {
+          for (int64_t j = 0; j < u; ++j) {
+            const T dcj = dcb[j];
+            g[u + j] = dcj * gg[j];
+            g[2 * u + j] = dcj * cp[j];
+            g[3 * u + j] = dcj * i[j];
+            dcb[j] = dcj * f[j];
+          }
+        } else {  // a masked step: no gate gradient; the carried c passes dc through
+          std::fill(g + u, g + G4, T(0));
+        }
+        mul_deriv(ract, o, g, 3 * u);
+        mul_deriv(act, gg, g + 3 * u, u);
+      }
+    });
+    at::Tensor src = G[t];
+    if (ln) {
+      auto r = at::native_layer_norm_backward(G[t], (*M)[t], {G4}, (*MU_h)[t], (*RS_h)[t], g_h,
+                                              std::nullopt, {true, true, false});
+      dg_h->add_(std::get<1>(r));
+      (*M)[t].copy_(std::get<0>(r));
+      src = (*M)[t];
+    }
+    const at::Tensor r = matmul(src, WT, onednn);
+    const T* r_p = r.data_ptr<T>();
+    const T* dHt = dH_all + t * B * u;
+    T* dh2_p = dh2.data_ptr<T>();
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t o = b * u;
+        T* out = dh2_p + o;
+        if (rd_p != nullptr) {
+          for (int64_t j = 0; j < u; ++j) out[j] = dHt[o + j] + r_p[o + j] * rd_p[o + j];
+        } else {
+          for (int64_t j = 0; j < u; ++j) out[j] = dHt[o + j] + r_p[o + j];
+        }
+        if (wa.p != nullptr) {  // (1 - a) dh passes to h_{t-1} where h is kept
+          for (int64_t j = 0; j < u; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
+        }
+      }
+    });
+    std::swap(dh, dh2);
+  }
+  if (!dh.is_same(dh_in)) dh_in.copy_(dh);
+}
+
+void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
+                   const at::Tensor& C, const std::optional<at::Tensor>& CN, const at::Tensor& TC,
+                   const at::Tensor& dH, const at::Tensor& dh, const at::Tensor& dc,
+                   const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                   const std::optional<at::Tensor>& valid, int64_t act, int64_t ract,
+                   const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU_h,
+                   const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
+                   const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
+                   const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
+                   const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h) {
+  for (const auto* x : {&G, &H, &C, &TC, &dH, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dH/dh/dc");
+  if (rd.has_value()) check_contiguous(*rd, "rd");
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (valid.has_value()) check_contiguous(*valid, "valid");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
+    lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dH, dh, dc, rd, a, valid, act, ract,
+                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit_cpu, m) {
+  m.def(
+      "lstm_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) C, "
+      "Tensor(d!)? CN, Tensor(e!) TC, Tensor(f!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, "
+      "int act, int ract, int mode, bool save, Tensor(g!)? M, Tensor(h!)? MU_h, "
+      "Tensor(i!)? RS_h, Tensor(j!)? MU_c, Tensor(k!)? RS_c, Tensor? g_h, Tensor? g_c, "
+      "Tensor? b_c, float eps) -> ()");
+  m.def(
+      "lstm_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor C, Tensor? CN, "
+      "Tensor TC, Tensor dH, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
+      "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
+      "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
+      "Tensor(f!)? dg_h) -> ()");
+}
+
+// CompositeExplicitAutograd: every backend key, including MkldnnCPU (the packed weight).
+TORCH_LIBRARY_IMPL(rnnkit_cpu, CompositeExplicitAutograd, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+}

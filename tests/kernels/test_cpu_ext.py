@@ -1,0 +1,129 @@
+"""The compiled CPU step loops (csrc/fused_cpu.cpp) equal the fused backend's Python loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.kernels import cpu_ext, fused
+from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
+
+B, T, I, U = 5, 7, 6, 16
+
+
+def _compiled_available():
+    if cpu_ext.ops() is None:
+        pytest.skip(f"the CPU extension could not be built here: {cpu_ext.build_error()}")
+
+
+def _weights(spec, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=0.4):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(True)
+
+    G = spec.gates * U
+    ln = None
+    if spec.layer_norm:
+        ln = LayerNormWeights(
+            (1 + rnd(G, scale=0.2)).detach().requires_grad_(True),
+            (1 + rnd(G, scale=0.2)).detach().requires_grad_(True),
+            (1 + rnd(U, scale=0.2)).detach().requires_grad_(True),
+            rnd(U, scale=0.2),
+        )
+    return RecurrentWeights(rnd(I, G), rnd(U, G), rnd(G, scale=0.3) if spec.use_bias else None, ln)
+
+
+def _run(spec, w, kw, dtype):
+    """Outputs, final states and gradients of x, h0, c0 and every weight."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, I, generator=g, dtype=dtype).requires_grad_(True)
+    state = tuple(torch.randn(B, U, generator=g, dtype=dtype).requires_grad_(True) for _ in "hc")
+    out, final = fused.run(spec, w, x, state, **kw)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+    loss = (out * weight).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(final))
+    params = [p for p in (w.kernel, w.recurrent_kernel, w.bias) if p is not None]
+    if w.layer_norm is not None:
+        params += list(w.layer_norm)
+    return out, final, torch.autograd.grad(loss, [x, *state, *params])
+
+
+LEFT = torch.tensor([[0] * k + [1] * (T - k) for k in (0, 2, 6, 1, 7)], dtype=torch.bool)
+CASES = {
+    "plain": ({}, {}),
+    "left-padded": ({}, {"mask": LEFT}),
+    "go_backwards+mask": ({}, {"mask": LEFT, "go_backwards": True}),
+    "hard_sigmoid+relu": ({"recurrent_activation": "hard_sigmoid", "activation": "relu"}, {}),
+    "linear+no_bias": ({"activation": "linear", "use_bias": False}, {}),
+    "layer_norm": ({"layer_norm": True}, {}),
+    "layer_norm+mask": ({"layer_norm": True}, {"mask": LEFT}),
+    "recurrent_dropout": ({}, {"recurrent_dropout_mask": "rd"}),
+    "zoneout+mask": ({}, {"zoneout_mask": "zo", "mask": LEFT}),
+    "zoneout_eval": ({"zoneout": 0.25}, {}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_loops_equal_python_loops(case, dtype, monkeypatch):
+    _compiled_available()
+    spec_kw, kw = CASES[case]
+    spec = RecurrenceSpec("lstm", U, **spec_kw)
+    g = torch.Generator().manual_seed(5)
+    masks = {
+        "rd": (torch.rand(B, U, generator=g) > 0.3).to(dtype) / 0.7,
+        "zo": (torch.rand(B, T, U, generator=g) > 0.5).to(dtype),
+    }
+    kw = {k: masks.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
+    w = _weights(spec, dtype)
+    compiled = _run(spec, w, kw, dtype)
+    monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
+    assert (
+        fused._compiled(
+            fused._Config(fused._ACTS["tanh"], fused._ACTS["tanh"], False, "none", True), w.kernel
+        )
+        is None
+    )
+    python = _run(spec, w, kw, dtype)
+    tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    (o1, s1, g1), (o2, s2, g2) = compiled, python
+    torch.testing.assert_close(o1, o2, **tol)
+    for a, b in zip(s1, s2, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    for k, (a, b) in enumerate(zip(g1, g2, strict=True)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
+def test_activations_outside_the_compiled_set_use_the_python_loops():
+    elu = fused._Config(fused._ACTS["elu"], fused._ACTS["sigmoid"], False, "none", True)
+    assert fused._compiled(elu, torch.zeros(1)) is None
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(cpu_ext, "_state", {})
+    monkeypatch.setenv(cpu_ext.ENV_SWITCH, "1")
+
+    def broken():
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(cpu_ext, "_build", broken)
+    with pytest.warns(RuntimeWarning, match=r"no C\+\+ compiler"):
+        assert cpu_ext.ops() is None
+    assert cpu_ext.build_error() == "OSError: no C++ compiler"
+    spec = RecurrenceSpec("lstm", U)
+    w = _weights(spec, torch.float32)
+    out, _, grads = _run(spec, w, {}, torch.float32)  # the Python loops, no second warning
+    assert out.shape == (B, T, U) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_environment_switch_turns_the_extension_off(value, monkeypatch):
+    monkeypatch.setenv(cpu_ext.ENV_SWITCH, value)
+    assert not cpu_ext.enabled()
+    assert cpu_ext.ops() is None
+
+
+def test_build_name_depends_on_the_source():
+    name = cpu_ext.build_name()
+    assert name.startswith("rnnkit_fused_cpu_") and len(name) == len("rnnkit_fused_cpu_") + 12
+    assert cpu_ext.build_name() == name
