@@ -22,29 +22,35 @@ def _weights(spec, dtype, seed=0):
     def rnd(*shape, scale=0.4):
         return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(True)
 
-    G = spec.gates * U
+    G, lstm = spec.gates * U, spec.cell == "lstm"
     ln = None
     if spec.layer_norm:
         ln = LayerNormWeights(
             (1 + rnd(G, scale=0.2)).detach().requires_grad_(True),
             (1 + rnd(G, scale=0.2)).detach().requires_grad_(True),
-            (1 + rnd(U, scale=0.2)).detach().requires_grad_(True),
-            rnd(U, scale=0.2),
+            (1 + rnd(U, scale=0.2)).detach().requires_grad_(True) if lstm else None,
+            rnd(U, scale=0.2) if lstm else None,
         )
-    return RecurrentWeights(rnd(I, G), rnd(U, G), rnd(G, scale=0.3) if spec.use_bias else None, ln)
+    bias = None
+    if spec.use_bias:
+        bias = rnd(G, scale=0.3) if lstm else rnd(2, G, scale=0.3)  # GRU: input and recurrent
+    return RecurrentWeights(rnd(I, G), rnd(U, G), bias, ln)
 
 
 def _run(spec, w, kw, dtype):
     """Outputs, final states and gradients of x, h0, c0 and every weight."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(B, T, I, generator=g, dtype=dtype).requires_grad_(True)
-    state = tuple(torch.randn(B, U, generator=g, dtype=dtype).requires_grad_(True) for _ in "hc")
+    state = tuple(
+        torch.randn(B, U, generator=g, dtype=dtype).requires_grad_(True)
+        for _ in range(spec.state_count)
+    )
     out, final = fused.run(spec, w, x, state, **kw)
     weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
     loss = (out * weight).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(final))
     params = [p for p in (w.kernel, w.recurrent_kernel, w.bias) if p is not None]
     if w.layer_norm is not None:
-        params += list(w.layer_norm)
+        params += [p for p in w.layer_norm if p is not None]
     return out, final, torch.autograd.grad(loss, [x, *state, *params])
 
 
@@ -65,10 +71,11 @@ CASES = {
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_compiled_loops_equal_python_loops(case, dtype, monkeypatch):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     _compiled_available()
     spec_kw, kw = CASES[case]
-    spec = RecurrenceSpec("lstm", U, **spec_kw)
+    spec = RecurrenceSpec(cell, U, **spec_kw)
     g = torch.Generator().manual_seed(5)
     masks = {
         "rd": (torch.rand(B, U, generator=g) > 0.3).to(dtype) / 0.7,

@@ -56,3 +56,38 @@ def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
     assert dispatch.auto_order(device=torch.device("cpu"), mask=None)[0] == "vendor"
     assert dispatch.auto_order(device=torch.device("cuda"), mask=mask)[0] == "vendor"
     assert "triton" in dispatch.available()  # registered; it accepts CUDA inputs only
+
+
+def test_auto_trains_cpu_lstms_and_grus_on_the_compiled_fused_loops(monkeypatch):
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
+    cpu, lstm = torch.device("cpu"), RecurrenceSpec("lstm", U)
+    f32 = {"device": cpu, "dtype": torch.float32}
+    assert dispatch.select(lstm, training=True, **f32) == "fused"
+    assert dispatch.select(lstm, training=False, **f32) == "vendor"  # inference: torch's kernel
+    assert dispatch.select(RecurrenceSpec("gru", U), training=True, **f32) == "fused"
+    assert dispatch.select(RecurrenceSpec("gru", U), training=False, **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("simple", U), training=True, **f32) == "vendor"
+    assert dispatch.select(lstm, training=True, device=cpu, dtype=torch.float64) == "vendor"
+    monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # not buildable here: torch's kernel
+    assert dispatch.select(lstm, training=True, **f32) == "vendor"
+
+
+def test_run_passes_whether_gradients_flow(monkeypatch):
+    seen = []
+    real = dispatch.select
+
+    def spy(spec, **kw):
+        seen.append(kw["training"])
+        return real(spec, **kw)
+
+    monkeypatch.setattr(dispatch, "select", spy)
+    spec = RecurrenceSpec("lstm", U)
+    w = RecurrentWeights(torch.randn(2, 4 * U), torch.randn(U, 4 * U), None)
+    x, state = torch.randn(1, 3, 2), (torch.zeros(1, U), torch.zeros(1, U))
+    dispatch.run(spec, w, x, state)
+    dispatch.run(spec, w, x.requires_grad_(), state)
+    with torch.no_grad():
+        dispatch.run(spec, w, x, state)
+    assert seen == [False, True, False]

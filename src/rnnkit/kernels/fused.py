@@ -549,10 +549,18 @@ class _GRUFunction(torch.autograd.Function):
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
+        M = MU = RS = None
         if ln:
             M = xw.new_empty(n, B, G3)
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
-        for t in range(T):
+        ext = _compiled(cfg, xw)
+        if ext is not None:
+            ext.gru_forward(
+                G, mU.w if mU.fast else mU.mat, mU.fast, H, R, b_rec, Hin, rd, a, valid,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
+                _EPS,
+            )  # fmt: skip
+        for t in range(T if ext is None else 0):
             s = t if save else 0
             hp, g, r_t = H[t], G[t], R[s]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
@@ -592,6 +600,23 @@ class _GRUFunction(torch.autograd.Function):
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G3 = G.shape
         u = G3 // 3
+        ext = _compiled(cfg, G)
+        if ext is not None:  # G becomes d xw (h, z, r), R d(recurrent projection) (z, r, h)
+            mUT = _Right(U.t(), B)
+            dh = dH[T].clone(memory_format=torch.contiguous_format)
+            M, MU, RS = ctx.ln_bufs if ln else (None, None, None)
+            if ALLOW_REPEATED_BACKWARD:
+                R = R.clone()  # overwritten with its gradient
+            DM = torch.empty_like(M) if ln else None
+            ext.gru_backward(
+                G, mUT.w if mUT.fast else mUT.mat, mUT.fast, H, R, dH.contiguous(), dh, rd, a,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM,
+            )  # fmt: skip
+            h_in = Hin if rd is not None else H[:-1]
+            dU = _tn(h_in.reshape(T * B, u), (DM if ln else R).reshape(T * B, G3))
+            db_rec = R.sum((0, 1)) if b_rec is not None else None
+            dg_h = ((M - MU).mul_(RS).mul_(R)).sum((0, 1)) if ln else None
+            return None, G, dU, dh, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
 
         def pre(k):

@@ -1,6 +1,6 @@
-// rnnkit: the per-step loops of the fused LSTM recurrence in C++ (CPU, float32 and float64).
+// rnnkit: the per-step loops of the fused LSTM and GRU recurrences in C++ (CPU, float32/64).
 //
-// The loops of rnnkit/kernels/fused.py's _LSTMFunction (same buffers, same layout, same
+// The loops of rnnkit/kernels/fused.py's _LSTMFunction and _GRUFunction (same buffers, same layout, same
 // numbers up to float rounding), without Python's per-op overhead and with the element-wise gate
 // math of a step in one pass per batch row. Everything else (input projection, weight gradients
 // over all steps, autograd) stays in Python. Built on first use by rnnkit/kernels/cpu_ext.py.
@@ -410,6 +410,210 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
   });
 }
 
+// ---------------------------------------------------------------------------------------- GRU
+// GRU with reset_after (Keras' default, torch.nn.GRU's form): fused.py's _GRUFunction. G (T, B, 3u)
+// columns h, z, r (pre-activations in; activations h~, z, r out); R (n, B, 3u) columns z, r, h:
+// the recurrent projection h_in U (+ recurrent bias, or LayerNorm with the bias as its beta).
+template <typename T>
+void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
+                      const at::Tensor& R, const std::optional<at::Tensor>& b_rec,
+                      const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                      const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
+                      int64_t act, int64_t ract, int64_t mode, bool save,
+                      const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU,
+                      const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
+                      double eps) {
+  const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  T* h_all = H.data_ptr<T>();
+  T* r_all = R.data_ptr<T>();
+  const T* bias = (!ln && b_rec.has_value()) ? b_rec->data_ptr<T>() : nullptr;
+  const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
+  const Weight<T> wa(a);
+  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t s = save ? t : 0;
+    at::Tensor hin = H[t];
+    if (rd.has_value()) {
+      hin = (*Hin)[s];
+      at::mul_out(hin, H[t], *rd);
+    }
+    at::Tensor m = matmul(hin, W, onednn);
+    if (ln) {
+      if (save) (*M)[s].copy_(m);
+      auto y = at::native_layer_norm(m, {G3}, g_h, b_rec, eps);
+      (*MU)[s].copy_(std::get<1>(y));
+      (*RS)[s].copy_(std::get<2>(y));
+      m = std::get<0>(y);
+    }
+    const T* m_all = m.data_ptr<T>();
+    T* g_t = g_all + t * B * G3;
+    T* r_t = r_all + s * B * G3;
+    const T* h_prev = h_all + t * B * u;
+    T* h_next = h_all + (t + 1) * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        T* rr = r_t + b * G3;
+        const T* mm = m_all + b * G3;
+        if (bias != nullptr) {
+          for (int64_t k = 0; k < G3; ++k) rr[k] = mm[k] + bias[k];
+        } else {
+          std::copy(mm, mm + G3, rr);
+        }
+        for (int64_t k = 0; k < 2 * u; ++k) g[u + k] += rr[k];
+        act_inplace(ract, g + u, 2 * u);
+        const T *z = g + u, *r = g + 2 * u, *rh = rr + 2 * u;
+        for (int64_t j = 0; j < u; ++j) g[j] += r[j] * rh[j];
+        act_inplace(act, g, u);
+        const T* hp = h_prev + b * u;
+        T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
+        for (int64_t j = 0; j < u; ++j) hn[j] = g[j] + z[j] * (hp[j] - g[j]);
+        T* h = h_next + b * u;
+        if (mode == 1) {
+          const bool ok = v_all[t * B + b];
+          std::copy(ok ? hn : hp, (ok ? hn : hp) + u, h);
+        } else if (mode == 2) {
+          const T* w = wa.row(t, b);
+          if (wa.sj == 0) {
+            const T w0 = w[0];
+            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w0 * (hn[j] - hp[j]);
+          } else {
+            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w[j] * (hn[j] - hp[j]);
+          }
+        }
+      }
+    });
+  }
+}
+
+void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
+                 const at::Tensor& R, const std::optional<at::Tensor>& b_rec,
+                 const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                 const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
+                 int64_t act, int64_t ract, int64_t mode, bool save,
+                 const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU,
+                 const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
+                 double eps) {
+  for (const auto* x : {&G, &H, &R}) check_contiguous(*x, "G/H/R");
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (valid.has_value()) check_contiguous(*valid, "valid");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_forward", [&] {
+    gru_forward_impl<scalar_t>(G, W, onednn, H, R, b_rec, Hin, rd, a, valid, act, ract, mode, save,
+                               M, MU, RS, g_h, eps);
+  });
+}
+
+// On return G holds the gradients of the input projection (columns h, z, r), R those of the
+// recurrent projection's output (z, r, h; the LayerNorm's output with layer norm, whose input
+// gradients go to DM), dh the gradient of h_0.
+template <typename T>
+void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
+                       const at::Tensor& R, const at::Tensor& dH, const at::Tensor& dh_in,
+                       const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                       int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
+                       const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                       const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
+                       const std::optional<at::Tensor>& DM) {
+  const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  T* r_all = R.data_ptr<T>();
+  const T* h_all = H.data_ptr<T>();
+  const T* dH_all = dH.data_ptr<T>();
+  const T* rd_p = ptr<T>(rd);
+  const Weight<T> wa(a);
+  at::Tensor dh = dh_in;
+  at::Tensor dh2 = at::empty_like(dh);
+  const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    T* g_t = g_all + t * B * G3;
+    T* r_t = r_all + t * B * G3;
+    const T* dh_p = dh.data_ptr<T>();
+    T* dh2_p = dh2.data_ptr<T>();
+    const T* dHt = dH_all + t * B * u;
+    const T* h_prev = h_all + t * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<T> y(G3), dhn(u);
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        T* rr = r_t + b * G3;
+        std::copy(g, g + G3, y.data());
+        const T *hh = y.data(), *z = hh + u, *r = hh + 2 * u;
+        const T* dhb = dh_p + b * u;
+        if (wa.p == nullptr) {
+          std::copy(dhb, dhb + u, dhn.data());
+        } else if (wa.sj == 0) {
+          const T w0 = wa.row(t, b)[0];
+          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w0;
+        } else {
+          const T* w = wa.row(t, b);
+          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w[j];
+        }
+        const T* hp = h_prev + b * u;
+        T* out = dh2_p + b * u;
+        const T* dHb = dHt + b * u;
+        for (int64_t j = 0; j < u; ++j) {
+          out[j] = dHb[j] + z[j] * dhn[j];  // through h' = h~ + z (h_{t-1} - h~)
+          if (wa.p != nullptr) out[j] += dhb[j] - dhn[j];  // where h_{t-1} is kept
+          g[j] = (T(1) - z[j]) * dhn[j];  // d h~
+          g[u + j] = (hp[j] - hh[j]) * dhn[j];  // d z
+        }
+        mul_deriv(act, hh, g, u);        // d pre_h
+        mul_deriv(ract, z, g + u, u);    // d pre_z
+        for (int64_t j = 0; j < u; ++j) {
+          g[2 * u + j] = g[j] * rr[2 * u + j];  // d r (pre-activation below)
+          rr[2 * u + j] = g[j] * r[j];           // d of the recurrent h column
+          rr[j] = g[u + j];                      // d z column
+        }
+        mul_deriv(ract, r, g + 2 * u, u);
+        std::copy(g + 2 * u, g + 3 * u, rr + u);  // d r column
+      }
+    });
+    at::Tensor src = R[t];
+    if (ln) {
+      auto res = at::native_layer_norm_backward(R[t], (*M)[t], {G3}, (*MU)[t], (*RS)[t], g_h, b_rec,
+                                                {true, false, false});
+      (*DM)[t].copy_(std::get<0>(res));
+      src = (*DM)[t];
+    }
+    const at::Tensor rec = matmul(src, WT, onednn);
+    const T* rec_p = rec.data_ptr<T>();
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* out = dh2_p + b * u;
+        const T* q = rec_p + b * u;
+        if (rd_p != nullptr) {
+          const T* m = rd_p + b * u;
+          for (int64_t j = 0; j < u; ++j) out[j] += q[j] * m[j];
+        } else {
+          for (int64_t j = 0; j < u; ++j) out[j] += q[j];
+        }
+      }
+    });
+    std::swap(dh, dh2);
+  }
+  if (!dh.is_same(dh_in)) dh_in.copy_(dh);
+}
+
+void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
+                  const at::Tensor& R, const at::Tensor& dH, const at::Tensor& dh,
+                  const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                  int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
+                  const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                  const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
+                  const std::optional<at::Tensor>& DM) {
+  for (const auto* x : {&G, &H, &R, &dH, &dh}) check_contiguous(*x, "G/H/R/dH/dh");
+  if (rd.has_value()) check_contiguous(*rd, "rd");
+  if (a.has_value()) check_contiguous(*a, "a");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_backward", [&] {
+    gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dH, dh, rd, a, act, ract, M, MU, RS, g_h,
+                                b_rec, DM);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_cpu, m) {
@@ -425,10 +629,21 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
       "Tensor(f!)? dg_h) -> ()");
+  m.def(
+      "gru_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) R, "
+      "Tensor? b_rec, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
+      "int mode, bool save, Tensor(e!)? M, Tensor(f!)? MU, Tensor(g!)? RS, Tensor? g_h, "
+      "float eps) -> ()");
+  m.def(
+      "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dH, "
+      "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
+      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM) -> ()");
 }
 
 // CompositeExplicitAutograd: every backend key, including MkldnnCPU (the packed weight).
 TORCH_LIBRARY_IMPL(rnnkit_cpu, CompositeExplicitAutograd, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
 }
