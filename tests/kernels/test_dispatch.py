@@ -58,7 +58,7 @@ def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
     assert "triton" in dispatch.available()  # registered; it accepts CUDA inputs only
 
 
-def test_auto_trains_cpu_lstms_and_grus_on_the_compiled_fused_loops(monkeypatch):
+def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     from rnnkit.kernels import cpu_ext
 
     monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
@@ -67,11 +67,15 @@ def test_auto_trains_cpu_lstms_and_grus_on_the_compiled_fused_loops(monkeypatch)
     assert dispatch.select(lstm, training=True, **f32) == "fused"
     assert dispatch.select(lstm, training=False, **f32) == "vendor"  # inference: torch's kernel
     assert dispatch.select(RecurrenceSpec("gru", U), training=True, **f32) == "fused"
-    assert dispatch.select(RecurrenceSpec("gru", U), training=False, **f32) == "vendor"
-    assert dispatch.select(RecurrenceSpec("simple", U), training=True, **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("gru", U), training=False, **f32) == "fused"
+    assert dispatch.select(RecurrenceSpec("simple", U), training=False, **f32) == "fused"
     assert dispatch.select(lstm, training=True, device=cpu, dtype=torch.float64) == "vendor"
+    cuda = {"device": torch.device("cuda"), "dtype": torch.float32}
+    assert dispatch.select(RecurrenceSpec("simple", U), training=True, **cuda) == "vendor"
     monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # not buildable here: torch's kernel
     assert dispatch.select(lstm, training=True, **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("gru", U), training=True, **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("simple", U), training=True, **f32) == "fused"
 
 
 def test_run_passes_whether_gradients_flow(monkeypatch):

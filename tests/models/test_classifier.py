@@ -82,6 +82,25 @@ def test_fast_path_equals_masked_layers_forward_and_backward(pooling, bidirectio
         torch.testing.assert_close(g1, g2, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+def test_fast_path_equals_masked_layers_in_float32(cell):
+    """float32 on the CPU: the fast path's dense calls run the fused recurrence (auto's choice)."""
+    model = _model(pooling="mean", bidirectional=True, cell=cell, units=[4, 3]).float().train()
+    ids = _pad(SEQS + [[]], 7, "post")
+    y = torch.tensor([1, 0, 1, 0])
+    runs = []
+    for fast in (True, False):
+        model.fast_path = fast
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks (none here: rates are 0)
+        logits, loss = model(ids, y)
+        loss.backward()
+        runs.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=1e-5, rtol=1e-5)
+    for g1, g2 in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-5)
+
+
 def test_feature_inputs_with_lengths_and_masks():
     torch.manual_seed(0)
     cfg = ClassifierConfig(input_size=3, units=[4], bidirectional=True, pooling="mean")
@@ -241,9 +260,9 @@ def test_dropouts_train_mode_random_eval_mode_deterministic_and_padding_invarian
                    pooling="mean")  # fmt: skip
     ids = _pad(SEQS, 6, "post")
     model.train()
-    assert not model._vendor_ok()  # recurrent dropout in training: the masked layers run
+    assert not model._fast_path_ok()  # recurrent dropout in training: the masked layers run
     a, b = model.encode(ids), model.encode(ids)
     assert not torch.allclose(a, b)
     model.eval()
-    assert model._vendor_ok()
+    assert model._fast_path_ok()
     torch.testing.assert_close(model(ids)[0], model(_pad(SEQS, 8, "pre"))[0], atol=1e-10, rtol=0)

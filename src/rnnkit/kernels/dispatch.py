@@ -9,9 +9,10 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 (:mod:`rnnkit.kernels.triton_lstm`, which accepts CUDA inputs only).
 
 ``backend="auto"`` takes the first that supports the call exactly, in the order
-``vendor, triton, fused, reference``; on the CPU masked calls, and LSTM/GRU training calls when
-the compiled loops of :mod:`rnnkit.kernels.cpu_ext` are available, go ``fused, vendor, reference``
-(see :func:`auto_order`); naming a backend that cannot run the call raises ``ValueError``.
+``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
+``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU and LSTM training (see :func:`auto_order`);
+naming a backend that cannot run the call raises ``ValueError``.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
 >>> select(RecurrenceSpec("lstm", 8))
@@ -33,8 +34,10 @@ from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
 AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
 # than unmasked input (bench: 5-15x); the fused recurrence costs the same with or without a mask.
-# With its compiled loops the fused LSTM/GRU (reset_after) also trains faster than torch's kernels
-# (32x100 128->256 forward+backward: LSTM 1.1-1.2x, GRU 1.8x); for inference torch's stay first.
+# The fused recurrence is also the faster exact choice without a mask (rnnkit bench, 1 thread,
+# 32x100 128->256, ratios to torch.nn): SimpleRNN (its Python loops) 1.5x training and inference;
+# with the compiled loops (rnnkit.kernels.cpu_ext) GRU 1.8x training and inference, LSTM 1.1-1.2x
+# training. For LSTM inference torch's oneDNN kernel stays faster (fused 0.7-0.8x).
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
@@ -73,17 +76,20 @@ def auto_order(
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         return AUTO_ORDER
-    if mask is not None:
-        return MASKED_CPU_ORDER
-    if (
-        training
-        and spec is not None
-        and (spec.cell == "lstm" or (spec.cell == "gru" and spec.reset_after))
-        and dtype in (None, torch.float32)
-        and cpu_ext.ops() is not None
-    ):
+    if mask is not None or _fused_is_faster(spec, training, dtype):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
+
+
+def _fused_is_faster(spec: RecurrenceSpec | None, training: bool, dtype) -> bool:
+    """Unmasked CPU calls where the fused recurrence beats torch's kernel (see the bench above)."""
+    if spec is None or dtype not in (None, torch.float32):
+        return False
+    if spec.cell == "simple":
+        return True
+    if cpu_ext.ops() is None:
+        return False
+    return (spec.cell == "gru" and spec.reset_after) or (spec.cell == "lstm" and training)
 
 
 def register(name: str, module: ModuleType) -> None:

@@ -56,7 +56,7 @@ from torch import nn
 
 from rnnkit.data.classification import LabelMap
 from rnnkit.data.vectorization import TextVectorization
-from rnnkit.kernels import dispatch
+from rnnkit.kernels import dispatch, vendor
 from rnnkit.layers import GRU, LSTM, AttentionPooling, Bidirectional, Embedding, SimpleRNN
 from rnnkit.layers.masking import resolve_mask
 
@@ -331,11 +331,12 @@ class SequenceClassifier(nn.Module):
 
     Attributes:
         fast_path: when ``True`` (default), a right-padded batch (or one without padding) whose
-            recurrences the vendor kernel supports (no recurrent dropout, default activations)
-            runs without masks, each backward direction over its rows reversed within their
-            lengths (:func:`reverse_valid`). Same numbers (forward and gradients) as the masked
-            layers, which on CPU run packed sequences several times slower. Other batches
-            (left or arbitrary padding) always take the masked layers.
+            recurrences are standard (what torch.nn's kernels can run: no recurrent dropout in
+            training, default activations, no layer norm or zoneout) runs without masks, each
+            backward direction over its rows reversed within their lengths
+            (:func:`reverse_valid`). Same numbers (forward and gradients) as the masked layers,
+            which pay for per-row final states. Other batches (left or arbitrary padding) always
+            take the masked layers.
     """
 
     def __init__(
@@ -404,8 +405,9 @@ class SequenceClassifier(nn.Module):
     def _directions(self, layer) -> list:
         return [layer.forward_layer, layer.backward_layer] if self.config.bidirectional else [layer]
 
-    def _vendor_ok(self) -> bool:
-        """Whether every recurrence can run unmasked on the vendor kernel (see ``fast_path``)."""
+    def _fast_path_ok(self) -> bool:
+        """Whether every recurrence is a standard one (the vendor kernel's configurations) that
+        may run unmasked on the backend ``auto`` picks (see ``fast_path``)."""
         for layer in self.rnns:
             for rnn in self._directions(layer):
                 cell = rnn.cell
@@ -413,7 +415,7 @@ class SequenceClassifier(nn.Module):
                     return False
                 if rnn.backend not in ("auto", "vendor") or rnn.stateful:
                     return False
-                if dispatch.select(cell.spec) != "vendor":
+                if not vendor.supports(cell.spec):
                     return False
         return True
 
@@ -424,8 +426,9 @@ class SequenceClassifier(nn.Module):
         mask (padding only comes after), and the backward direction is a forward recurrence
         over each row reversed within its length (:func:`reverse_valid`). Outputs at padded
         steps are meaningless; pooling ignores them and ``"last"`` takes step ``length - 1``.
-        This runs the vendor kernel on plain dense tensors, which on CPU is several times
-        faster than on packed sequences (the masked path), backward pass included.
+        This runs plain dense tensors: on the CPU the compiled fused loops (LSTM training, GRU)
+        or torch's oneDNN kernel, several times faster than packed sequences and faster than the
+        masked layers (which pay for per-row final states), backward pass included.
         """
         batch = x.shape[0]
         last_layer = len(self.rnns) - 1
@@ -440,7 +443,7 @@ class SequenceClassifier(nn.Module):
                     cell.weights,
                     inp,
                     cell.initial_state(batch, x.device, x.dtype),
-                    backend="vendor",
+                    backend=rnn.backend,
                     **masks,
                 )  # (B, T, u)
                 if k == last_layer and self.config.pooling == "last":
@@ -479,7 +482,7 @@ class SequenceClassifier(nn.Module):
             x = inputs.to(self.output.weight.dtype)
         x = self.input_dropout(x)
         lengths_rp = _right_padded_lengths(m, x.shape[0], x.shape[1], x.device)
-        if self.fast_path and lengths_rp is not None and self._vendor_ok():
+        if self.fast_path and lengths_rp is not None and self._fast_path_ok():
             x = self._run_right_padded(x, lengths_rp)
         else:
             for layer in self.rnns:

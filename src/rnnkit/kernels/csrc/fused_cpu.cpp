@@ -7,7 +7,8 @@
 //
 // Layout (all contiguous): G (T, B, 4u) gate columns o, i, f, g: pre-activations in, activations
 // out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN (n, B, u) with
-// n = T when saving for the backward, else 1.
+// n = T when saving for the backward, else 1. The backward passes take dY (T, B, u), the
+// gradient of the outputs H[1:], and dh = the gradient reaching H[T] (last output + final state).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -270,7 +271,7 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 template <typename T>
 void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                         const at::Tensor& C, const std::optional<at::Tensor>& CN,
-                        const at::Tensor& TC, const at::Tensor& dH, const at::Tensor& dh_in,
+                        const at::Tensor& TC, const at::Tensor& dY, const at::Tensor& dh_in,
                         const at::Tensor& dc_in, const std::optional<at::Tensor>& rd,
                         const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
                         int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
@@ -285,7 +286,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   T* g_all = G.data_ptr<T>();
   const T* c_all = C.data_ptr<T>();
   const T* tc_all = TC.data_ptr<T>();
-  const T* dH_all = dH.data_ptr<T>();
+  const T* dY_all = dY.data_ptr<T>();
   const T* rd_p = ptr<T>(rd);
   const bool* v_all = masked ? valid->data_ptr<bool>() : nullptr;
   const Weight<T> wa(a);
@@ -369,16 +370,21 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     }
     const at::Tensor r = matmul(src, WT, onednn);
     const T* r_p = r.data_ptr<T>();
-    const T* dHt = dH_all + t * B * u;
+    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
     T* dh2_p = dh2.data_ptr<T>();
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t o = b * u;
         T* out = dh2_p + o;
-        if (rd_p != nullptr) {
-          for (int64_t j = 0; j < u; ++j) out[j] = dHt[o + j] + r_p[o + j] * rd_p[o + j];
+        if (dHt != nullptr) {
+          std::copy(dHt + o, dHt + o + u, out);
         } else {
-          for (int64_t j = 0; j < u; ++j) out[j] = dHt[o + j] + r_p[o + j];
+          std::fill(out, out + u, T(0));
+        }
+        if (rd_p != nullptr) {
+          for (int64_t j = 0; j < u; ++j) out[j] += r_p[o + j] * rd_p[o + j];
+        } else {
+          for (int64_t j = 0; j < u; ++j) out[j] += r_p[o + j];
         }
         if (wa.p != nullptr) {  // (1 - a) dh passes to h_{t-1} where h is kept
           for (int64_t j = 0; j < u; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
@@ -392,7 +398,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
 
 void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                    const at::Tensor& C, const std::optional<at::Tensor>& CN, const at::Tensor& TC,
-                   const at::Tensor& dH, const at::Tensor& dh, const at::Tensor& dc,
+                   const at::Tensor& dY, const at::Tensor& dh, const at::Tensor& dc,
                    const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
                    const std::optional<at::Tensor>& valid, int64_t act, int64_t ract,
                    const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU_h,
@@ -400,12 +406,12 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                    const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
                    const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h) {
-  for (const auto* x : {&G, &H, &C, &TC, &dH, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dH/dh/dc");
+  for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
-    lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dH, dh, dc, rd, a, valid, act, ract,
+    lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
                                  M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h);
   });
 }
@@ -511,7 +517,7 @@ void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at
 // gradients go to DM), dh the gradient of h_0.
 template <typename T>
 void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
-                       const at::Tensor& R, const at::Tensor& dH, const at::Tensor& dh_in,
+                       const at::Tensor& R, const at::Tensor& dY, const at::Tensor& dh_in,
                        const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
                        int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                        const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
@@ -522,7 +528,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   T* g_all = G.data_ptr<T>();
   T* r_all = R.data_ptr<T>();
   const T* h_all = H.data_ptr<T>();
-  const T* dH_all = dH.data_ptr<T>();
+  const T* dY_all = dY.data_ptr<T>();
   const T* rd_p = ptr<T>(rd);
   const Weight<T> wa(a);
   at::Tensor dh = dh_in;
@@ -533,7 +539,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
     T* r_t = r_all + t * B * G3;
     const T* dh_p = dh.data_ptr<T>();
     T* dh2_p = dh2.data_ptr<T>();
-    const T* dHt = dH_all + t * B * u;
+    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
     const T* h_prev = h_all + t * B * u;
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       std::vector<T> y(G3), dhn(u);
@@ -554,9 +560,13 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
         }
         const T* hp = h_prev + b * u;
         T* out = dh2_p + b * u;
-        const T* dHb = dHt + b * u;
+        if (dHt != nullptr) {
+          std::copy(dHt + b * u, dHt + (b + 1) * u, out);
+        } else {
+          std::fill(out, out + u, T(0));
+        }
         for (int64_t j = 0; j < u; ++j) {
-          out[j] = dHb[j] + z[j] * dhn[j];  // through h' = h~ + z (h_{t-1} - h~)
+          out[j] += z[j] * dhn[j];  // through h' = h~ + z (h_{t-1} - h~)
           if (wa.p != nullptr) out[j] += dhb[j] - dhn[j];  // where h_{t-1} is kept
           g[j] = (T(1) - z[j]) * dhn[j];  // d h~
           g[u + j] = (hp[j] - hh[j]) * dhn[j];  // d z
@@ -599,17 +609,17 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
 }
 
 void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
-                  const at::Tensor& R, const at::Tensor& dH, const at::Tensor& dh,
+                  const at::Tensor& R, const at::Tensor& dY, const at::Tensor& dh,
                   const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
                   int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                   const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                   const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
                   const std::optional<at::Tensor>& DM) {
-  for (const auto* x : {&G, &H, &R, &dH, &dh}) check_contiguous(*x, "G/H/R/dH/dh");
+  for (const auto* x : {&G, &H, &R, &dY, &dh}) check_contiguous(*x, "G/H/R/dY/dh");
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_backward", [&] {
-    gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dH, dh, rd, a, act, ract, M, MU, RS, g_h,
+    gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dY, dh, rd, a, act, ract, M, MU, RS, g_h,
                                 b_rec, DM);
   });
 }
@@ -625,7 +635,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor? b_c, float eps) -> ()");
   m.def(
       "lstm_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor C, Tensor? CN, "
-      "Tensor TC, Tensor dH, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
+      "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
       "Tensor(f!)? dg_h) -> ()");
@@ -635,7 +645,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "int mode, bool save, Tensor(e!)? M, Tensor(f!)? MU, Tensor(g!)? RS, Tensor? g_h, "
       "float eps) -> ()");
   m.def(
-      "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dH, "
+      "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dY, "
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
       "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM) -> ()");
 }
