@@ -150,6 +150,30 @@ def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _weight_grads(x: torch.Tensor, h: torch.Tensor, g: torch.Tensor, want_bias: bool):
+    """``(x^T g, h^T g, g.sum(0))``: the input, recurrent and bias gradients over all steps.
+
+    ``x (N, I)``, ``h (N, u)``, ``g (N, G)``. As :func:`_tn`, with each chunk of ``g`` transposed
+    once for both products (the gate gradients are the largest operand).
+    """
+    if not (_onednn(x) and _onednn(g)):
+        return x.t() @ g, h.t() @ g, (g.sum(0) if want_bias else None)
+    dW = dU = db = None
+    for s in range(0, g.shape[0], _TN_ROWS):
+        gt = g[s : s + _TN_ROWS].t().contiguous()
+        pw = _ONEDNN_LINEAR(x[s : s + _TN_ROWS].t().contiguous(), gt, None, "none", [], "")
+        pu = _ONEDNN_LINEAR(h[s : s + _TN_ROWS].t().contiguous(), gt, None, "none", [], "")
+        pb = gt.sum(1) if want_bias else None
+        if dW is None:
+            dW, dU, db = pw, pu, pb
+        else:
+            dW.add_(pw)
+            dU.add_(pu)
+            if want_bias:
+                db.add_(pb)
+    return dW, dU, db
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     if _onednn(x) and _onednn(w):
         return _Linear.apply(x, w, b)
@@ -362,10 +386,19 @@ def _compiled(cfg: _Config, x: torch.Tensor):
 
 # ----------------------------------------------------------------------------- LSTM
 class _LSTMFunction(torch.autograd.Function):
-    """Gate columns of ``xw``/``U``: ``o, i, f, g`` (u each). Returns ``(H (T+1, B, u), c_T)``."""
+    """Gate columns of ``xw``/``U``: ``o, i, f, g`` (u each). Returns ``(H[1:], H[T], c_T)``.
+
+    The input projection comes either as ``xw`` (computed under autograd: the layer-norm form)
+    or as ``x2, W, b_in`` with ``xw = None``; it is then computed here and the backward pass
+    computes its gradients together with the recurrent ones (:func:`_weight_grads`).
+    """
 
     @staticmethod
-    def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid):
+    def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid, x2=None, W=None, b_in=None):
+        if xw is None:
+            with torch.no_grad():
+                xw = _linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
+        ctx.proj = (x2, W, b_in is not None) if x2 is not None and cfg.save else None
         T, B, G4 = xw.shape
         u = G4 // 4
         save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
@@ -532,8 +565,13 @@ class _LSTMFunction(torch.autograd.Function):
                 dh2.add_(dh).sub_(dhn)  # (1 - a) dh passes to h_{t-1} where h is kept
             dh, dh2 = dh2, dh
         src_all = M if ln else G
-        h_in = Hin if rd is not None else H[:-1]
-        dU = _tn(h_in.reshape(T * B, u), src_all.view(T * B, G4))
+        h_in = (Hin if rd is not None else H[:-1]).reshape(T * B, u)
+        dW = db = None
+        if ctx.proj is None:
+            dU = _tn(h_in, src_all.view(T * B, G4))
+        else:
+            x2, W, has_bias = ctx.proj
+            dW, dU, db = _weight_grads(x2, h_in, G.view(T * B, G4), has_bias)
         dg_c = db_c = None
         if not ln:
             dg_h = None
@@ -550,7 +588,10 @@ class _LSTMFunction(torch.autograd.Function):
                 b_c,
                 [False, True, True],
             )
-        return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None
+        if ctx.proj is None:
+            return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
+        dx2 = _nt(G.view(T * B, G4), W) if ctx.needs_input_grad[11] else None
+        return None, None, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, dx2, dW, db
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -1001,6 +1042,7 @@ def run(
     W = _cols(weights.kernel, idx_in)
     b_in = _cols(b_in, idx_in)
     g_h = g_c = b_c = None
+    proj = (None, None, None)  # (x2, W, b_in): the LSTM computes its own input projection
     if spec.layer_norm:
         ln = getattr(weights, "layer_norm", None)
         if ln is None:
@@ -1012,9 +1054,12 @@ def run(
             _linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
+    elif cell == "lstm":
+        xw, proj = None, (x2, W, b_in)
     else:
         xw = _linear(x2, W, b_in)
-    xw = xw.view(T, B, -1)  # (T, B, G*u)
+    if xw is not None:
+        xw = xw.view(T, B, -1)  # (T, B, G*u)
 
     valid = None
     if mask is not None:
@@ -1044,22 +1089,14 @@ def run(
     act = _resolve(spec.activation)
     ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
     h0 = initial_state[0]
-    diff = [
-        xw,
-        U,
-        h0,
-        g_h,
-        g_c,
-        b_c,
-        b_rec,
-    ] + list(initial_state[1:])
+    diff = [xw, U, h0, g_h, g_c, b_c, b_rec, *proj, *initial_state[1:]]
     save = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in diff
     )
     cfg = _Config(act, ract, spec.layer_norm, mode, save)
     if cell == "lstm":
         out, h_T, c_T = _LSTMFunction.apply(
-            cfg, xw, U, h0, initial_state[1], g_h, g_c, b_c, rd, a, valid
+            cfg, xw, U, h0, initial_state[1], g_h, g_c, b_c, rd, a, valid, *proj
         )
     elif cell == "gru" and spec.reset_after:
         out, h_T = _GRUFunction.apply(cfg, xw, U, h0, b_rec, g_h, rd, a, valid)
