@@ -85,12 +85,8 @@ def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     w = _weights(spec, dtype)
     compiled = _run(spec, w, kw, dtype)
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
-    assert (
-        fused._compiled(
-            fused._Config(fused._ACTS["tanh"], fused._ACTS["tanh"], False, "none", True), w.kernel
-        )
-        is None
-    )
+    tanh = fused._ACTS["tanh"]
+    assert fused._compiled_ops(cell, True, tanh, tanh, w.kernel) is None
     python = _run(spec, w, kw, dtype)
     tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     (o1, s1, g1), (o2, s2, g2) = compiled, python
@@ -101,9 +97,14 @@ def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
 
 
-def test_activations_outside_the_compiled_set_use_the_python_loops():
-    elu = fused._Config(fused._ACTS["elu"], fused._ACTS["sigmoid"], False, "none", True)
-    assert fused._compiled(elu, torch.zeros(1)) is None
+def test_calls_outside_the_compiled_set_use_the_python_loops():
+    _compiled_available()
+    act, x = fused._ACTS, torch.zeros(1)
+    assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x) is not None
+    assert fused._compiled_ops("lstm", True, act["elu"], act["sigmoid"], x) is None
+    assert fused._compiled_ops("gru", False, act["tanh"], act["sigmoid"], x) is None  # reset_before
+    assert fused._compiled_ops("simple", True, act["tanh"], act["tanh"], x) is None
+    assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x.half()) is None
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):

@@ -319,7 +319,7 @@ class _Config:
     layer_norm: bool
     mode: str  # how h_t is formed: "none" (h'), "where" (mask), "lerp" (zoneout, with mask)
     save: bool  # store what the backward pass needs
-    owns_xw: bool = True  # xw may be overwritten (run() creates it); gradcheck passes False
+    ext: object = None  # the compiled step loops (cpu_ext.ops()) when they run this call
 
 
 def _mul(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -372,13 +372,14 @@ _ACT_IDS = cpu_ext.ACTIVATION_IDS
 _MODES = {"none": 0, "where": 1, "lerp": 2}
 
 
-def _compiled(cfg: _Config, x: torch.Tensor):
+def _compiled_ops(cell: str, reset_after: bool, act: _Act, ract: _Act, x: torch.Tensor):
     """The compiled step loops (:mod:`rnnkit.kernels.cpu_ext`) when they cover this call."""
     if (
-        x.device.type != "cpu"
+        not (cell == "lstm" or (cell == "gru" and reset_after))
+        or x.device.type != "cpu"
         or x.dtype not in (torch.float32, torch.float64)
-        or cfg.act.name not in _ACT_IDS
-        or cfg.ract.name not in _ACT_IDS
+        or act.name not in _ACT_IDS
+        or ract.name not in _ACT_IDS
     ):
         return None
     return cpu_ext.ops()
@@ -403,7 +404,7 @@ class _LSTMFunction(torch.autograd.Function):
         u = G4 // 4
         save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
         n = T if save else 1
-        G = xw if cfg.owns_xw else xw.clone()  # (T, B, 4u) pre-activations -> activations
+        G = xw  # (T, B, 4u) pre-activations -> activations (run() created xw for this call)
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         C = xw.new_empty(T + 1, B, u)
@@ -422,7 +423,7 @@ class _LSTMFunction(torch.autograd.Function):
                 MU_h, RS_h = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
                 MU_c, RS_c = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
             direct = not save and mU.fast  # use the product as it comes, M is not kept
-        ext = _compiled(cfg, xw)
+        ext = cfg.ext
         if ext is not None:
             ext.lstm_forward(
                 G, mU.w if mU.fast else mU.mat, mU.fast, H, C, CN, TC, Hin, rd, a, valid,
@@ -505,7 +506,7 @@ class _LSTMFunction(torch.autograd.Function):
         if ln:
             DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
-        ext = _compiled(cfg, G)
+        ext = cfg.ext
         if ext is not None:
             ext.lstm_backward(
                 G, mUT.w if mUT.fast else mUT.mat, mUT.fast, H, C, CN, TC, dY.contiguous(), dh,
@@ -604,7 +605,7 @@ class _GRUFunction(torch.autograd.Function):
         u = G3 // 3
         save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
         n = T if save else 1
-        G = xw if cfg.owns_xw else xw.clone()
+        G = xw
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         R = xw.new_empty(n, B, G3)  # recurrent projection (after LN) + recurrent bias
@@ -616,7 +617,7 @@ class _GRUFunction(torch.autograd.Function):
         if ln:
             M = xw.new_empty(n, B, G3)
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
-        ext = _compiled(cfg, xw)
+        ext = cfg.ext
         if ext is not None:
             ext.gru_forward(
                 G, mU.w if mU.fast else mU.mat, mU.fast, H, R, b_rec, Hin, rd, a, valid,
@@ -663,7 +664,7 @@ class _GRUFunction(torch.autograd.Function):
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G3 = G.shape
         u = G3 // 3
-        ext = _compiled(cfg, G)
+        ext = cfg.ext
         if ext is not None:  # G becomes d xw (h, z, r), R d(recurrent projection) (z, r, h)
             mUT = _Right(U.t(), B)
             _, dh = _output_grads(dY, dh_T)
@@ -737,7 +738,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         u = G3 // 3
         save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
         n = T if save else 1
-        G = xw if cfg.owns_xw else xw.clone()
+        G = xw
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         mUzr, mUh = _Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)
@@ -887,7 +888,7 @@ class _SimpleFunction(torch.autograd.Function):
         T, B, u = xw.shape
         save, ln, act = cfg.save, cfg.layer_norm, cfg.act
         n = T if save else 1
-        G = xw if cfg.owns_xw else xw.clone()
+        G = xw
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         Hin = xw.new_empty(n, B, u) if rd is not None else None
@@ -1028,7 +1029,13 @@ def run(
         x = x.flip(0)
     x2 = x.reshape(T * B, x.shape[-1])
 
-    idx_in, idx_rec = _perm(cell, u, "in", dev), _perm(cell, u, "rec", dev)
+    act = _resolve(spec.activation)
+    ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
+    ext = _compiled_ops(cell, spec.reset_after, act, ract, inputs)
+    if ext is not None and cell == "lstm":  # the compiled LSTM loops take Keras' gate order
+        idx_in = idx_rec = None
+    else:
+        idx_in, idx_rec = _perm(cell, u, "in", dev), _perm(cell, u, "rec", dev)
     bias = weights.bias if spec.use_bias else None
     b_in = b_rec = None
     if bias is not None:
@@ -1086,14 +1093,12 @@ def run(
     if rd is not None:
         rd = rd.to(dtype).contiguous()
 
-    act = _resolve(spec.activation)
-    ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
     h0 = initial_state[0]
     diff = [xw, U, h0, g_h, g_c, b_c, b_rec, *proj, *initial_state[1:]]
     save = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in diff
     )
-    cfg = _Config(act, ract, spec.layer_norm, mode, save)
+    cfg = _Config(act, ract, spec.layer_norm, mode, save, ext)
     if cell == "lstm":
         out, h_T, c_T = _LSTMFunction.apply(
             cfg, xw, U, h0, initial_state[1], g_h, g_c, b_c, rd, a, valid, *proj

@@ -5,8 +5,9 @@
 // math of a step in one pass per batch row. Everything else (input projection, weight gradients
 // over all steps, autograd) stays in Python. Built on first use by rnnkit/kernels/cpu_ext.py.
 //
-// Layout (all contiguous): G (T, B, 4u) gate columns o, i, f, g: pre-activations in, activations
-// out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN (n, B, u) with
+// Layout (all contiguous): LSTM G (T, B, 4u) gate columns in Keras' order i, f, c, o (the Python
+// loops permute them to o, i, f, c; these loops need no permutation): pre-activations in,
+// activations out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN (n, B, u) with
 // n = T when saving for the backward, else 1. The backward passes take dY (T, B, u), the
 // gradient of the outputs H[1:], and dh = the gradient reaching H[T] (last output + final state).
 
@@ -191,9 +192,10 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
         T* g = g_t + b * G4;
         const T* mm = m_all + b * G4;
         for (int64_t k = 0; k < G4; ++k) g[k] += mm[k];
-        act_inplace(ract, g, 3 * u);
-        act_inplace(act, g + 3 * u, u);
-        const T *i = g + u, *f = g + 2 * u, *gg = g + 3 * u, *cp = c_prev + b * u;
+        act_inplace(ract, g, 2 * u);  // i, f
+        act_inplace(act, g + 2 * u, u);  // c~
+        act_inplace(ract, g + 3 * u, u);  // o
+        const T *i = g, *f = g + u, *gg = g + 2 * u, *cp = c_prev + b * u;
         T* cn = cn_t + b * u;
         for (int64_t j = 0; j < u; ++j) cn[j] = f[j] * cp[j] + i[j] * gg[j];
       }
@@ -216,7 +218,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
     T* c_next = c_all + (t + 1) * B * u;
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* o = g_t + b * G4;
+        const T* o = g_t + b * G4 + 3 * u;
         T* tc = tc_t + b * u;
         act_out(act, c_in_all + b * u, tc, u);
         T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
@@ -305,7 +307,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     T* dpc_p = dpc.data_ptr<T>();
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* o = g_t + b * G4;
+        const T* o = g_t + b * G4 + 3 * u;
         const T* tc = tc_t + b * u;
         const T* dhb = dh_p + b * u;
         T* dhn = dhn_all + b * u;
@@ -339,25 +341,26 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       for (int64_t b = b0; b < b1; ++b) {
         T* g = g_t + b * G4;
         std::copy(g, g + G4, y.data());
-        const T *o = y.data(), *i = o + u, *f = o + 2 * u, *gg = o + 3 * u;
+        const T *i = y.data(), *f = i + u, *gg = i + 2 * u, *o = i + 3 * u;
         const T* tc = tc_t + b * u;
         const T* dhn = dhn_all + b * u;
         const T* cp = c_prev + b * u;
         T* dcb = dc_p + b * u;
-        for (int64_t j = 0; j < u; ++j) g[j] = dhn[j] * tc[j];
+        for (int64_t j = 0; j < u; ++j) g[3 * u + j] = dhn[j] * tc[j];
         if (!masked || v_all[t * B + b]) {
           for (int64_t j = 0; j < u; ++j) {
             const T dcj = dcb[j];
-            g[u + j] = dcj * gg[j];
-            g[2 * u + j] = dcj * cp[j];
-            g[3 * u + j] = dcj * i[j];
+            g[j] = dcj * gg[j];
+            g[u + j] = dcj * cp[j];
+            g[2 * u + j] = dcj * i[j];
             dcb[j] = dcj * f[j];
           }
         } else {  // a masked step: no gate gradient; the carried c passes dc through
-          std::fill(g + u, g + G4, T(0));
+          std::fill(g, g + 3 * u, T(0));
         }
-        mul_deriv(ract, o, g, 3 * u);
-        mul_deriv(act, gg, g + 3 * u, u);
+        mul_deriv(ract, i, g, 2 * u);  // i, f
+        mul_deriv(act, gg, g + 2 * u, u);
+        mul_deriv(ract, o, g + 3 * u, u);
       }
     });
     at::Tensor src = G[t];
