@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -97,6 +98,7 @@ class Row:
     infer_ratio: float | None = None
     peak_mb: float | None = None  # peak memory of one training step (forward + backward)
     note: str = ""
+    samples: int = 1  # baseline rows: the median of this many measurements spread over the run
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -276,11 +278,26 @@ def measure(
     )
 
 
-def _with_ratios(rows: list[Row]) -> list[Row]:
+def _is_baseline(row: Row) -> bool:
+    cell = row.config.split()[0]
+    return row.config == f"{cell} standard" and row.backend.startswith("torch.nn.")
+
+
+def _with_ratios(rows: list[Row], resamples: dict[str, list[Row]] | None = None) -> list[Row]:
+    """Ratios to each cell's ``torch.nn`` standard row; with ``resamples`` (more measurements of
+    that row, taken between the other configurations) the baseline is the median of all of them,
+    so that one measurement taken while the shared machine was unusually fast or slow does not
+    shift every ratio of the cell."""
     base: dict[str, Row] = {}
     for row in rows:
-        cell = row.config.split()[0]
-        if row.config == f"{cell} standard" and row.backend.startswith("torch.nn."):
+        if _is_baseline(row):
+            cell = row.config.split()[0]
+            samples = [row, *(resamples or {}).get(cell, [])]
+            ok = [r for r in samples if r.train_tokens_per_s is not None]
+            if len(ok) > 1:
+                row.train_tokens_per_s = statistics.median(r.train_tokens_per_s for r in ok)
+                row.infer_tokens_per_s = statistics.median(r.infer_tokens_per_s for r in ok)
+                row.samples = len(ok)
             base[cell] = row
     for row in rows:
         ref = base.get(row.config.split()[0])
@@ -358,11 +375,25 @@ def run_benchmarks(
     min_run_time = 0.02 if quick else 1.0
     roofline = roofline_gflops(256 if quick else 2048, min_run_time)
     rows: list[Row] = []
+    baselines = {  # cell -> (config, backend, constructor) of its torch.nn standard layer
+        c.cell: (c, b, make)
+        for c in configs
+        if c.standard
+        for b, make in _candidates(c, shape).items()
+        if b.startswith("torch.nn.")
+    }
+    resamples: dict[str, list[Row]] = {}
     for config in configs:
         for backend, make in _candidates(config, shape).items():
             if progress:
                 progress(f"{config.name} / {backend}")
             rows.append(measure(config, backend, make, shape, min_run_time))
+        if config.cell in baselines and not config.standard:
+            base_config, base_backend, base_make = baselines[config.cell]
+            if progress:
+                progress(f"{base_config.name} / {base_backend} (again, for the baseline median)")
+            again = measure(base_config, base_backend, base_make, shape, min_run_time)
+            resamples.setdefault(config.cell, []).append(again)
     return {
         "machine": {
             "platform": platform.platform(),
@@ -372,7 +403,7 @@ def run_benchmarks(
         },
         "shape": asdict(shape),
         "roofline_gflops": roofline,
-        "rows": [asdict(r) for r in _with_ratios(rows)],
+        "rows": [asdict(r) for r in _with_ratios(rows, resamples)],
         "lm": lm_training_benchmark(quick, roofline, min_run_time),
     }
 
@@ -388,7 +419,8 @@ def format_table(result: dict) -> str:
         f"machine: {result['machine']['processor']}, {result['machine']['threads']} threads, "
         f"torch {result['machine']['torch']}",
         f"shapes: batch {s['batch']}, time {s['time']}, {s['input_size']} -> {s['units']}; "
-        "tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same cell",
+        "tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same cell "
+        "(its median over the run, * = that many measurements)",
         f"roofline (float32 matrix product, faster of torch.mm and oneDNN): "
         f"{result['roofline_gflops']:.1f} GFLOP/s",
         "",
@@ -399,10 +431,11 @@ def format_table(result: dict) -> str:
         if r["note"]:
             lines.append(f"{r['config']:<30} {r['backend']:<22} {r['note'][:60]}")
             continue
+        samples = f" *{r['samples']}" if r.get("samples", 1) > 1 else ""
         lines.append(
             f"{r['config']:<30} {r['backend']:<22} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
             f"{_fmt(r['train_ratio'], '6.2f')} {_fmt(r['infer_tokens_per_s'], '12,.0f')} "
-            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['peak_mb'], '8.1f')}"
+            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['peak_mb'], '8.1f')}{samples}"
         )
     lm = result["lm"]
     lines += ["", f"LM training (embedding -> 2x LSTM -> softmax), shapes {lm['shape']}:"]

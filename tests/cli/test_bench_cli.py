@@ -20,9 +20,14 @@ def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, c
             assert row["note"] == "", row
             assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
             assert row["train_ratio"] > 0 and row["peak_mb"] > 0
-    # the reference rows exist and have ratio 1 by definition
+    # the reference rows exist, have ratio 1 by definition, and are the median of one
+    # measurement per configuration of their cell (re-measured between the others)
+    counts = {"lstm": 0, "gru": 0, "simple": 0}
+    for config in bench.CONFIGS:
+        counts[config.cell] += 1
     for cell, name in (("lstm", "LSTM"), ("gru", "GRU"), ("simple", "RNN")):
-        assert by[(f"{cell} standard", f"torch.nn.{name}")]["train_ratio"] == 1.0
+        row = by[(f"{cell} standard", f"torch.nn.{name}")]
+        assert row["train_ratio"] == 1.0 and row["samples"] == counts[cell]
     # torch.nn is not offered where it cannot run the configuration exactly
     assert ("lstm left-padded", "torch.nn.LSTM") not in by
     assert result["roofline_gflops"] > 0
@@ -56,3 +61,16 @@ def test_peak_memory_counts_allocations_alive_at_the_same_time():
     both = bench.peak_memory_bytes(two_blocks_alive)
     single = bench.peak_memory_bytes(one_block_at_a_time)
     assert both >= 8 * 2**20 > single >= 4 * 2**20
+
+
+def test_ratios_use_the_median_of_the_baseline_measurements():
+    def row(config, backend, train, infer):
+        return bench.Row(config, backend, train_tokens_per_s=train, infer_tokens_per_s=infer)
+
+    rows = [row("lstm standard", "torch.nn.LSTM", 100, 10.0), row("lstm x", "rnnkit auto", 120, 9)]
+    again = [row("lstm standard", "torch.nn.LSTM", t, i) for t, i in ((80, 8.0), (60, 12.0))]
+    out = bench._with_ratios(rows, {"lstm": again})
+    base, other = out
+    assert (base.train_tokens_per_s, base.infer_tokens_per_s, base.samples) == (80, 10.0, 3)
+    assert base.train_ratio == 1.0
+    assert other.train_ratio == 120 / 80 and other.infer_ratio == 9 / 10.0
