@@ -74,3 +74,13 @@ def test_ratios_use_the_median_of_the_baseline_measurements():
     assert (base.train_tokens_per_s, base.infer_tokens_per_s, base.samples) == (80, 10.0, 3)
     assert base.train_ratio == 1.0
     assert other.train_ratio == 120 / 80 and other.infer_ratio == 9 / 10.0
+
+
+def test_allocator_setting_is_recorded(tmp_path):
+    out = tmp_path / "fresh.json"
+    args = ["bench", "--quick", "--only", "simple standard", "--json", str(out)]
+    assert main([*args, "--fresh-allocator"]) == 0
+    assert json.loads(out.read_text())["machine"]["allocator"] == "default"
+    assert main(args) == 0
+    steady = json.loads(out.read_text())["machine"]["allocator"]
+    assert steady == ("steady (glibc heap, no trimming)" if bench.steady_allocator() else "default")

@@ -31,6 +31,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--fresh-allocator",
+        action="store_true",
+        help="keep glibc's default allocator settings (large buffers page-fault on every step, "
+        "as at the start of a process); default: the steady state of a long training run",
+    )
     parser.set_defaults(run=run)
 
 
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         configs=configs,
         progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
+        steady=not args.fresh_allocator,
     )
     print(bench.format_table(result))
     if args.json:
