@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -142,6 +143,49 @@ void check_contiguous(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_contiguous(), "rnnkit fused_cpu: ", name, " must be contiguous");
 }
 
+// LayerNorm of one row, as torch.native_layer_norm: mean and 1 / sqrt(biased variance + eps).
+// sum of f(j) for j < n in 16 independent partial sums: the loop vectorises without letting the
+// compiler reassociate floating-point sums anywhere else.
+template <typename T, typename F>
+inline T lane_sum(int64_t n, F f) {
+  T acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    for (int64_t k = 0; k < 16; ++k) acc[k] += f(j + k);
+  }
+  T total = 0;
+  for (; j < n; ++j) total += f(j);
+  for (int64_t k = 0; k < 16; ++k) total += acc[k];
+  return total;
+}
+
+template <typename T>
+inline void row_moments(const T* x, int64_t n, double eps, T& mean, T& rstd) {
+  const T mu = lane_sum<T>(n, [x](int64_t j) { return x[j]; }) / T(n);
+  const T sq = lane_sum<T>(n, [x, mu](int64_t j) { return (x[j] - mu) * (x[j] - mu); });
+  mean = mu;
+  rstd = T(1) / std::sqrt(sq / T(n) + T(eps));
+}
+
+// The input gradient of a row LayerNorm y = xhat * gamma (+ beta), xhat = (x - mean) * rstd:
+// dx = rstd * (dy gamma - mean(dy gamma) - xhat mean(dy gamma xhat)). Adds dy * xhat to dgamma
+// when given.
+template <typename T>
+inline void row_layer_norm_backward(const T* dy, const T* x, const T* gamma, T mean, T rstd,
+                                    int64_t n, T* dx, T* dgamma) {
+  const T m1 = lane_sum<T>(n, [=](int64_t j) { return dy[j] * gamma[j]; }) / T(n);
+  const T m2 = lane_sum<T>(n, [=](int64_t j) {
+                 return dy[j] * gamma[j] * ((x[j] - mean) * rstd);
+               }) / T(n);
+  if (dgamma != nullptr) {
+    for (int64_t j = 0; j < n; ++j) dgamma[j] += dy[j] * ((x[j] - mean) * rstd);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    dx[j] = rstd * (dy[j] * gamma[j] - m1 - xhat * m2);
+  }
+}
+
 // mode: 0 h_t = h'; 1 h_t = valid ? h' : h_{t-1}; 2 h_t = lerp(h_{t-1}, h', a).
 template <typename T>
 void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
@@ -166,6 +210,14 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   const Weight<T> wa(a);
   std::vector<T> hbuf(mode != 0 ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
+  const bool keep_stats = ln && save;  // what the backward pass needs: M, MU_*, RS_*
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  const T* gc = ln ? g_c->data_ptr<T>() : nullptr;
+  const T* bc = ln ? b_c->data_ptr<T>() : nullptr;
+  T* mu_h = keep_stats ? MU_h->data_ptr<T>() : nullptr;
+  T* rs_h = keep_stats ? RS_h->data_ptr<T>() : nullptr;
+  T* mu_c = keep_stats ? MU_c->data_ptr<T>() : nullptr;
+  T* rs_c = keep_stats ? RS_c->data_ptr<T>() : nullptr;
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     at::Tensor hin = H[t];
@@ -173,59 +225,56 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
       hin = (*Hin)[s];
       at::mul_out(hin, H[t], *rd);
     }
-    at::Tensor m = matmul(hin, W, onednn);
-    if (ln) {
-      if (save) (*M)[s].copy_(m);
-      auto y = at::native_layer_norm(m, {G4}, g_h, std::nullopt, eps);
-      if (save) {
-        (*MU_h)[t].copy_(std::get<1>(y));
-        (*RS_h)[t].copy_(std::get<2>(y));
-      }
-      m = std::get<0>(y);
-    }
+    const at::Tensor m = matmul(hin, W, onednn);  // h_in U, before its LayerNorm
     const T* m_all = m.data_ptr<T>();
     T* g_t = g_all + t * B * G4;
     const T* c_prev = c_all + t * B * u;
     T* cn_t = masked ? cn_all + s * B * u : c_all + (t + 1) * B * u;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* g = g_t + b * G4;
-        const T* mm = m_all + b * G4;
-        for (int64_t k = 0; k < G4; ++k) g[k] += mm[k];
-        act_inplace(ract, g, 2 * u);  // i, f
-        act_inplace(act, g + 2 * u, u);  // c~
-        act_inplace(ract, g + 3 * u, u);  // o
-        const T *i = g, *f = g + u, *gg = g + 2 * u, *cp = c_prev + b * u;
-        T* cn = cn_t + b * u;
-        for (int64_t j = 0; j < u; ++j) cn[j] = f[j] * cp[j] + i[j] * gg[j];
-      }
-    });
-    const T* c_in_all = cn_t;  // what the output activation reads: c' or LN(c')
-    at::Tensor y_c;
-    if (ln) {
-      at::Tensor cn_block = masked ? (*CN)[s] : C[t + 1];
-      auto y = at::native_layer_norm(cn_block, {u}, g_c, b_c, eps);
-      if (save) {
-        (*MU_c)[t].copy_(std::get<1>(y));
-        (*RS_c)[t].copy_(std::get<2>(y));
-      }
-      y_c = std::get<0>(y);
-      c_in_all = y_c.data_ptr<T>();
-    }
     T* tc_t = tc_all + s * B * u;
     T* h_prev = h_all + t * B * u;
     T* h_next = h_all + (t + 1) * B * u;
     T* c_next = c_all + (t + 1) * B * u;
+    T* m_keep = keep_stats ? M->data_ptr<T>() + s * B * G4 : nullptr;
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* o = g_t + b * G4 + 3 * u;
+        T* g = g_t + b * G4;
+        const T* mm = m_all + b * G4;
+        if (ln) {  // g += LN(h_in U) with gamma g_h, no beta
+          T mu, rs;
+          row_moments(mm, G4, eps, mu, rs);
+          if (keep_stats) {
+            std::copy(mm, mm + G4, m_keep + b * G4);
+            mu_h[t * B + b] = mu;
+            rs_h[t * B + b] = rs;
+          }
+          for (int64_t k = 0; k < G4; ++k) g[k] += (mm[k] - mu) * rs * gh[k];
+        } else {
+          for (int64_t k = 0; k < G4; ++k) g[k] += mm[k];
+        }
+        act_inplace(ract, g, 2 * u);  // i, f
+        act_inplace(act, g + 2 * u, u);  // c~
+        act_inplace(ract, g + 3 * u, u);  // o
+        const T *i = g, *f = g + u, *gg = g + 2 * u, *o = g + 3 * u, *cp = c_prev + b * u;
+        T* cn = cn_t + b * u;
+        for (int64_t j = 0; j < u; ++j) cn[j] = f[j] * cp[j] + i[j] * gg[j];
         T* tc = tc_t + b * u;
-        act_out(act, c_in_all + b * u, tc, u);
+        if (ln) {  // tc = act(LN(c') with gamma g_c, beta b_c)
+          T mu, rs;
+          row_moments(cn, u, eps, mu, rs);
+          if (keep_stats) {
+            mu_c[t * B + b] = mu;
+            rs_c[t * B + b] = rs;
+          }
+          for (int64_t j = 0; j < u; ++j) tc[j] = (cn[j] - mu) * rs * gc[j] + bc[j];
+          act_inplace(act, tc, u);
+        } else {
+          act_out(act, cn, tc, u);
+        }
         T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
         for (int64_t j = 0; j < u; ++j) hn[j] = o[j] * tc[j];
         const bool ok = masked ? v_all[t * B + b] : true;
         if (masked) {
-          const T* src = ok ? cn_t + b * u : c_prev + b * u;
+          const T* src = ok ? cn : cp;
           std::copy(src, src + u, c_next + b * u);
         }
         const T* hp = h_prev + b * u;
@@ -257,6 +306,8 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                   const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
                   double eps) {
   for (const auto* x : {&G, &H, &C, &TC}) check_contiguous(*x, "G/H/C/TC");
+  TORCH_CHECK(!g_h.has_value() || (g_c.has_value() && b_c.has_value()),
+              "rnnkit fused_cpu: a layer-norm LSTM needs g_h, g_c and b_c");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -296,21 +347,34 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   at::Tensor dh2 = at::empty_like(dh);
   at::Tensor dhn_t = at::empty_like(dh);  // the gradient of the new h'
   at::Tensor dpc_buf = at::empty_like(dh);
+  T* dpc_all = dpc_buf.data_ptr<T>();
   T* dhn_all = dhn_t.data_ptr<T>();
   T* dc_p = dc.data_ptr<T>();
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  const T* gc = ln ? g_c->data_ptr<T>() : nullptr;
+  const T* mu_h = ln ? MU_h->data_ptr<T>() : nullptr;
+  const T* rs_h = ln ? RS_h->data_ptr<T>() : nullptr;
+  const T* mu_c = ln ? MU_c->data_ptr<T>() : nullptr;
+  const T* rs_c = ln ? RS_c->data_ptr<T>() : nullptr;
+  T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
+  std::mutex dgh_lock;
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
     const T* dh_p = dh.data_ptr<T>();
-    at::Tensor dpc = ln ? (*DY)[t] : dpc_buf;  // gradient of c' through the output
-    T* dpc_p = dpc.data_ptr<T>();
+    T* dpc_t = ln ? DY->data_ptr<T>() + t * B * u : dpc_all;  // d c' through the output
+    const T* c_prev = c_all + t * B * u;
+    const T* craw_t = (CN.has_value() ? CN->data_ptr<T>() + t * B * u : c_all + (t + 1) * B * u);
+    T* m_t = ln ? M->data_ptr<T>() + t * B * G4 : nullptr;
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<T> y(G4), tmp(ln ? G4 : 0), dgh(ln ? G4 : 0);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* o = g_t + b * G4 + 3 * u;
+        T* g = g_t + b * G4;
         const T* tc = tc_t + b * u;
         const T* dhb = dh_p + b * u;
         T* dhn = dhn_all + b * u;
+        T* dcb = dc_p + b * u;
         if (wa.p == nullptr) {
           std::copy(dhb, dhb + u, dhn);
         } else if (wa.sj == 0) {
@@ -320,32 +384,19 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
           const T* w = wa.row(t, b);
           for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w[j];
         }
-        T* d = dpc_p + b * u;
-        for (int64_t j = 0; j < u; ++j) d[j] = dhn[j] * o[j];
+        T* d = dpc_t + b * u;
+        for (int64_t j = 0; j < u; ++j) d[j] = dhn[j] * g[3 * u + j];  // times o
         mul_deriv(act, tc, d, u);
-        if (!ln) {
-          T* dcb = dc_p + b * u;
+        if (ln) {  // through the cell LayerNorm
+          row_layer_norm_backward(d, craw_t + b * u, gc, mu_c[t * B + b], rs_c[t * B + b], u,
+                                  tmp.data(), static_cast<T*>(nullptr));
+          for (int64_t j = 0; j < u; ++j) dcb[j] += tmp[j];
+        } else {
           for (int64_t j = 0; j < u; ++j) dcb[j] += d[j];
         }
-      }
-    });
-    if (ln) {
-      at::Tensor c_raw = CN.has_value() ? (*CN)[t] : C[t + 1];
-      auto r = at::native_layer_norm_backward(dpc, c_raw, {u}, (*MU_c)[t], (*RS_c)[t], g_c, b_c,
-                                              {true, false, false});
-      dc.add_(std::get<0>(r));
-    }
-    const T* c_prev = c_all + t * B * u;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<T> y(G4);  // this row's gate activations, read by the derivatives
-      for (int64_t b = b0; b < b1; ++b) {
-        T* g = g_t + b * G4;
-        std::copy(g, g + G4, y.data());
+        std::copy(g, g + G4, y.data());  // the gate activations, read by the derivatives
         const T *i = y.data(), *f = i + u, *gg = i + 2 * u, *o = i + 3 * u;
-        const T* tc = tc_t + b * u;
-        const T* dhn = dhn_all + b * u;
         const T* cp = c_prev + b * u;
-        T* dcb = dc_p + b * u;
         for (int64_t j = 0; j < u; ++j) g[3 * u + j] = dhn[j] * tc[j];
         if (!masked || v_all[t * B + b]) {
           for (int64_t j = 0; j < u; ++j) {
@@ -361,16 +412,19 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
         mul_deriv(ract, i, g, 2 * u);  // i, f
         mul_deriv(act, gg, g + 2 * u, u);
         mul_deriv(ract, o, g + 3 * u, u);
+        if (ln) {  // through the gates' LayerNorm: M[t] becomes d(h_in U)
+          T* mrow = m_t + b * G4;
+          row_layer_norm_backward(g, mrow, gh, mu_h[t * B + b], rs_h[t * B + b], G4, tmp.data(),
+                                  dgh.data());
+          std::copy(tmp.begin(), tmp.end(), mrow);
+        }
+      }
+      if (ln) {
+        std::lock_guard<std::mutex> guard(dgh_lock);
+        for (int64_t k = 0; k < G4; ++k) dgh_p[k] += dgh[k];
       }
     });
-    at::Tensor src = G[t];
-    if (ln) {
-      auto r = at::native_layer_norm_backward(G[t], (*M)[t], {G4}, (*MU_h)[t], (*RS_h)[t], g_h,
-                                              std::nullopt, {true, true, false});
-      dg_h->add_(std::get<1>(r));
-      (*M)[t].copy_(std::get<0>(r));
-      src = (*M)[t];
-    }
+    const at::Tensor src = ln ? (*M)[t] : G[t];
     const at::Tensor r = matmul(src, WT, onednn);
     const T* r_p = r.data_ptr<T>();
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
