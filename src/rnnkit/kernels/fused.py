@@ -142,6 +142,9 @@ def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if not (_onednn(a) and _onednn(b)):
         return a.t() @ b
+    # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride
+    # (a column block of the gate buffer) sends oneDNN to a reference path, measured ~1000x slower
+    b = b.contiguous()
     out = None
     for s in range(0, a.shape[0], _TN_ROWS):
         x, w = a[s : s + _TN_ROWS].t().contiguous(), b[s : s + _TN_ROWS].t()
@@ -159,6 +162,7 @@ def _weight_grads(x: torch.Tensor, h: torch.Tensor, g: torch.Tensor):
     """
     if not (_onednn(x) and _onednn(g)):
         return x.t() @ g, h.t() @ g
+    g = g.contiguous()  # see _tn
     n_in = x.shape[1]
     both = None
     for s in range(0, g.shape[0], _TN_ROWS):
