@@ -35,9 +35,11 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
 # than unmasked input (bench: 5-15x); the fused recurrence costs the same with or without a mask.
 # The fused recurrence is also the faster exact choice without a mask (rnnkit bench, 1 thread,
-# 32x100 128->256, ratios to torch.nn): SimpleRNN (its Python loops) 1.5x training and inference;
-# with the compiled loops (rnnkit.kernels.cpu_ext) GRU 1.8x training and inference, LSTM 1.1-1.2x
-# training. For LSTM inference torch's oneDNN kernel stays faster (fused 0.7-0.8x).
+# 32x100 128->256, ratios to torch.nn): SimpleRNN (its Python loops) 1.3-1.7x training and
+# inference; with the compiled loops (rnnkit.kernels.cpu_ext) GRU about 2x. LSTM training: 1.2-1.6x
+# while large buffers page-fault (a fresh process), -4%..+13% once the allocator keeps its memory
+# (the steady state of a long run; LM shapes +13%, classifier shapes -4%), at half torch's memory:
+# fused. LSTM inference stays on torch's oneDNN kernel (fused 0.8-0.9x).
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
