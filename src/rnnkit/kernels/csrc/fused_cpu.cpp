@@ -134,6 +134,39 @@ struct Weight {
   const T* row(int64_t t, int64_t b) const { return p + t * st + b * sb; }
 };
 
+// h_t from the new h' (hn): mode 1 keeps h_{t-1} (hp) at a masked step (ok false), mode 2
+// interpolates, h_t = hp + a (hn - hp). Mode 0 wrote h' to h_t directly.
+template <typename T>
+inline void set_h(int64_t mode, bool ok, const T* hn, const T* hp, const Weight<T>& wa,
+                  int64_t t, int64_t b, int64_t u, T* h) {
+  if (mode == 1) {
+    std::copy(ok ? hn : hp, (ok ? hn : hp) + u, h);
+  } else if (mode == 2) {
+    const T* w = wa.row(t, b);
+    if (wa.sj == 0) {
+      const T w0 = w[0];
+      for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w0 * (hn[j] - hp[j]);
+    } else {
+      for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w[j] * (hn[j] - hp[j]);
+    }
+  }
+}
+
+// dhn = a * dh: the gradient of h' (a is the weight of h' in h_t; none: dhn = dh).
+template <typename T>
+inline void weight_grad(const T* dh, const Weight<T>& wa, int64_t t, int64_t b, int64_t u,
+                        T* dhn) {
+  if (wa.p == nullptr) {
+    std::copy(dh, dh + u, dhn);
+  } else if (wa.sj == 0) {
+    const T w0 = wa.row(t, b)[0];
+    for (int64_t j = 0; j < u; ++j) dhn[j] = dh[j] * w0;
+  } else {
+    const T* w = wa.row(t, b);
+    for (int64_t j = 0; j < u; ++j) dhn[j] = dh[j] * w[j];
+  }
+}
+
 template <typename T>
 T* ptr(const std::optional<at::Tensor>& x) {
   return x.has_value() ? x->data_ptr<T>() : nullptr;
@@ -277,19 +310,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
           const T* src = ok ? cn : cp;
           std::copy(src, src + u, c_next + b * u);
         }
-        const T* hp = h_prev + b * u;
-        T* h = h_next + b * u;
-        if (mode == 1) {
-          std::copy(ok ? hn : hp, (ok ? hn : hp) + u, h);
-        } else if (mode == 2) {
-          const T* w = wa.row(t, b);
-          if (wa.sj == 0) {
-            const T w0 = w[0];
-            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w0 * (hn[j] - hp[j]);
-          } else {
-            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w[j] * (hn[j] - hp[j]);
-          }
-        }
+        set_h(mode, ok, hn, h_prev + b * u, wa, t, b, u, h_next + b * u);
       }
     });
   }
@@ -375,15 +396,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
         const T* dhb = dh_p + b * u;
         T* dhn = dhn_all + b * u;
         T* dcb = dc_p + b * u;
-        if (wa.p == nullptr) {
-          std::copy(dhb, dhb + u, dhn);
-        } else if (wa.sj == 0) {
-          const T w0 = wa.row(t, b)[0];
-          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w0;
-        } else {
-          const T* w = wa.row(t, b);
-          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w[j];
-        }
+        weight_grad(dhb, wa, t, b, u, dhn);
         T* d = dpc_t + b * u;
         for (int64_t j = 0; j < u; ++j) d[j] = dhn[j] * g[3 * u + j];  // times o
         mul_deriv(act, tc, d, u);
@@ -534,19 +547,8 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
         const T* hp = h_prev + b * u;
         T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
         for (int64_t j = 0; j < u; ++j) hn[j] = g[j] + z[j] * (hp[j] - g[j]);
-        T* h = h_next + b * u;
-        if (mode == 1) {
-          const bool ok = v_all[t * B + b];
-          std::copy(ok ? hn : hp, (ok ? hn : hp) + u, h);
-        } else if (mode == 2) {
-          const T* w = wa.row(t, b);
-          if (wa.sj == 0) {
-            const T w0 = w[0];
-            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w0 * (hn[j] - hp[j]);
-          } else {
-            for (int64_t j = 0; j < u; ++j) h[j] = hp[j] + w[j] * (hn[j] - hp[j]);
-          }
-        }
+        const bool ok = mode == 1 ? v_all[t * B + b] : true;
+        set_h(mode, ok, hn, hp, wa, t, b, u, h_next + b * u);
       }
     });
   }
@@ -606,15 +608,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
         std::copy(g, g + G3, y.data());
         const T *hh = y.data(), *z = hh + u, *r = hh + 2 * u;
         const T* dhb = dh_p + b * u;
-        if (wa.p == nullptr) {
-          std::copy(dhb, dhb + u, dhn.data());
-        } else if (wa.sj == 0) {
-          const T w0 = wa.row(t, b)[0];
-          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w0;
-        } else {
-          const T* w = wa.row(t, b);
-          for (int64_t j = 0; j < u; ++j) dhn[j] = dhb[j] * w[j];
-        }
+        weight_grad(dhb, wa, t, b, u, dhn.data());
         const T* hp = h_prev + b * u;
         T* out = dh2_p + b * u;
         if (dHt != nullptr) {
