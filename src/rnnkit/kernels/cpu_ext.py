@@ -58,6 +58,14 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+def _already_built(cpp_extension, name: str) -> bool:
+    try:  # torch's own cache folder for this name (a private helper: any failure means "no")
+        folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # noqa: BLE001
+        return False
+    return (folder / f"{name}.so").exists()
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -68,9 +76,11 @@ def _build():
     flags = ["-O3", "-std=c++17", "-fno-trapping-math"]  # the last: vectorised selects
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append("-march=native")
-    print("rnnkit: compiling the fused CPU kernels (once per machine, about 15 s)", file=sys.stderr)
+    name = build_name()
+    if not _already_built(cpp_extension, name):
+        print("rnnkit: compiling the CPU kernels (once per machine, about 15 s)", file=sys.stderr)
     cpp_extension.load(
-        name=build_name(),
+        name=name,
         sources=[str(SOURCE)],
         extra_cflags=flags,
         is_python_module=False,
