@@ -1082,7 +1082,9 @@ def run(
         mode = "lerp"
         if zoneout_mask is not None:
             zm = zoneout_mask.transpose(0, 1)
-            a = 1.0 - (zm.flip(0) if go_backwards else zm).to(dtype)  # (T, B, u)
+            zm = zm.flip(0) if go_backwards else zm
+            a = torch.empty(zm.shape, dtype=dtype, device=dev)  # (T, B, u) contiguous
+            torch.mul(zm, -1.0, out=a).add_(1.0)  # 1 - mask: transposed by the first pass
         else:
             a = torch.full((T, 1, 1), 1.0 - spec.zoneout, dtype=dtype, device=dev)
         if valid is not None:

