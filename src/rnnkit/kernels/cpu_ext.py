@@ -1,8 +1,8 @@
 """rnnkit's compiled CPU step loops: ``csrc/fused_cpu.cpp``, built on first use.
 
 The fused backend's per-step loops (:mod:`rnnkit.kernels.fused`) cost, in Python, a few
-microseconds per tensor operation: at batch 32 and 256 units that is about as much time as the
-step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops in C++ (same buffers, same
+microseconds per tensor operation: at batch 32 and 256 units about 55 us per step against 89 us
+for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops in C++ (same buffers, same
 numbers up to float rounding) with the element-wise gate math of a step in one pass per batch row.
 
 It is compiled once per machine with :func:`torch.utils.cpp_extension.load` (the system C++
