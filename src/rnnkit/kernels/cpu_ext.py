@@ -31,6 +31,12 @@ ENV_SWITCH = "RNNKIT_CPU_EXT"
 # Activation ids understood by the C++ loops (enum Act in fused_cpu.cpp).
 ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "hard_sigmoid": 3, "relu": 4}
 
+
+def covers(cell: str, reset_after: bool = True) -> bool:
+    """Whether the compiled loops implement this cell (LSTM; GRU in its ``reset_after`` form)."""
+    return cell == "lstm" or (cell == "gru" and reset_after)
+
+
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ops": the loaded op namespace or None, "error": why not
 

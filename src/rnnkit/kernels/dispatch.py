@@ -89,9 +89,9 @@ def _fused_is_faster(spec: RecurrenceSpec | None, training: bool, dtype) -> bool
         return False
     if spec.cell == "simple":
         return True
-    if cpu_ext.ops() is None:
+    if not cpu_ext.covers(spec.cell, spec.reset_after) or cpu_ext.ops() is None:
         return False
-    return (spec.cell == "gru" and spec.reset_after) or (spec.cell == "lstm" and training)
+    return spec.cell == "gru" or training  # LSTM: training only
 
 
 def register(name: str, module: ModuleType) -> None:

@@ -116,7 +116,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
         dx = _nt(dy, w) if ctx.needs_input_grad[0] else None
-        dw = _tn(x, dy) if ctx.needs_input_grad[1] else None
+        dw = _tn(x, b=dy) if ctx.needs_input_grad[1] else None
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
@@ -131,48 +131,35 @@ def _nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _TN_ROWS = 512  # rows per chunk of the products below: small temporaries
 
 
-def _tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a^T @ b`` for tall ``a (N, K1)``, ``b (N, K2)``: the weight gradients over all steps.
+def _tn(*lefts: torch.Tensor, b: torch.Tensor):
+    """``a^T @ b`` for each tall ``a (N, K_a)`` of ``lefts`` and ``b (N, K2)``: the weight
+    gradients over all steps (one result per left operand; a single one for a single left).
 
-    oneDNN's linear computes ``x @ w^T``; it is fed ``x = a^T`` (a small contiguous copy) and
-    ``w = b^T`` as a transposed *view*, which oneDNN reorders itself much faster than a
-    ``.contiguous()`` copy (measured, (3200, 256) x (3200, 1024), 1 thread: 9-10 ms against
-    16-20 ms with both copied, 17 ms for MKL's ``a.t() @ b`` on this AMD CPU). Chunks of
-    ``_TN_ROWS`` rows keep the temporaries small; the partial products are summed.
+    oneDNN's linear computes ``x @ w^T``; it is fed ``x`` = the left operands' chunk transposed
+    into one small ``(sum K_a, rows)`` buffer and ``w = b^T`` as a transposed *view*, which oneDNN
+    reorders itself much faster than a ``.contiguous()`` copy (measured, (3200, 256) x (3200, 1024),
+    1 thread: 9-10 ms against 16-20 ms with both copied, 17 ms for MKL's ``a.t() @ b`` on this AMD
+    CPU). Stacking the left operands lets each chunk of ``b`` (the gate gradients, the largest
+    operand) be reordered once for all of them. Chunks of ``_TN_ROWS`` rows keep the temporaries
+    small; the partial products are summed.
     """
-    if not (_onednn(a) and _onednn(b)):
-        return a.t() @ b
+    if not (all(_onednn(a) for a in lefts) and _onednn(b)):
+        out = [a.t() @ b for a in lefts]
+        return out[0] if len(lefts) == 1 else tuple(out)
     # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride
     # (a column block of the gate buffer) sends oneDNN to a reference path, measured ~1000x slower
     b = b.contiguous()
-    out = None
-    for s in range(0, a.shape[0], _TN_ROWS):
-        x, w = a[s : s + _TN_ROWS].t().contiguous(), b[s : s + _TN_ROWS].t()
-        part = _ONEDNN_LINEAR(x, w, None, "none", [], "")
-        out = part if out is None else out.add_(part)
-    return out
-
-
-def _weight_grads(x: torch.Tensor, h: torch.Tensor, g: torch.Tensor):
-    """``(x^T g, h^T g)``: the input and recurrent weight gradients over all steps.
-
-    ``x (N, I)``, ``h (N, u)``, ``g (N, G)``. As :func:`_tn`, with each chunk of ``x`` and ``h``
-    transposed into one ``(I + u, rows)`` buffer, so that each chunk of ``g`` (the largest
-    operand) is reordered once, by one product, for both gradients.
-    """
-    if not (_onednn(x) and _onednn(g)):
-        return x.t() @ g, h.t() @ g
-    g = g.contiguous()  # see _tn
-    n_in = x.shape[1]
+    widths = [a.shape[1] for a in lefts]
     both = None
-    for s in range(0, g.shape[0], _TN_ROWS):
-        rows = min(_TN_ROWS, g.shape[0] - s)
-        xh = x.new_empty(n_in + h.shape[1], rows)
-        xh[:n_in] = x[s : s + rows].t()
-        xh[n_in:] = h[s : s + rows].t()
-        part = _ONEDNN_LINEAR(xh, g[s : s + rows].t(), None, "none", [], "")
-        both = part if both is None else both.add_(part)
-    return both[:n_in], both[n_in:]
+    for s in range(0, b.shape[0], _TN_ROWS):
+        rows = min(_TN_ROWS, b.shape[0] - s)
+        x = b.new_empty(sum(widths), rows)
+        for part, a in zip(x.split(widths), lefts, strict=True):
+            part.copy_(a[s : s + rows].t())
+        prod = _ONEDNN_LINEAR(x, b[s : s + rows].t(), None, "none", [], "")
+        both = prod if both is None else both.add_(prod)
+    out = both.split(widths)
+    return out[0] if len(lefts) == 1 else out
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -195,6 +182,7 @@ class _Act:
     deriv: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor | None]
     needs_input: bool = False
     out_fn: Callable | None = None  # f(x, out=...) when torch has one
+    deriv_out: Callable | None = None  # deriv_out(y, out): f'(x) from y into out, no temporary
 
     def out(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.out_fn is not None:
@@ -232,8 +220,20 @@ def _silu_deriv(y, x):
 
 
 _ACTS: dict[str, _Act] = {
-    "tanh": _Act("tanh", _tanh_, lambda y, x: 1.0 - y * y, out_fn=_tanh_out),
-    "sigmoid": _Act("sigmoid", torch.sigmoid_, lambda y, x: y - y * y, out_fn=torch.sigmoid),
+    "tanh": _Act(
+        "tanh",
+        _tanh_,
+        lambda y, x: 1.0 - y * y,
+        out_fn=_tanh_out,
+        deriv_out=lambda y, out: torch.mul(y, y, out=out).neg_().add_(1.0),
+    ),
+    "sigmoid": _Act(
+        "sigmoid",
+        torch.sigmoid_,
+        lambda y, x: y - y * y,
+        out_fn=torch.sigmoid,
+        deriv_out=lambda y, out: torch.addcmul(y, y, y, value=-1.0, out=out),
+    ),
     "hard_sigmoid": _Act(
         "hard_sigmoid", _hard_sigmoid_, lambda y, x: ((y > 0) & (y < 1)).to(y.dtype) / 6.0
     ),
@@ -356,16 +356,17 @@ def _consume(ctx, G: torch.Tensor) -> torch.Tensor:
     return G
 
 
-def _output_grads(dY: torch.Tensor, dh_T: torch.Tensor):
-    """``(dHs, dh)`` from the gradients of the outputs ``Y = H[1:]`` and of the final ``h_T``.
+# The Functions return H[1:] and H[T] rather than H, so that autograd never materialises a
+# zero-padded (T+1, B, u) gradient (measured: 3.3 MB of a SimpleRNN training step's 11.5 MB peak
+# at the benchmark shape); the backward passes take the two gradients dY (of H[1:]) and dh_T.
+def _last_state_grad(dY: torch.Tensor, dh_T: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``H[T]`` (last output and final state) as a new contiguous buffer."""
+    return torch.add(dY[-1], dh_T).contiguous()
 
-    ``dHs[t]`` is what reaches ``H[t]`` from the outputs (``dHs[0] = 0``: ``H[0]`` is the initial
-    state), ``dh`` the gradient of ``H[T]`` as a new contiguous buffer. The Functions return
-    ``H[1:]`` rather than ``H`` so that autograd never materialises a zero-padded ``(T+1, B, u)``
-    gradient (measured: 3.3 MB of a SimpleRNN training step's 11.5 MB peak at the benchmark shape).
-    """
-    dh = torch.add(dY[-1], dh_T).contiguous()
-    return (dY.new_zeros(dY.shape[1:]), *dY.unbind(0)), dh
+
+def _step_output_grads(dY: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``dHs[t]``: what reaches ``H[t]`` from the outputs (``dHs[0] = 0``, the initial state)."""
+    return (dY.new_zeros(dY.shape[1:]), *dY.unbind(0))
 
 
 # ----------------------------------------------------------------------------- compiled loops
@@ -376,7 +377,7 @@ _MODES = {"none": 0, "where": 1, "lerp": 2}
 def _compiled_ops(cell: str, reset_after: bool, act: _Act, ract: _Act, x: torch.Tensor):
     """The compiled step loops (:mod:`rnnkit.kernels.cpu_ext`) when they cover this call."""
     if (
-        not (cell == "lstm" or (cell == "gru" and reset_after))
+        not cpu_ext.covers(cell, reset_after)
         or x.device.type != "cpu"
         or x.dtype not in (torch.float32, torch.float64)
         or act.name not in _ACT_IDS
@@ -392,7 +393,7 @@ class _LSTMFunction(torch.autograd.Function):
 
     The input projection comes either as ``xw`` (computed under autograd: the layer-norm form)
     or as ``x2, W, b_in`` with ``xw = None``; it is then computed here and the backward pass
-    computes its gradients together with the recurrent ones (:func:`_weight_grads`).
+    computes its gradients together with the recurrent ones (one :func:`_tn`).
     """
 
     @staticmethod
@@ -497,7 +498,7 @@ class _LSTMFunction(torch.autograd.Function):
         c_raw = CN if CN is not None else C[1:]
         vf = valid.to(G.dtype) if valid is not None else None
         mUT = _Right(U.t(), B)
-        dHs, dh = _output_grads(dY, dh_T)
+        dh = _last_state_grad(dY, dh_T)
         dh2 = torch.empty_like(dh)
         dc = dc_T.clone(memory_format=torch.contiguous_format)
         dc2 = torch.empty_like(dc)
@@ -514,6 +515,7 @@ class _LSTMFunction(torch.autograd.Function):
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
             )  # fmt: skip
+        dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
             Gt, tc = G[t], TC[t]
             S, gg = Gt[:, : 3 * u], Gt[:, 3 * u :]  # sigmoid block o, i, f and candidate g
@@ -570,10 +572,10 @@ class _LSTMFunction(torch.autograd.Function):
         h_in = (Hin if rd is not None else H[:-1]).reshape(T * B, u)
         dW = db = None
         if ctx.proj is None:
-            dU = _tn(h_in, src_all.view(T * B, G4))
+            dU = _tn(h_in, b=src_all.view(T * B, G4))
         else:
             x2, W, has_bias = ctx.proj
-            dW, dU = _weight_grads(x2, h_in, G.view(T * B, G4))
+            dW, dU = _tn(x2, h_in, b=G.view(T * B, G4))
             db = G.view(T * B, G4).sum(0) if has_bias else None
         dg_c = db_c = None
         if not ln:
@@ -669,7 +671,7 @@ class _GRUFunction(torch.autograd.Function):
         ext = cfg.ext
         if ext is not None:  # G becomes d xw (h, z, r), R d(recurrent projection) (z, r, h)
             mUT = _Right(U.t(), B)
-            _, dh = _output_grads(dY, dh_T)
+            dh = _last_state_grad(dY, dh_T)
             M, MU, RS = ctx.ln_bufs if ln else (None, None, None)
             if ALLOW_REPEATED_BACKWARD:
                 R = R.clone()  # overwritten with its gradient
@@ -679,7 +681,7 @@ class _GRUFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
-            dU = _tn(h_in.reshape(T * B, u), (DM if ln else R).reshape(T * B, G3))
+            dU = _tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
             db_rec = R.sum((0, 1)) if b_rec is not None else None
             dg_h = ((M - MU).mul_(RS).mul_(R)).sum((0, 1)) if ln else None
             return None, G, dU, dh, db_rec, dg_h, None, None, None
@@ -699,7 +701,7 @@ class _GRUFunction(torch.autograd.Function):
         del K_h, G, R, hh, z, r
         P = None  # noqa: F841
         mUT = _Right(U.t(), B)
-        dHs, dh = _output_grads(dY, dh_T)
+        dHs, dh = _step_output_grads(dY), _last_state_grad(dY, dh_T)
         dh2 = torch.empty_like(dh)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ln:
@@ -725,7 +727,7 @@ class _GRUFunction(torch.autograd.Function):
         dR = D[..., u:]
         src_all = DM if ln else dR
         h_in = Hin if rd is not None else H[:-1]
-        dU = _tn(h_in.reshape(T * B, u), src_all.reshape(T * B, G3))
+        dU = _tn(h_in.reshape(T * B, u), b=src_all.reshape(T * B, G3))
         db_rec = dR.sum((0, 1)) if b_rec is not None else None
         dg_h = ((M - MU).mul_(RS).mul_(dR)).sum((0, 1)) if ln else None
         return None, D[..., :G3], dU, dh, db_rec, dg_h, None, None, None
@@ -812,7 +814,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         del K_z
         P = None  # noqa: F841
         mUzrT, mUhT = _Right(U[:, : 2 * u].t(), B), _Right(U[:, 2 * u :].t(), B)
-        dHs, dh = _output_grads(dY, dh_T)
+        dHs, dh = _step_output_grads(dY), _last_state_grad(dY, dh_T)
         dh2 = torch.empty_like(dh)
         drh = torch.empty_like(dh)
         dhin = torch.empty_like(dh)
@@ -867,8 +869,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
         dU = torch.cat(
             [
-                _tn(h_in.reshape(T * B, u), zr_all),
-                _tn(RH.reshape(T * B, u), h_all),
+                _tn(h_in.reshape(T * B, u), b=zr_all),
+                _tn(RH.reshape(T * B, u), b=h_all),
             ],
             dim=1,
         )
@@ -936,10 +938,8 @@ class _SimpleFunction(torch.autograd.Function):
         T, B, u = G.shape
         act = ctx.cfg.act
         Y = H[1:] if direct else G  # the activations
-        if act.name == "tanh":  # f' into G without a (T, B, u) temporary
-            torch.mul(Y, Y, out=G).neg_().add_(1.0)
-        elif act.name == "sigmoid":
-            torch.addcmul(Y, Y, Y, value=-1.0, out=G)
+        if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary
+            act.deriv_out(Y, G)
         else:
             d = act.deriv(Y, G if direct else P)  # direct: G holds the pre-activations
             if d is None:
@@ -951,7 +951,7 @@ class _SimpleFunction(torch.autograd.Function):
         _scale_(G, a)
         Q = None if a is None else 1.0 - a
         mUT = _Right(U.t(), B)
-        dHs, dh = _output_grads(dY, dh_T)
+        dHs, dh = _step_output_grads(dY), _last_state_grad(dY, dh_T)
         dh2 = torch.empty_like(dh)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ctx.cfg.layer_norm:
@@ -975,7 +975,7 @@ class _SimpleFunction(torch.autograd.Function):
             dh, dh2 = dh2, dh
         h_in = Hin if rd is not None else H[:-1]
         src_all = DM if ctx.cfg.layer_norm else G
-        dU = _tn(h_in.reshape(T * B, u), src_all.view(T * B, u))
+        dU = _tn(h_in.reshape(T * B, u), b=src_all.view(T * B, u))
         dg_h = ((M - MU).mul_(RS).mul_(G)).sum((0, 1)) if ctx.cfg.layer_norm else None
         return None, G, dU, dh, dg_h, None, None, None
 
