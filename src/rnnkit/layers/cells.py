@@ -29,6 +29,7 @@ from torch import nn
 
 from rnnkit.kernels import reference
 from rnnkit.kernels.activations import get_activation
+from rnnkit.kernels.masks import bernoulli_mask
 from rnnkit.kernels.spec import GATES, LayerNormWeights, RecurrenceSpec, RecurrentWeights
 from rnnkit.layers.initializers import get_initializer, unit_forget_bias_
 
@@ -289,9 +290,10 @@ class RecurrentCell(nn.Module):
         ):
             if rate > 0:
                 masks[key] = draw_dropout_mask(rate, shape, device, dtype, generator)
-        if self.zoneout > 0:  # uniform < p: half the time of bernoulli_ for a (B, T, u) mask
-            draws = torch.rand(batch_size, steps, u, device=device, generator=generator)
-            masks["zoneout_mask"] = (draws < self.zoneout).to(dtype)
+        if self.zoneout > 0:  # drawn time-major, the order the backends read it in
+            shape, p = (steps, batch_size, u), self.zoneout
+            keep = bernoulli_mask(shape, p, device=device, dtype=dtype, generator=generator)
+            masks["zoneout_mask"] = keep.transpose(0, 1)
         return masks
 
     # --- one step ---------------------------------------------------------------------------
