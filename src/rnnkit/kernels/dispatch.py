@@ -11,8 +11,8 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU and LSTM training (see :func:`auto_order`);
-naming a backend that cannot run the call raises ``ValueError``.
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU (see :func:`auto_order`); naming a backend that
+cannot run the call raises ``ValueError``.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
 >>> select(RecurrenceSpec("lstm", 8))
@@ -34,12 +34,12 @@ from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
 AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
 # than unmasked input (bench: 5-15x); the fused recurrence costs the same with or without a mask.
-# The fused recurrence is also the faster exact choice without a mask (rnnkit bench, 1 thread,
-# 32x100 128->256, ratios to torch.nn): SimpleRNN (its Python loops) 1.3-1.7x training and
-# inference; with the compiled loops (rnnkit.kernels.cpu_ext) GRU about 2x. LSTM training: 1.2-1.6x
-# while large buffers page-fault (a fresh process), -4%..+13% once the allocator keeps its memory
-# (the steady state of a long run; LM shapes +13%, classifier shapes -4%), at half torch's memory:
-# fused. LSTM inference stays on torch's oneDNN kernel (fused 0.8-0.9x).
+# The fused recurrence is also the faster exact choice without a mask for SimpleRNN (its Python
+# loops; paired A/B, 1 thread, training: 1.46x at 32x100 128->256, 0.98x at 20x20 200->200) and,
+# with the compiled loops (rnnkit.kernels.cpu_ext), GRU (1.94x and 1.51x). The LSTM stays on
+# torch's oneDNN kernel: fused training measured 0.70-0.93x of it at five shapes with 1 thread and
+# 0.64-0.80x with 2 (paired A/B, steady allocator; an earlier, quieter state of this shared machine
+# gave 0.96-1.13x), so torch's kernel is the choice that is never far behind.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
@@ -67,31 +67,26 @@ def auto_order(
     device=None,
     mask: torch.Tensor | None = None,
     spec: RecurrenceSpec | None = None,
-    training: bool = False,
     dtype=None,
     **_options,
 ) -> tuple[str, ...]:
-    """The order in which ``auto`` tries the backends for a call.
-
-    ``training``: gradients will flow (grad mode on and an input or weight requires grad).
-    """
+    """The order in which ``auto`` tries the backends for a call."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         return AUTO_ORDER
-    if mask is not None or _fused_is_faster(spec, training, dtype):
+    if mask is not None or _fused_is_faster(spec, dtype):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
 
 
-def _fused_is_faster(spec: RecurrenceSpec | None, training: bool, dtype) -> bool:
-    """Unmasked CPU calls where the fused recurrence beats torch's kernel (see the bench above)."""
+def _fused_is_faster(spec: RecurrenceSpec | None, dtype) -> bool:
+    """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above)."""
     if spec is None or dtype not in (None, torch.float32):
         return False
     if spec.cell == "simple":
         return True
-    if not cpu_ext.covers(spec.cell, spec.reset_after) or cpu_ext.ops() is None:
-        return False
-    return spec.cell == "gru" or training  # LSTM: training only
+    compiled = cpu_ext.covers(spec.cell, spec.reset_after) and cpu_ext.ops() is not None
+    return spec.cell == "gru" and compiled
 
 
 def register(name: str, module: ModuleType) -> None:
@@ -122,19 +117,15 @@ def _reason(name: str, module, spec: RecurrenceSpec, options: dict) -> str | Non
     return None if module.supports(spec, **options) else "it does not support this configuration"
 
 
-def select(
-    spec: RecurrenceSpec, *, backend: str = "auto", training: bool = False, **options
-) -> str:
+def select(spec: RecurrenceSpec, *, backend: str = "auto", **options) -> str:
     """The backend name that :func:`run` would use for this call.
-
-    ``training`` (gradients will flow) only changes the choice of ``auto``.
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
     """
     check_backend_name(backend)
     if backend == "auto":
-        for name in auto_order(spec=spec, training=training, **options):
+        for name in auto_order(spec=spec, **options):
             module = _REGISTRY.get(name)
             if module is not None and (name == "reference" or module.supports(spec, **options)):
                 return name
@@ -175,16 +166,5 @@ def run(
         "zoneout_mask": zoneout_mask,
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
-    training = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (inputs, *initial_state, weights.kernel, weights.recurrent_kernel, weights.bias)
-    )
-    name = select(
-        spec,
-        backend=backend,
-        training=training,
-        device=inputs.device,
-        dtype=inputs.dtype,
-        **options,
-    )
+    name = select(spec, backend=backend, device=inputs.device, dtype=inputs.dtype, **options)
     return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
