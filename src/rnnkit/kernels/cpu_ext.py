@@ -116,6 +116,14 @@ def ops():
     return _state["ops"]
 
 
+def has_brgemm(ops) -> bool:
+    """Whether the compiled loops run their float32 step products on oneDNN's brgemm kernel
+    (torch builds that export ``at::native::cpublas::brgemm`` for float32)."""
+    if "brgemm" not in _state:
+        _state["brgemm"] = bool(ops.has_brgemm())
+    return bool(_state["brgemm"])
+
+
 def build_error() -> str | None:
     """Why the extension is not available (after :func:`ops` returned ``None``), else ``None``."""
     return _state.get("error")  # type: ignore[return-value]

@@ -121,6 +121,18 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+def _step_weight(ext, mat: torch.Tensor, batch: int) -> tuple[torch.Tensor, bool]:
+    """The recurrent weight ``mat (K, N)`` as the compiled loops take it: ``(weight, packed)``.
+
+    float32 with oneDNN's brgemm kernel in this torch: the plain contiguous matrix (no packing);
+    otherwise oneDNN's packed linear weight where available, else the matrix for ``torch.mm``.
+    """
+    if mat.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
+        return mat.contiguous(), False
+    right = _Right(mat, batch)
+    return (right.w, True) if right.fast else (right.mat, False)
+
+
 def _nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous."""
     if _onednn(a) and _onednn(b):
@@ -417,18 +429,18 @@ class _LSTMFunction(torch.autograd.Function):
         P = xw.new_empty(T, B, G4) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
-        mU = _Right(U, B)
+        ext = cfg.ext
+        mU = _Right(U, B) if ext is None else None
         if ln:
             M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
             CY = xw.new_empty(T, B, u) if save and act.needs_input else None
             if save:  # per-step LayerNorm statistics, for the backward pass only
                 MU_h, RS_h = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
                 MU_c, RS_c = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
-            direct = not save and mU.fast  # use the product as it comes, M is not kept
-        ext = cfg.ext
+            direct = not save and mU is not None and mU.fast  # the product as it comes
         if ext is not None:
             ext.lstm_forward(
-                G, mU.w if mU.fast else mU.mat, mU.fast, H, C, CN, TC, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B), H, C, CN, TC, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
@@ -497,7 +509,8 @@ class _LSTMFunction(torch.autograd.Function):
             c_in = CN if CN is not None else C[1:]
         c_raw = CN if CN is not None else C[1:]
         vf = valid.to(G.dtype) if valid is not None else None
-        mUT = _Right(U.t(), B)
+        ext = cfg.ext
+        mUT = _Right(U.t(), B) if ext is None else None
         dh = _last_state_grad(dY, dh_T)
         dh2 = torch.empty_like(dh)
         dc = dc_T.clone(memory_format=torch.contiguous_format)
@@ -508,10 +521,9 @@ class _LSTMFunction(torch.autograd.Function):
         if ln:
             DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
-        ext = cfg.ext
         if ext is not None:
             ext.lstm_backward(
-                G, mUT.w if mUT.fast else mUT.mat, mUT.fast, H, C, CN, TC, dY.contiguous(), dh,
+                G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
             )  # fmt: skip

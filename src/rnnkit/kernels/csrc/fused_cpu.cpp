@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -24,6 +25,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -117,6 +119,45 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, bool onednn) {
                                  c10::List<std::optional<at::Scalar>>(), c10::IValue()};
   op.callBoxed(&stack);
   return stack[0].toTensor();
+}
+
+// The per-step recurrent products with oneDNN's batch-reduce GEMM kernel (torch's
+// at::native::cpublas::brgemm, float32, in torch builds that define CPUBLAS_BRGEMM_F32F32F32):
+// the weight stays the plain (K, N) matrix and the product is written (or added) straight into
+// the step's gate rows. Measured, batch 32, (32, 256) x (256, 1024), 1 thread: 86-89 us, against
+// 97-108 us for oneDNN's linear with a packed weight.
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+constexpr bool kHaveBrgemm = true;
+#else
+constexpr bool kHaveBrgemm = false;
+#endif
+
+bool has_brgemm() { return kHaveBrgemm; }
+
+// Whether the loops use brgemm: float32 and a plain weight (`onednn` false). double: at::mm.
+template <typename T>
+constexpr bool use_brgemm(bool onednn) {
+  return kHaveBrgemm && std::is_same_v<T, float> && !onednn;
+}
+
+// out (M, N; row stride ld_out) = x (M, K; contiguous) @ w (K, N; contiguous), plus out when
+// `add`; column blocks of 256 spread over the threads.
+inline void brgemm_product(const at::Tensor& x, const at::Tensor& w, float* out, int64_t ld_out,
+                           bool add) {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(1);
+  constexpr int64_t kBlock = 256;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t n0 = k * kBlock, nb = std::min(kBlock, N - n0);
+      at::native::cpublas::brgemm(M, nb, K, K, N, ld_out, add, xp, wp + n0, out + n0, false);
+    }
+  });
+#else
+  TORCH_CHECK(false, "rnnkit fused_cpu: built without brgemm");
+#endif
 }
 
 // The weight of the new h in h_t = (1 - a) h_{t-1} + a h' (zoneout; the mask as 0/1), with
@@ -252,6 +293,8 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   T* rs_h = keep_stats ? RS_h->data_ptr<T>() : nullptr;
   T* mu_c = keep_stats ? MU_c->data_ptr<T>() : nullptr;
   T* rs_c = keep_stats ? RS_c->data_ptr<T>() : nullptr;
+  const bool brg = use_brgemm<T>(onednn);
+  std::vector<T> m_scratch(brg && ln && !keep_stats ? B * G4 : 0);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     at::Tensor hin = H[t];
@@ -259,9 +302,20 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
       hin = (*Hin)[s];
       at::mul_out(hin, H[t], *rd);
     }
-    const at::Tensor m = matmul(hin, W, onednn);  // h_in U, before its LayerNorm
-    const T* m_all = m.data_ptr<T>();
     T* g_t = g_all + t * B * G4;
+    at::Tensor m;  // h_in U (before its LayerNorm), unless brgemm added it to G[t] already
+    const T* m_all = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) {
+        float* dst = !ln ? g_t : keep_stats ? M->data_ptr<T>() + s * B * G4 : m_scratch.data();
+        brgemm_product(hin, W, dst, G4, /*add=*/!ln);
+        m_all = ln ? dst : nullptr;
+      }
+    }
+    if (!brg) {
+      m = matmul(hin, W, onednn);
+      m_all = m.data_ptr<T>();
+    }
     const T* c_prev = c_all + t * B * u;
     T* cn_t = masked ? cn_all + s * B * u : c_all + (t + 1) * B * u;
     T* tc_t = tc_all + s * B * u;
@@ -272,17 +326,17 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* g = g_t + b * G4;
-        const T* mm = m_all + b * G4;
+        const T* mm = m_all == nullptr ? nullptr : m_all + b * G4;
         if (ln) {  // g += LN(h_in U) with gamma g_h, no beta
           T mu, rs;
           row_moments(mm, G4, eps, mu, rs);
           if (keep_stats) {
-            std::copy(mm, mm + G4, m_keep + b * G4);
+            if (!brg) std::copy(mm, mm + G4, m_keep + b * G4);
             mu_h[t * B + b] = mu;
             rs_h[t * B + b] = rs;
           }
           for (int64_t k = 0; k < G4; ++k) g[k] += (mm[k] - mu) * rs * gh[k];
-        } else {
+        } else if (!brg) {
           for (int64_t k = 0; k < G4; ++k) g[k] += mm[k];
         }
         act_inplace(ract, g, 2 * u);  // i, f
@@ -381,6 +435,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
   std::mutex dgh_lock;
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
+  const bool brg = use_brgemm<T>(onednn);
+  std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
@@ -439,8 +495,15 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       }
     });
     const at::Tensor src = ln ? (*M)[t] : G[t];
-    const at::Tensor r = matmul(src, WT, onednn);
-    const T* r_p = r.data_ptr<T>();
+    at::Tensor r;
+    const T* r_p = r_scratch.data();
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) brgemm_product(src, WT, r_scratch.data(), u, /*add=*/false);
+    }
+    if (!brg) {
+      r = matmul(src, WT, onednn);
+      r_p = r.data_ptr<T>();
+    }
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
     T* dh2_p = dh2.data_ptr<T>();
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -740,6 +803,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
       "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
+  m.def("has_brgemm() -> bool", &has_brgemm);  // no tensors: a catch-all kernel
 }
 
 // CompositeExplicitAutograd: every backend key, including MkldnnCPU (the packed weight).
