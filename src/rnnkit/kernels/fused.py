@@ -625,7 +625,8 @@ class _GRUFunction(torch.autograd.Function):
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         R = xw.new_empty(n, B, G3)  # recurrent projection (after LN) + recurrent bias
-        mU = _Right(U, B)
+        ext = cfg.ext
+        mU = _Right(U, B) if ext is None else None
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
@@ -633,10 +634,9 @@ class _GRUFunction(torch.autograd.Function):
         if ln:
             M = xw.new_empty(n, B, G3)
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
-        ext = cfg.ext
         if ext is not None:
             ext.gru_forward(
-                G, mU.w if mU.fast else mU.mat, mU.fast, H, R, b_rec, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B), H, R, b_rec, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
                 _EPS,
             )  # fmt: skip
@@ -682,14 +682,13 @@ class _GRUFunction(torch.autograd.Function):
         u = G3 // 3
         ext = cfg.ext
         if ext is not None:  # G becomes d xw (h, z, r), R d(recurrent projection) (z, r, h)
-            mUT = _Right(U.t(), B)
             dh = _last_state_grad(dY, dh_T)
             M, MU, RS = ctx.ln_bufs if ln else (None, None, None)
             if ALLOW_REPEATED_BACKWARD:
                 R = R.clone()  # overwritten with its gradient
             DM = torch.empty_like(M) if ln else None
             ext.gru_backward(
-                G, mUT.w if mUT.fast else mUT.mat, mUT.fast, H, R, dY.contiguous(), dh, rd, a,
+                G, *_step_weight(ext, U.t(), B), H, R, dY.contiguous(), dh, rd, a,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]

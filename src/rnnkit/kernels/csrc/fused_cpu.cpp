@@ -573,6 +573,8 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
   const Weight<T> wa(a);
   std::vector<T> hbuf(mode != 0 ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  const bool brg = use_brgemm<T>(onednn);
+  const at::Tensor m_scratch = brg && ln && !save ? at::empty({B, G3}, G.options()) : at::Tensor();
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     at::Tensor hin = H[t];
@@ -580,9 +582,13 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
       hin = (*Hin)[s];
       at::mul_out(hin, H[t], *rd);
     }
-    at::Tensor m = matmul(hin, W, onednn);
+    // the recurrent product: with brgemm straight into R[s] (no LN) or into M[s] / a scratch
+    at::Tensor m = brg ? (!ln ? R[s] : save ? (*M)[s] : m_scratch) : matmul(hin, W, onednn);
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) brgemm_product(hin, W, m.data_ptr<float>(), G3, /*add=*/false);
+    }
     if (ln) {
-      if (save) (*M)[s].copy_(m);
+      if (save && !brg) (*M)[s].copy_(m);
       auto y = at::native_layer_norm(m, {G3}, g_h, b_rec, eps);
       (*MU)[s].copy_(std::get<1>(y));
       (*RS)[s].copy_(std::get<2>(y));
@@ -597,10 +603,10 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
       for (int64_t b = b0; b < b1; ++b) {
         T* g = g_t + b * G3;
         T* rr = r_t + b * G3;
-        const T* mm = m_all + b * G3;
+        const T* mm = m_all + b * G3;  // rr itself where brgemm wrote R[s]
         if (bias != nullptr) {
           for (int64_t k = 0; k < G3; ++k) rr[k] = mm[k] + bias[k];
-        } else {
+        } else if (mm != rr) {
           std::copy(mm, mm + G3, rr);
         }
         for (int64_t k = 0; k < 2 * u; ++k) g[u + k] += rr[k];
@@ -657,6 +663,8 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   at::Tensor dh = dh_in;
   at::Tensor dh2 = at::empty_like(dh);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  const bool brg = use_brgemm<T>(onednn);
+  std::vector<T> rec_scratch(brg ? B * u : 0);  // the recurrent product of the step
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
     T* r_t = r_all + t * B * G3;
@@ -704,8 +712,15 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
       (*DM)[t].copy_(std::get<0>(res));
       src = (*DM)[t];
     }
-    const at::Tensor rec = matmul(src, WT, onednn);
-    const T* rec_p = rec.data_ptr<T>();
+    at::Tensor rec;
+    const T* rec_p = rec_scratch.data();
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) brgemm_product(src, WT, rec_scratch.data(), u, /*add=*/false);
+    }
+    if (!brg) {
+      rec = matmul(src, WT, onednn);
+      rec_p = rec.data_ptr<T>();
+    }
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* out = dh2_p + b * u;
