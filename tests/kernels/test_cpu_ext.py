@@ -22,6 +22,7 @@ def _weights(spec, dtype, seed=0):
     def rnd(*shape, scale=0.4):
         return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(True)
 
+    U = spec.units
     G, lstm = spec.gates * U, spec.cell == "lstm"
     ln = None
     if spec.layer_norm:
@@ -42,7 +43,7 @@ def _run(spec, w, kw, dtype):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(B, T, I, generator=g, dtype=dtype).requires_grad_(True)
     state = tuple(
-        torch.randn(B, U, generator=g, dtype=dtype).requires_grad_(True)
+        torch.randn(B, spec.units, generator=g, dtype=dtype).requires_grad_(True)
         for _ in range(spec.state_count)
     )
     out, final = fused.run(spec, w, x, state, **kw)
@@ -73,13 +74,29 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
+    _check_against_python_loops(cell, case, dtype, U, monkeypatch)
+
+
+@pytest.mark.parametrize("case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch):
+    # 40 units and 2 threads: the LSTM loops give the threads units 0-31 and 32-39
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_against_python_loops(cell, case, dtype, units, monkeypatch):
     _compiled_available()
     spec_kw, kw = CASES[case]
-    spec = RecurrenceSpec(cell, U, **spec_kw)
+    spec = RecurrenceSpec(cell, units, **spec_kw)
     g = torch.Generator().manual_seed(5)
     masks = {
-        "rd": (torch.rand(B, U, generator=g) > 0.3).to(dtype) / 0.7,
-        "zo": (torch.rand(B, T, U, generator=g) > 0.5).to(dtype),
+        "rd": (torch.rand(B, units, generator=g) > 0.3).to(dtype) / 0.7,
+        "zo": (torch.rand(B, T, units, generator=g) > 0.5).to(dtype),
     }
     kw = {k: masks.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
     w = _weights(spec, dtype)

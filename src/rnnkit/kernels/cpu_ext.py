@@ -51,11 +51,25 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def compile_flags() -> list[str]:
+    """The C++ compiler's flags: optimised for this CPU, and OpenMP for ``at::parallel_for``
+    (without ``-fopenmp`` its header-only loops run on one thread; linked, the process keeps the
+    one OpenMP runtime torch loaded)."""
+    flags = ["-O3", "-std=c++17", "-fno-trapping-math"]  # the last: vectorised selects
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags.append("-march=native")
+    if sys.platform.startswith("linux"):
+        flags.append("-fopenmp")
+    return flags
+
+
 def build_name() -> str:
-    """The extension's name: a digest of the source, the CPU's flags and the torch version."""
+    """The extension's name: a digest of the source, the compile flags, the CPU's flags and the
+    torch version."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), torch.__version__.encode()):
-        digest.update(part)
+    parts = (SOURCE.read_bytes(), " ".join(compile_flags()), _cpu_flags(), torch.__version__)
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
     return f"rnnkit_fused_cpu_{digest.hexdigest()[:12]}"
 
 
@@ -79,9 +93,7 @@ def _build():
     bindir = str(Path(sys.executable).parent)
     if shutil.which("ninja") is None and bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    flags = ["-O3", "-std=c++17", "-fno-trapping-math"]  # the last: vectorised selects
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        flags.append("-march=native")
+    flags = compile_flags()
     name = build_name()
     if not _already_built(cpp_extension, name):
         print("rnnkit: compiling the CPU kernels (once per machine, about 15 s)", file=sys.stderr)
@@ -89,6 +101,7 @@ def _build():
         name=name,
         sources=[str(SOURCE)],
         extra_cflags=flags,
+        extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
         is_python_module=False,
         verbose=False,
     )
