@@ -121,13 +121,20 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
-def _step_weight(ext, mat: torch.Tensor, batch: int) -> tuple[torch.Tensor, bool]:
+def _step_weight(
+    ext, mat: torch.Tensor, batch: int, gate_blocks: int = 1
+) -> tuple[torch.Tensor, bool]:
     """The recurrent weight ``mat (K, N)`` as the compiled loops take it: ``(weight, packed)``.
 
-    float32 with oneDNN's brgemm kernel in this torch: the plain contiguous matrix (no packing);
-    otherwise oneDNN's packed linear weight where available, else the matrix for ``torch.mm``.
+    float32 with oneDNN's brgemm kernel in this torch: the plain contiguous matrix (no packing),
+    with ``gate_blocks > 1`` as ``(gate_blocks, K, N / gate_blocks)``, each gate's columns one
+    contiguous block; otherwise oneDNN's packed linear weight where available, else the matrix
+    for ``torch.mm``.
     """
     if mat.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
+        if gate_blocks > 1:
+            K, N = mat.shape
+            mat = mat.view(K, gate_blocks, N // gate_blocks).transpose(0, 1)
         return mat.contiguous(), False
     right = _Right(mat, batch)
     return (right.w, True) if right.fast else (right.mat, False)
@@ -440,7 +447,7 @@ class _LSTMFunction(torch.autograd.Function):
             direct = not save and mU is not None and mU.fast  # the product as it comes
         if ext is not None:
             ext.lstm_forward(
-                G, *_step_weight(ext, U, B), H, C, CN, TC, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B, gate_blocks=4), H, C, CN, TC, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
@@ -636,7 +643,7 @@ class _GRUFunction(torch.autograd.Function):
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
         if ext is not None:
             ext.gru_forward(
-                G, *_step_weight(ext, U, B), H, R, b_rec, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B, gate_blocks=3), H, R, b_rec, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
                 _EPS,
             )  # fmt: skip
