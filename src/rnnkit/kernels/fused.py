@@ -528,11 +528,15 @@ class _LSTMFunction(torch.autograd.Function):
         if ln:
             DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
+        db = None  # the input bias gradient, summed by the compiled loops when they run
         if ext is not None:
+            if ctx.proj is not None and ctx.proj[2]:
+                db = G.new_zeros(G4)
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
+                db,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
@@ -589,13 +593,14 @@ class _LSTMFunction(torch.autograd.Function):
             dh, dh2 = dh2, dh
         src_all = M if ln else G
         h_in = (Hin if rd is not None else H[:-1]).reshape(T * B, u)
-        dW = db = None
+        dW = None
         if ctx.proj is None:
             dU = _tn(h_in, b=src_all.view(T * B, G4))
         else:
             x2, W, has_bias = ctx.proj
             dW, dU = _tn(x2, h_in, b=G.view(T * B, G4))
-            db = G.view(T * B, G4).sum(0) if has_bias else None
+            if has_bias and db is None:
+                db = G.view(T * B, G4).sum(0)
         dg_c = db_c = None
         if not ln:
             dg_h = None

@@ -459,7 +459,9 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 
 // Backward through time. On return G holds the gate gradients (of the gate pre-activations;
 // with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
-// dc the gradients of h_0 and c_0; dg_h accumulates the gates' LayerNorm gamma gradient and DY
+// dc the gradients of h_0 and c_0; db (without layer norm) accumulates the column sums of the
+// gate gradients, the bias gradient, while they are in cache; dg_h accumulates the gates'
+// LayerNorm gamma gradient and DY
 // receives the gradients of the cell LayerNorm's output (Python turns them into its gamma/beta
 // gradients over all steps at once).
 template <typename T>
@@ -473,7 +475,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
                         const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
                         const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& DY,
-                        const std::optional<at::Tensor>& dg_h) {
+                        const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& db) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
@@ -498,6 +500,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const T* mu_c = ln ? MU_c->data_ptr<T>() : nullptr;
   const T* rs_c = ln ? RS_c->data_ptr<T>() : nullptr;
   T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
+  T* db_p = ptr<T>(db);
+  TORCH_CHECK(db_p == nullptr || !ln, "rnnkit fused_cpu: db is summed in Python with layer norm");
   std::mutex dgh_lock;
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
@@ -551,6 +555,11 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       mul_deriv(ract, f + j0, g + u + j0, n);
       mul_deriv(act, gg + j0, g + 2 * u + j0, n);
       mul_deriv(ract, o + j0, g + 3 * u + j0, n);
+      if (db_p != nullptr) {  // unit split: this thread owns these columns of db
+        for (int64_t k = 0; k < 4; ++k) {
+          for (int64_t j = j0; j < j1; ++j) db_p[k * u + j] += g[k * u + j];
+        }
+      }
       if (ln) {  // through the gates' LayerNorm: M[t] becomes d(h_in U)
         T* mrow = m_t + b * G4;
         row_layer_norm_backward(g, mrow, gh, mu_h[t * B + b], rs_h[t * B + b], G4, tmp, dgh);
@@ -619,14 +628,15 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
                    const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                    const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
-                   const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h) {
+                   const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h,
+                   const std::optional<at::Tensor>& db) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
-                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h);
+                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h, db);
   });
 }
 
@@ -887,7 +897,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
-      "Tensor(f!)? dg_h) -> ()");
+      "Tensor(f!)? dg_h, Tensor(g!)? db) -> ()");
   m.def(
       "gru_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) R, "
       "Tensor? b_rec, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
