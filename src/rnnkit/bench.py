@@ -17,9 +17,12 @@ Benchmarks are not tests: nothing here asserts a speed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import platform
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -131,6 +134,26 @@ def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 inside the block: torch's profiler backend (kineto) prints a
+    ``USDT ... profiler_start/stop`` line from C++ on every start and stop, and no setting turns
+    it off. Python exceptions raised inside still propagate and are reported after the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): leave it
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_bytes(fn: Callable[[], object]) -> int:
     """Peak bytes allocated while ``fn()`` runs, on top of what existed before it.
 
@@ -141,7 +164,10 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _quiet_native_stderr(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     deltas = sorted(
         (e.time_range.start, e.self_cpu_memory_usage)

@@ -1,6 +1,9 @@
 """``rnnkit bench --quick``: the table's structure, never a speed."""
 
 import json
+import os
+
+import pytest
 
 from rnnkit import bench
 from rnnkit.cli.main import main
@@ -84,3 +87,18 @@ def test_allocator_setting_is_recorded(tmp_path):
     assert main(args) == 0
     steady = json.loads(out.read_text())["machine"]["allocator"]
     assert steady == ("steady (glibc heap, no trimming)" if bench.steady_allocator() else "default")
+
+
+def test_peak_memory_hides_native_stderr_lines_and_restores_stderr(capfd):
+    # the profiler's C++ backend writes "USDT ... profiler_start" to file descriptor 2
+    with bench._quiet_native_stderr():
+        os.write(2, b"native line\n")
+    assert "native line" not in capfd.readouterr().err
+
+    def fails():
+        raise RuntimeError("boom inside the step")
+
+    with pytest.raises(RuntimeError, match="boom inside the step"):
+        bench.peak_memory_bytes(fails)
+    os.write(2, b"after the block\n")
+    assert "after the block" in capfd.readouterr().err
