@@ -128,9 +128,10 @@ def steady_allocator() -> bool:
 
 
 def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median seconds per call of ``fn`` (after one warm-up call)."""
+    """Median seconds per call of ``fn`` (after one warm-up call), with torch's current thread
+    count (``Timer`` would otherwise run it on one thread)."""
     fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from rnnkit import bench
 from rnnkit.cli.main import main
@@ -50,7 +51,6 @@ def test_bench_only_filters_keeps_the_baseline_and_rejects_unknown(tmp_path, cap
 
 
 def test_peak_memory_counts_allocations_alive_at_the_same_time():
-    import torch
 
     def two_blocks_alive():
         a = torch.ones(1 << 20)  # 4 MiB
@@ -102,3 +102,14 @@ def test_peak_memory_hides_native_stderr_lines_and_restores_stderr(capfd):
         bench.peak_memory_bytes(fails)
     os.write(2, b"after the block\n")
     assert "after the block" in capfd.readouterr().err
+
+
+def test_timings_use_the_thread_count_that_was_set():
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(2)
+        bench.median_seconds(lambda: seen.append(torch.get_num_threads()), min_run_time=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {2}  # torch.utils.benchmark.Timer alone would run on 1
