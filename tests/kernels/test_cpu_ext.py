@@ -152,3 +152,11 @@ def test_build_name_depends_on_the_source():
     name = cpu_ext.build_name()
     assert name.startswith("rnnkit_fused_cpu_") and len(name) == len("rnnkit_fused_cpu_") + 12
     assert cpu_ext.build_name() == name
+
+
+@pytest.mark.parametrize("case", ["plain", "layer_norm", "zoneout+mask"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loops_without_brgemm_use_the_packed_onednn_product(cell, case, monkeypatch):
+    # torch builds without a float32 brgemm (older than this one): oneDNN's linear, packed weight
+    monkeypatch.setattr(cpu_ext, "has_brgemm", lambda ops: False)
+    _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch)
