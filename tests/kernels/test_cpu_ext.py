@@ -72,13 +72,13 @@ CASES = {
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     _check_against_python_loops(cell, case, dtype, U, monkeypatch)
 
 
 @pytest.mark.parametrize("case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch):
     # 40 units and 2 threads: the LSTM loops give the threads units 0-31 and 32-39
     threads = torch.get_num_threads()
@@ -120,7 +120,8 @@ def test_calls_outside_the_compiled_set_use_the_python_loops():
     assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x) is not None
     assert fused._compiled_ops("lstm", True, act["elu"], act["sigmoid"], x) is None
     assert fused._compiled_ops("gru", False, act["tanh"], act["sigmoid"], x) is None  # reset_before
-    assert fused._compiled_ops("simple", True, act["tanh"], act["tanh"], x) is None
+    assert fused._compiled_ops("simple", True, act["relu"], act["relu"], x) is not None
+    assert fused._compiled_ops("simple", True, act["elu"], act["elu"], x) is None
     assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x.half()) is None
 
 
@@ -155,7 +156,7 @@ def test_build_name_depends_on_the_source():
 
 
 @pytest.mark.parametrize("case", ["plain", "layer_norm", "zoneout+mask"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_loops_without_brgemm_use_the_packed_onednn_product(cell, case, monkeypatch):
     # torch builds without a float32 brgemm (older than this one): oneDNN's linear, packed weight
     monkeypatch.setattr(cpu_ext, "has_brgemm", lambda ops: False)

@@ -33,8 +33,9 @@ ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "hard_sigmoid": 3, "relu
 
 
 def covers(cell: str, reset_after: bool = True) -> bool:
-    """Whether the compiled loops implement this cell (LSTM; GRU in its ``reset_after`` form)."""
-    return cell == "lstm" or (cell == "gru" and reset_after)
+    """Whether the compiled loops implement this cell (LSTM, SimpleRNN; GRU in its
+    ``reset_after`` form)."""
+    return cell in ("lstm", "simple") or (cell == "gru" and reset_after)
 
 
 _lock = threading.Lock()

@@ -919,14 +919,21 @@ class _SimpleFunction(torch.autograd.Function):
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         Hin = xw.new_empty(n, B, u) if rd is not None else None
-        mU = _Right(U, B)
+        ext = cfg.ext
+        mU = _Right(U, B) if ext is None else None
         # Without mask/zoneout the activation writes straight into H and G keeps the pre-activation.
         direct = cfg.mode == "none"
         P = xw.new_empty(T, B, u) if save and act.needs_input and not direct else None
+        M = MU = RS = None
         if ln:
             M = xw.new_empty(n, B, u)
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
-        for t in range(T):
+        if ext is not None:
+            ext.simple_forward(
+                G, *_step_weight(ext, U, B), H, Hin, rd, a, valid, _ACT_IDS[act.name],
+                _MODES[cfg.mode], save, M, MU, RS, g_h, _EPS,
+            )  # fmt: skip
+        for t in range(T if ext is None else 0):
             s = t if save else 0
             hp, g = H[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
@@ -959,7 +966,20 @@ class _SimpleFunction(torch.autograd.Function):
         G, P, Hin, U, g_h, rd, a, direct = ctx.bufs
         G = _consume(ctx, G)
         T, B, u = G.shape
-        act = ctx.cfg.act
+        act, ln, ext = ctx.cfg.act, ctx.cfg.layer_norm, ctx.cfg.ext
+        h_in = Hin if rd is not None else H[:-1]
+        if ext is not None:  # G becomes d xw, M (layer norm) d(h_in U)
+            dh = _last_state_grad(dY, dh_T)
+            M, MU, RS = ctx.ln_bufs if ln else (None, None, None)
+            if ln and ALLOW_REPEATED_BACKWARD:
+                M = M.clone()  # overwritten with its gradient
+            dg_h = G.new_zeros(u) if ln else None
+            ext.simple_backward(
+                G, *_step_weight(ext, U.t(), B), H, dY.contiguous(), dh, rd, a,
+                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h,
+            )  # fmt: skip
+            dU = _tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
+            return None, G, dU, dh, dg_h, None, None, None
         Y = H[1:] if direct else G  # the activations
         if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary
             act.deriv_out(Y, G)
@@ -996,7 +1016,6 @@ class _SimpleFunction(torch.autograd.Function):
             if Q is not None:
                 dh2.addcmul_(Q[t], dh)
             dh, dh2 = dh2, dh
-        h_in = Hin if rd is not None else H[:-1]
         src_all = DM if ctx.cfg.layer_norm else G
         dU = _tn(h_in.reshape(T * B, u), b=src_all.view(T * B, u))
         dg_h = ((M - MU).mul_(RS).mul_(G)).sum((0, 1)) if ctx.cfg.layer_norm else None

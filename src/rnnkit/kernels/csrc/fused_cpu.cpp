@@ -1,7 +1,8 @@
-// rnnkit: the per-step loops of the fused LSTM and GRU recurrences in C++ (CPU, float32/64).
+// rnnkit: the per-step loops of the fused LSTM, GRU and SimpleRNN recurrences in C++ (CPU,
+// float32/64).
 //
-// The loops of rnnkit/kernels/fused.py's _LSTMFunction and _GRUFunction (same buffers, same layout, same
-// numbers up to float rounding), without Python's per-op overhead and with the element-wise gate
+// The loops of rnnkit/kernels/fused.py's _LSTMFunction, _GRUFunction and _SimpleFunction (same
+// buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and with the element-wise gate
 // math of a step in one pass per batch row. Everything else (input projection, weight gradients
 // over all steps, autograd) stays in Python. Built on first use by rnnkit/kernels/cpu_ext.py.
 // Also here: the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout).
@@ -846,6 +847,249 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
 
 }  // namespace
 
+// SimpleRNN. G (T, B, u): the input projections in; with mode 0 (h_t = h') the forward writes
+// the activations to H and G keeps the pre-activations, otherwise G becomes the activations h'
+// and H the states. The backward turns G into the gradients of the pre-activations (and M into
+// those of h_in U, with layer norm), dh into the gradient of h_0; dg_h accumulates the
+// LayerNorm's gamma gradient.
+template <typename T>
+void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
+                         const at::Tensor& H, const std::optional<at::Tensor>& Hin,
+                         const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                         const std::optional<at::Tensor>& valid, int64_t act, int64_t mode,
+                         bool save, const std::optional<at::Tensor>& M,
+                         const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                         const std::optional<at::Tensor>& g_h, double eps) {
+  const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  T* h_all = H.data_ptr<T>();
+  const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
+  const Weight<T> wa(a);
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  const int64_t grain = std::max<int64_t>(1, 8192 / u);
+  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const bool brg = use_brgemm<T>(onednn);
+  std::vector<T> m_scratch(brg && ln && !save ? B * u : 0);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t s = save ? t : 0;
+    at::Tensor hin = H[t];
+    if (rd.has_value()) {
+      hin = (*Hin)[s];
+      at::mul_out(hin, H[t], *rd);
+    }
+    T* g_t = g_all + t * B * u;
+    const T* h_prev = h_all + t * B * u;
+    T* h_next = h_all + (t + 1) * B * u;
+    auto finish = [&](int64_t b, int64_t j0, int64_t j1) {  // h' and h_t, units [j0, j1)
+      T* g = g_t + b * u;
+      const int64_t n = j1 - j0, o = b * u + j0;
+      if (mode == 0) {
+        act_out(act, g + j0, h_next + o, n);
+      } else {
+        act_inplace(act, g + j0, n);
+        const bool ok = mode == 1 ? v_all[t * B + b] : true;
+        set_h(mode, ok, g + j0, h_prev + o, wa, t, b, n, h_next + o, j0);
+      }
+    };
+    if (ln) {  // g += LN(h_in U) with gamma g_h, no beta: whole rows
+      at::Tensor m;
+      const T* m_all = nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        if (brg) {
+          float* dst = save ? M->data_ptr<float>() + s * B * u : m_scratch.data();
+          brgemm_product(hin, W, dst, u, /*add=*/false);
+          m_all = dst;
+        }
+      }
+      if (!brg) {
+        m = matmul(hin, W, onednn);
+        m_all = m.data_ptr<T>();
+      }
+      T* m_keep = save ? M->data_ptr<T>() + s * B * u : nullptr;
+      T* mu_p = MU->data_ptr<T>() + s * B;
+      T* rs_p = RS->data_ptr<T>() + s * B;
+      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* mm = m_all + b * u;
+          T mu, rs;
+          row_moments(mm, u, eps, mu, rs);
+          if (m_keep != nullptr && mm != m_keep + b * u) std::copy(mm, mm + u, m_keep + b * u);
+          mu_p[b] = mu;
+          rs_p[b] = rs;
+          T* g = g_t + b * u;
+          for (int64_t j = 0; j < u; ++j) g[j] += (mm[j] - mu) * rs * gh[j];
+          finish(b, 0, u);
+        }
+      });
+      continue;
+    }
+    at::Tensor m;
+    if (!brg) m = matmul(hin, W, onednn);
+    const T* m_all = brg ? nullptr : m.data_ptr<T>();
+    const T* x_p = hin.data_ptr<T>();
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
+        if constexpr (std::is_same_v<T, float>) {
+          if (brg) {
+            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u, g_t + j0, u,
+                         /*add=*/true);
+          }
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          if (m_all != nullptr) {
+            T* g = g_t + b * u;
+            const T* mm = m_all + b * u;
+            for (int64_t j = j0; j < j1; ++j) g[j] += mm[j];
+          }
+          finish(b, j0, j1);
+        }
+      }
+    });
+  }
+}
+
+void simple_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
+                    const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                    const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
+                    int64_t act, int64_t mode, bool save, const std::optional<at::Tensor>& M,
+                    const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                    const std::optional<at::Tensor>& g_h, double eps) {
+  for (const auto* x : {&G, &H}) check_contiguous(*x, "G/H");
+  TORCH_CHECK(!g_h.has_value() || (MU.has_value() && RS.has_value()),
+              "rnnkit fused_cpu: a layer-norm SimpleRNN needs MU and RS");
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (valid.has_value()) check_contiguous(*valid, "valid");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_simple_forward", [&] {
+    simple_forward_impl<scalar_t>(G, W, onednn, H, Hin, rd, a, valid, act, mode, save, M, MU, RS,
+                                  g_h, eps);
+  });
+}
+
+template <typename T>
+void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn,
+                          const at::Tensor& H, const at::Tensor& dY, const at::Tensor& dh_in,
+                          const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                          int64_t act, bool direct, const std::optional<at::Tensor>& M,
+                          const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                          const std::optional<at::Tensor>& g_h,
+                          const std::optional<at::Tensor>& dg_h) {
+  const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  const T* h_all = H.data_ptr<T>();
+  const T* dY_all = dY.data_ptr<T>();
+  const T* rd_p = ptr<T>(rd);
+  const Weight<T> wa(a);
+  at::Tensor dh = dh_in;
+  at::Tensor dh2 = at::empty_like(dh);
+  at::Tensor dhn_t = at::empty_like(dh);  // the gradient of the new h'
+  T* dhn_all = dhn_t.data_ptr<T>();
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  const T* mu_all = ln ? MU->data_ptr<T>() : nullptr;
+  const T* rs_all = ln ? RS->data_ptr<T>() : nullptr;
+  T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
+  std::mutex dgh_lock;
+  const int64_t grain = std::max<int64_t>(1, 8192 / u);
+  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const bool brg = use_brgemm<T>(onednn);
+  std::vector<T> r_scratch(brg ? B * u : 0);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    T* g_t = g_all + t * B * u;
+    const T* y_t = direct ? h_all + (t + 1) * B * u : g_t;  // the activations h'
+    const T* dh_p = dh.data_ptr<T>();
+    T* m_t = ln ? M->data_ptr<T>() + t * B * u : nullptr;
+    // d pre-activation = a dh f'(h') for row b, units [j0, j1) (layer norm: whole rows, then
+    // through the LayerNorm into M[t]); tmp: a scratch row of u
+    auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* tmp, T* dgh) {
+      const int64_t n = j1 - j0, o = b * u;
+      T* g = g_t + o;
+      T* dhn = dhn_all + o;
+      weight_grad(dh_p + o + j0, wa, t, b, n, dhn + j0, j0);
+      const T* y = y_t + o;
+      if (!direct) {  // G holds h' itself: keep it while G becomes the gradient
+        std::copy(y + j0, y + j1, tmp + j0);
+        y = tmp;
+      }
+      std::copy(dhn + j0, dhn + j1, g + j0);
+      mul_deriv(act, y + j0, g + j0, n);
+      if (ln) {
+        T* mrow = m_t + o;
+        row_layer_norm_backward(g, mrow, gh, mu_all[t * B + b], rs_all[t * B + b], u, tmp, dgh);
+        std::copy(tmp, tmp + u, mrow);
+      }
+    };
+    if (ln) {
+      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+        std::vector<T> tmp(u), dgh(u);
+        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, tmp.data(), dgh.data());
+        std::lock_guard<std::mutex> guard(dgh_lock);
+        for (int64_t j = 0; j < u; ++j) dgh_p[j] += dgh[j];
+      });
+    } else {
+      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        std::vector<T> tmp(u);
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
+          for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, tmp.data(), nullptr);
+        }
+      });
+    }
+    // dh_{t-1} = dY[t-1] + (src U^T) * rd + (1 - a) dh, by units
+    const at::Tensor src = ln ? (*M)[t] : G[t];
+    at::Tensor r;
+    const T* r_p = r_scratch.data();
+    if (!brg) {
+      r = matmul(src, WT, onednn);
+      r_p = r.data_ptr<T>();
+    }
+    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
+    T* dh2_p = dh2.data_ptr<T>();
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
+        if constexpr (std::is_same_v<T, float>) {
+          if (brg) {
+            brgemm_block(B, j1 - j0, u, src.data_ptr<float>(), u, WT.data_ptr<float>() + j0, u,
+                         r_scratch.data() + j0, u, /*add=*/false);
+          }
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t o = b * u;
+          T* out = dh2_p + o;
+          for (int64_t j = j0; j < j1; ++j) {
+            const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
+            out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
+          }
+          if (wa.p != nullptr) {
+            for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
+          }
+        }
+      }
+    });
+    std::swap(dh, dh2);
+  }
+  if (!dh.is_same(dh_in)) dh_in.copy_(dh);
+}
+
+void simple_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
+                     const at::Tensor& dY, const at::Tensor& dh,
+                     const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                     int64_t act, bool direct, const std::optional<at::Tensor>& M,
+                     const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                     const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& dg_h) {
+  for (const auto* x : {&G, &H, &dY, &dh}) check_contiguous(*x, "G/H/dY/dh");
+  if (rd.has_value()) check_contiguous(*rd, "rd");
+  if (a.has_value()) check_contiguous(*a, "a");
+  TORCH_CHECK(!g_h.has_value() || (M.has_value() && dg_h.has_value()),
+              "rnnkit fused_cpu: a layer-norm SimpleRNN backward needs M and dg_h");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_simple_backward", [&] {
+    simple_backward_impl<scalar_t>(G, WT, onednn, H, dY, dh, rd, a, act, direct, M, MU, RS, g_h,
+                                   dg_h);
+  });
+}
+
 // Bernoulli masks from SplitMix64 (Steele, Lea & Flood 2014): value k of the stream started at
 // `seed` is mix(seed + (k + 1) * gamma); each 64-bit value gives two 32-bit draws, and a draw
 // below p * 2^32 is a 1. Counter-based: element i of `out` depends only on (seed, i), so the mask
@@ -907,6 +1151,14 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dY, "
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
       "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM) -> ()");
+  m.def(
+      "simple_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!)? Hin, "
+      "Tensor? rd, Tensor? a, Tensor? valid, int act, int mode, bool save, Tensor(d!)? M, "
+      "Tensor(e!)? MU, Tensor(f!)? RS, Tensor? g_h, float eps) -> ()");
+  m.def(
+      "simple_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor dY, Tensor(b!) dh, "
+      "Tensor? rd, Tensor? a, int act, bool direct, Tensor(c!)? M, Tensor? MU, Tensor? RS, "
+      "Tensor? g_h, Tensor(d!)? dg_h) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
   m.def("has_brgemm() -> bool", &has_brgemm);  // no tensors: a catch-all kernel
 }
@@ -917,5 +1169,7 @@ TORCH_LIBRARY_IMPL(rnnkit_cpu, CompositeExplicitAutograd, m) {
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+  m.impl("simple_forward", &simple_forward);
+  m.impl("simple_backward", &simple_backward);
   m.impl("bernoulli_mask_", &bernoulli_mask_);
 }
