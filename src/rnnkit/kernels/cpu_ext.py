@@ -1,16 +1,18 @@
 """rnnkit's compiled CPU step loops: ``csrc/fused_cpu.cpp``, built on first use.
 
 The fused backend's per-step loops (:mod:`rnnkit.kernels.fused`) cost, in Python, a few
-microseconds per tensor operation: at batch 32 and 256 units about 55 us per step against 89 us
-for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops in C++ (same buffers, same
-numbers up to float rounding) with the element-wise gate math of a step in one pass per batch row.
+microseconds per tensor operation: at batch 32 and 256 units about 55 us per LSTM step against
+89 us for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops (LSTM, GRU in its
+``reset_after`` form, SimpleRNN) in C++ (same buffers, same numbers up to float rounding): the
+step's product on oneDNN's brgemm kernel, the element-wise gate math in one pass, the work of a
+step split between threads by hidden units.
 
 It is compiled once per machine with :func:`torch.utils.cpp_extension.load` (the system C++
 compiler and ``ninja``, about 15 s) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``,
-default ``~/.cache/torch_extensions``), under a name that includes a digest of the source and of
-the CPU's instruction-set flags (the code is built with ``-march=native``). When it cannot be
-built (no compiler, no ``ninja``) rnnkit warns once and the fused backend runs its Python loops:
-same results, slower. ``RNNKIT_CPU_EXT=0`` turns the extension off.
+default ``~/.cache/torch_extensions``), under a name that includes a digest of the source, the
+compile flags and the CPU's instruction-set flags (the code is built with ``-march=native``).
+When it cannot be built (no compiler, no ``ninja``) rnnkit warns once and the fused backend runs
+its Python loops: same results, slower. ``RNNKIT_CPU_EXT=0`` turns the extension off.
 """
 
 from __future__ import annotations

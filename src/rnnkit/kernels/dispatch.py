@@ -34,12 +34,14 @@ from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
 AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
 # than unmasked input (bench: 5-15x); the fused recurrence costs the same with or without a mask.
-# The fused recurrence is also the faster exact choice without a mask for SimpleRNN (its Python
-# loops; paired A/B, 1 thread, training: 1.46x at 32x100 128->256, 0.98x at 20x20 200->200) and,
-# with the compiled loops (rnnkit.kernels.cpu_ext), GRU (1.94x and 1.51x). The LSTM stays on
-# torch's oneDNN kernel: fused training measured 0.70-0.93x of it at five shapes with 1 thread and
-# 0.64-0.80x with 2 (paired A/B, steady allocator; an earlier, quieter state of this shared machine
-# gave 0.96-1.13x), so torch's kernel is the choice that is never far behind.
+# The fused recurrence is also the faster exact choice without a mask for SimpleRNN and GRU
+# (paired A/B, call by call, training, with the compiled loops of rnnkit.kernels.cpu_ext, 1 / 2
+# threads: SimpleRNN 2.09x / 1.99x at 32x100 128->256, 1.75x / 1.61x at 20x20 200->200; GRU
+# 2.14x / 2.07x and 1.93x / 1.86x; SimpleRNN's Python loops alone 1.46x and 0.98x with 1 thread).
+# The LSTM stays on torch's oneDNN kernel: the fused LSTM measures 0.90x / 0.85x of it at
+# 32x100 128->256, 1.11x / 1.02x at 20x20 200->200, 0.92x / 0.74x at 64x400 128->64 (the 2-thread
+# figures from before the gate-blocked weight layout), so torch's kernel is the choice that is
+# never far behind.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
