@@ -299,6 +299,56 @@ inline int64_t unit_chunk(int64_t u) {
   return std::min(u, (per + 15) / 16 * 16);
 }
 
+// h_{t-1} as it enters the recurrent product: H[t], or H[t] * rd written to Hin[s].
+inline at::Tensor recurrent_input(const at::Tensor& H, int64_t t,
+                                  const std::optional<at::Tensor>& Hin,
+                                  const std::optional<at::Tensor>& rd, int64_t s) {
+  if (!rd.has_value()) return H[t];
+  at::Tensor hin = (*Hin)[s];
+  at::mul_out(hin, H[t], *rd);
+  return hin;
+}
+
+// The end of a backward step of the LSTM and the SimpleRNN, split by units [j0, j1) of chunk:
+// dh_{t-1} = dY[t-1] + (src WT) * rd (+ (1 - a) dh where h is kept by zoneout or a mask), with
+// src (B, K) the step's gradients entering the recurrent product and WT (K, u); dHt: dY[t-1] or
+// nullptr; r_scratch (B, u): the product, when brgemm computes it.
+template <typename T>
+void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, int64_t u,
+                     int64_t chunk, const T* dHt, const T* rd_p, const Weight<T>& wa,
+                     const T* dh_p, const T* dhn_all, T* r_scratch, T* dh2_p) {
+  const int64_t B = src.size(0), K = src.size(1), parts = (u + chunk - 1) / chunk;
+  const bool brg = use_brgemm<T>(onednn);
+  at::Tensor r;
+  const T* r_p = r_scratch;
+  if (!brg) {
+    r = matmul(src, WT, onednn);
+    r_p = r.data_ptr<T>();
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
+      if constexpr (std::is_same_v<T, float>) {
+        if (brg) {
+          brgemm_block(B, j1 - j0, K, src.data_ptr<float>(), K, WT.data_ptr<float>() + j0, u,
+                       r_scratch + j0, u, /*add=*/false);
+        }
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * u;
+        T* out = dh2_p + o;
+        for (int64_t j = j0; j < j1; ++j) {
+          const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
+          out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
+        }
+        if (wa.p != nullptr) {
+          for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
+        }
+      }
+    }
+  });
+}
+
 // mode: 0 h_t = h'; 1 h_t = valid ? h' : h_{t-1}; 2 h_t = lerp(h_{t-1}, h', a).
 template <typename T>
 void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, const at::Tensor& H,
@@ -336,11 +386,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   std::vector<T> m_scratch(brg && ln && !keep_stats ? B * G4 : 0);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
-    at::Tensor hin = H[t];
-    if (rd.has_value()) {
-      hin = (*Hin)[s];
-      at::mul_out(hin, H[t], *rd);
-    }
+    const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
     T* g_t = g_all + t * B * G4;
     const T* c_prev = c_all + t * B * u;
     T* cn_t = masked ? cn_all + s * B * u : c_all + (t + 1) * B * u;
@@ -583,38 +629,9 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
         }
       });
     }
-    // dh_{t-1} = dY[t-1] + (src U^T) * rd (+ (1 - a) dh where h is kept), by units
-    const at::Tensor src = ln ? (*M)[t] : G[t];
-    at::Tensor r;
-    const T* r_p = r_scratch.data();
-    if (!brg) {
-      r = matmul(src, WT, onednn);
-      r_p = r.data_ptr<T>();
-    }
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
-    T* dh2_p = dh2.data_ptr<T>();
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-        if constexpr (std::is_same_v<T, float>) {
-          if (brg) {
-            brgemm_block(B, j1 - j0, G4, src.data_ptr<float>(), G4, WT.data_ptr<float>() + j0, u,
-                         r_scratch.data() + j0, u, /*add=*/false);
-          }
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t o = b * u;
-          T* out = dh2_p + o;
-          for (int64_t j = j0; j < j1; ++j) {
-            const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
-            out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
-          }
-          if (wa.p != nullptr) {  // (1 - a) dh passes to h_{t-1} where h is kept
-            for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
-          }
-        }
-      }
-    });
+    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dHt, rd_p, wa, dh_p, dhn_all,
+                       r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
   }
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
@@ -668,11 +685,7 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
   const at::Tensor m_scratch = brg && ln && !save ? at::empty({B, G3}, G.options()) : at::Tensor();
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
-    at::Tensor hin = H[t];
-    if (rd.has_value()) {
-      hin = (*Hin)[s];
-      at::mul_out(hin, H[t], *rd);
-    }
+    const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
     // the recurrent product: with brgemm straight into R[s] (no LN) or into M[s] / a scratch
     at::Tensor m = brg ? (!ln ? R[s] : save ? (*M)[s] : m_scratch) : matmul(hin, W, onednn);
     if constexpr (std::is_same_v<T, float>) {
@@ -873,11 +886,7 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
   std::vector<T> m_scratch(brg && ln && !save ? B * u : 0);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
-    at::Tensor hin = H[t];
-    if (rd.has_value()) {
-      hin = (*Hin)[s];
-      at::mul_out(hin, H[t], *rd);
-    }
+    const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
     T* g_t = g_all + t * B * u;
     const T* h_prev = h_all + t * B * u;
     T* h_next = h_all + (t + 1) * B * u;
@@ -1036,38 +1045,9 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
         }
       });
     }
-    // dh_{t-1} = dY[t-1] + (src U^T) * rd + (1 - a) dh, by units
-    const at::Tensor src = ln ? (*M)[t] : G[t];
-    at::Tensor r;
-    const T* r_p = r_scratch.data();
-    if (!brg) {
-      r = matmul(src, WT, onednn);
-      r_p = r.data_ptr<T>();
-    }
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
-    T* dh2_p = dh2.data_ptr<T>();
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-        if constexpr (std::is_same_v<T, float>) {
-          if (brg) {
-            brgemm_block(B, j1 - j0, u, src.data_ptr<float>(), u, WT.data_ptr<float>() + j0, u,
-                         r_scratch.data() + j0, u, /*add=*/false);
-          }
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t o = b * u;
-          T* out = dh2_p + o;
-          for (int64_t j = j0; j < j1; ++j) {
-            const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
-            out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
-          }
-          if (wa.p != nullptr) {
-            for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
-          }
-        }
-      }
-    });
+    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dHt, rd_p, wa, dh_p, dhn_all,
+                       r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
   }
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
