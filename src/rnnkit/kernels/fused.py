@@ -19,9 +19,13 @@ The recipe (CPU)::
     for t in T-1..0:                  per step only one GEMM dG[t] @ U^T and 3-5 element-wise ops
     dU = H_in^T dG                    one GEMM over all (T*B) rows; dW, db, dX by autograd on xw
 
-Gate columns are permuted once per call so that the element-wise ops run on contiguous blocks
-(LSTM ``o, i, f, g``; GRU input projection ``h, z, r``); the permutation is an ``index_select``
-under autograd, so gradients come back in Keras order.
+The Python loops permute the gate columns once per call so that the element-wise ops run on
+contiguous blocks (LSTM ``o, i, f, g``; GRU input projection ``h, z, r``); the permutation is an
+``index_select`` under autograd, so gradients come back in Keras order. For LSTM, GRU
+(``reset_after``) and SimpleRNN with the activations the C++ code knows, the loops run compiled
+(:mod:`rnnkit.kernels.cpu_ext`: Keras' gate order, brgemm step products, steps split between
+threads by hidden units); the LSTM then also computes its input projection inside its Function,
+so that one product gives dW and dU.
 """
 
 from __future__ import annotations
