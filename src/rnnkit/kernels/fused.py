@@ -24,8 +24,8 @@ contiguous blocks (LSTM ``o, i, f, g``; GRU input projection ``h, z, r``); the p
 ``index_select`` under autograd, so gradients come back in Keras order. For LSTM, GRU
 (``reset_after``) and SimpleRNN with the activations the C++ code knows, the loops run compiled
 (:mod:`rnnkit.kernels.cpu_ext`: Keras' gate order, brgemm step products, steps split between
-threads by hidden units); the LSTM then also computes its input projection inside its Function,
-so that one product gives dW and dU.
+threads by hidden units). The LSTM without layer norm computes its input projection inside its
+Function, so that one product gives dW and dU.
 """
 
 from __future__ import annotations
