@@ -38,12 +38,12 @@ def _weights(spec, dtype, seed=0):
     return RecurrentWeights(rnd(I, G), rnd(U, G), bias, ln)
 
 
-def _run(spec, w, kw, dtype):
+def _run(spec, w, kw, dtype, batch=B):
     """Outputs, final states and gradients of x, h0, c0 and every weight."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(B, T, I, generator=g, dtype=dtype).requires_grad_(True)
+    x = torch.randn(batch, T, I, generator=g, dtype=dtype).requires_grad_(True)
     state = tuple(
-        torch.randn(B, spec.units, generator=g, dtype=dtype).requires_grad_(True)
+        torch.randn(batch, spec.units, generator=g, dtype=dtype).requires_grad_(True)
         for _ in range(spec.state_count)
     )
     out, final = fused.run(spec, w, x, state, **kw)
@@ -77,34 +77,41 @@ def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     _check_against_python_loops(cell, case, dtype, U, monkeypatch)
 
 
-@pytest.mark.parametrize("case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask"])
+@pytest.mark.parametrize(
+    "case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "layer_norm"]
+)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch):
-    # 40 units and 2 threads: the LSTM loops give the threads units 0-31 and 32-39
+    # 40 units and 2 threads: the loops give the threads units 0-31 and 32-39 (layer norm: batch
+    # rows in chunks of at least 8192 / (gates * units), each thread with its own accumulator of
+    # the gamma gradient: a batch of 420 reaches both threads for every cell)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch)
+        if case == "layer_norm":  # float64: the sums of 420 rows, compared without float32 rounding
+            _check_against_python_loops(cell, case, torch.float64, 40, monkeypatch, batch=420)
+        else:
+            _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_against_python_loops(cell, case, dtype, units, monkeypatch):
+def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     _compiled_available()
     spec_kw, kw = CASES[case]
     spec = RecurrenceSpec(cell, units, **spec_kw)
     g = torch.Generator().manual_seed(5)
     masks = {
-        "rd": (torch.rand(B, units, generator=g) > 0.3).to(dtype) / 0.7,
-        "zo": (torch.rand(B, T, units, generator=g) > 0.5).to(dtype),
+        "rd": (torch.rand(batch, units, generator=g) > 0.3).to(dtype) / 0.7,
+        "zo": (torch.rand(batch, T, units, generator=g) > 0.5).to(dtype),
     }
     kw = {k: masks.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
     w = _weights(spec, dtype)
-    compiled = _run(spec, w, kw, dtype)
+    compiled = _run(spec, w, kw, dtype, batch)
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
     tanh = fused._ACTS["tanh"]
     assert fused._compiled_ops(cell, True, tanh, tanh, w.kernel) is None
-    python = _run(spec, w, kw, dtype)
+    python = _run(spec, w, kw, dtype, batch)
     tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     (o1, s1, g1), (o2, s2, g2) = compiled, python
     torch.testing.assert_close(o1, o2, **tol)

@@ -2,16 +2,18 @@
 // float32/64).
 //
 // The loops of rnnkit/kernels/fused.py's _LSTMFunction, _GRUFunction and _SimpleFunction (same
-// buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and with the element-wise gate
-// math of a step in one pass per batch row. Everything else (input projection, weight gradients
-// over all steps, autograd) stays in Python. Built on first use by rnnkit/kernels/cpu_ext.py.
+// buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and
+// with the element-wise gate math of a step in one pass per batch row. Everything else (input
+// projection, weight gradients over all steps, autograd) stays in Python. Built on first use by
+// rnnkit/kernels/cpu_ext.py.
 // Also here: the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout).
 //
 // Layout (all contiguous): LSTM G (T, B, 4u) gate columns in Keras' order i, f, c, o (the Python
 // loops permute them to o, i, f, c; these loops need no permutation): pre-activations in,
-// activations out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN (n, B, u) with
-// n = T when saving for the backward, else 1. The backward passes take dY (T, B, u), the
-// gradient of the outputs H[1:], and dh = the gradient reaching H[T] (last output + final state).
+// activations out of the forward, gate gradients out of the backward; H, C (T+1, B, u); TC, CN
+// (n, B, u) with n = T when saving for the backward, else 1. The backward passes take dY
+// (T, B, u), the gradient of the outputs H[1:], and dh = the gradient reaching H[T] (last output
+// + final state).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,7 +25,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -299,6 +300,34 @@ inline int64_t unit_chunk(int64_t u) {
   return std::min(u, (per + 15) / 16 * 16);
 }
 
+// f(j0, j1) for each part [j0, j1) of `chunk` units (unit_chunk), the parts spread over threads.
+template <typename F>
+inline void for_unit_parts(int64_t u, int64_t chunk, const F& f) {
+  at::parallel_for(0, (u + chunk - 1) / chunk, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) f(p * chunk, std::min(u, (p + 1) * chunk));
+  });
+}
+
+// Scratch rows of n values, one per thread of the loops' parallel regions, allocated once per
+// call (zeroed: also per-thread accumulators, summed by the caller after the loop).
+template <typename T>
+struct ThreadRows {
+  int64_t n, threads;
+  std::vector<T> data;
+  explicit ThreadRows(int64_t n)
+      : n(n), threads(std::max<int64_t>(1, at::get_num_threads())), data(n * threads) {}
+  T* mine() {
+    const int64_t tid = at::get_thread_num();
+    TORCH_CHECK(tid < threads, "rnnkit fused_cpu: thread ", tid, " of ", threads);
+    return data.data() + tid * n;
+  }
+  void sum_into(T* out) const {  // out[k] += every thread's k-th value
+    for (int64_t i = 0; i < threads; ++i) {
+      for (int64_t k = 0; k < n; ++k) out[k] += data[i * n + k];
+    }
+  }
+};
+
 // h_{t-1} as it enters the recurrent product: H[t], or H[t] * rd written to Hin[s].
 inline at::Tensor recurrent_input(const at::Tensor& H, int64_t t,
                                   const std::optional<at::Tensor>& Hin,
@@ -309,15 +338,17 @@ inline at::Tensor recurrent_input(const at::Tensor& H, int64_t t,
   return hin;
 }
 
-// The end of a backward step of the LSTM and the SimpleRNN, split by units [j0, j1) of chunk:
-// dh_{t-1} = dY[t-1] + (src WT) * rd (+ (1 - a) dh where h is kept by zoneout or a mask), with
-// src (B, K) the step's gradients entering the recurrent product and WT (K, u); dHt: dY[t-1] or
-// nullptr; r_scratch (B, u): the product, when brgemm computes it.
+// The end of backward step t of the LSTM and the SimpleRNN, split by units: dh_{t-1} = dY[t-1]
+// + (src WT) * rd (+ (1 - a) dh where h is kept by zoneout or a mask), with src (B, K) the step's
+// gradients entering the recurrent product and WT (K, u); r_scratch (B, u): the product, when
+// brgemm computes it.
 template <typename T>
 void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, int64_t u,
-                     int64_t chunk, const T* dHt, const T* rd_p, const Weight<T>& wa,
-                     const T* dh_p, const T* dhn_all, T* r_scratch, T* dh2_p) {
-  const int64_t B = src.size(0), K = src.size(1), parts = (u + chunk - 1) / chunk;
+                     int64_t chunk, const T* dY_all, int64_t t, const T* rd_p,
+                     const Weight<T>& wa, const T* dh_p, const T* dhn_all, T* r_scratch,
+                     T* dh2_p) {
+  const int64_t B = src.size(0), K = src.size(1);
+  const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
   const bool brg = use_brgemm<T>(onednn);
   at::Tensor r;
   const T* r_p = r_scratch;
@@ -325,25 +356,22 @@ void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, i
     r = matmul(src, WT, onednn);
     r_p = r.data_ptr<T>();
   }
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-      if constexpr (std::is_same_v<T, float>) {
-        if (brg) {
-          brgemm_block(B, j1 - j0, K, src.data_ptr<float>(), K, WT.data_ptr<float>() + j0, u,
-                       r_scratch + j0, u, /*add=*/false);
-        }
+  for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) {
+        brgemm_block(B, j1 - j0, K, src.data_ptr<float>(), K, WT.data_ptr<float>() + j0, u,
+                     r_scratch + j0, u, /*add=*/false);
       }
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t o = b * u;
-        T* out = dh2_p + o;
-        for (int64_t j = j0; j < j1; ++j) {
-          const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
-          out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
-        }
-        if (wa.p != nullptr) {
-          for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
-        }
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * u;
+      T* out = dh2_p + o;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T rj = rd_p != nullptr ? r_p[o + j] * rd_p[o + j] : r_p[o + j];
+        out[j] = (dHt != nullptr ? dHt[o + j] : T(0)) + rj;
+      }
+      if (wa.p != nullptr) {
+        for (int64_t j = j0; j < j1; ++j) out[j] += dh_p[o + j] - dhn_all[o + j];
       }
     }
   });
@@ -373,7 +401,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   const Weight<T> wa(a);
   std::vector<T> hbuf(mode != 0 ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
-  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const int64_t chunk = unit_chunk(u);
   const bool keep_stats = ln && save;  // what the backward pass needs: M, MU_*, RS_*
   const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
   const T* gc = ln ? g_c->data_ptr<T>() : nullptr;
@@ -466,19 +494,16 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
     if (!brg) m = matmul(hin, W, onednn);
     const T* m_all = brg ? nullptr : m.data_ptr<T>();
     const T* x_p = hin.data_ptr<T>();
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-        if constexpr (std::is_same_v<T, float>) {
-          if (brg) {  // g[:, k u + j] += (h_in U)[:, k u + j] for the 4 gates, j in [j0, j1)
-            for (int64_t k = 0; k < 4; ++k) {
-              brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * u * u + j0, u,
-                           g_t + k * u + j0, G4, /*add=*/true);
-            }
+    for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (brg) {  // g[:, k u + j] += (h_in U)[:, k u + j] for the 4 gates, j in [j0, j1)
+          for (int64_t k = 0; k < 4; ++k) {
+            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * u * u + j0, u,
+                         g_t + k * u + j0, G4, /*add=*/true);
           }
         }
-        for (int64_t b = 0; b < B; ++b) gates(b, j0, j1, m_all == nullptr ? nullptr : m_all + b * G4);
       }
+      for (int64_t b = 0; b < B; ++b) gates(b, j0, j1, m_all == nullptr ? nullptr : m_all + b * G4);
     });
   }
 }
@@ -508,9 +533,8 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 // with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
 // dc the gradients of h_0 and c_0; db (without layer norm) accumulates the column sums of the
 // gate gradients, the bias gradient, while they are in cache; dg_h accumulates the gates'
-// LayerNorm gamma gradient and DY
-// receives the gradients of the cell LayerNorm's output (Python turns them into its gamma/beta
-// gradients over all steps at once).
+// LayerNorm gamma gradient and DY receives the gradients of the cell LayerNorm's output (Python
+// turns them into its gamma/beta gradients over all steps at once).
 template <typename T>
 void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                         const at::Tensor& C, const std::optional<at::Tensor>& CN,
@@ -518,11 +542,14 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const at::Tensor& dc_in, const std::optional<at::Tensor>& rd,
                         const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
                         int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
-                        const std::optional<at::Tensor>& MU_h, const std::optional<at::Tensor>& RS_h,
-                        const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
+                        const std::optional<at::Tensor>& MU_h,
+                        const std::optional<at::Tensor>& RS_h,
+                        const std::optional<at::Tensor>& MU_c,
+                        const std::optional<at::Tensor>& RS_c,
                         const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
                         const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& DY,
-                        const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& db) {
+                        const std::optional<at::Tensor>& dg_h,
+                        const std::optional<at::Tensor>& db) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
@@ -546,14 +573,14 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const T* rs_h = ln ? RS_h->data_ptr<T>() : nullptr;
   const T* mu_c = ln ? MU_c->data_ptr<T>() : nullptr;
   const T* rs_c = ln ? RS_c->data_ptr<T>() : nullptr;
-  T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
   T* db_p = ptr<T>(db);
   TORCH_CHECK(db_p == nullptr || !ln, "rnnkit fused_cpu: db is summed in Python with layer norm");
-  std::mutex dgh_lock;
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
-  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
+  // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
+  ThreadRows<T> y_rows(G4), tmp_rows(ln ? G4 : 0), dgh_rows(ln ? G4 : 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
@@ -615,25 +642,20 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     };
     if (ln) {
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        std::vector<T> y(G4), tmp(G4), dgh(G4);
-        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, y.data(), tmp.data(), dgh.data());
-        std::lock_guard<std::mutex> guard(dgh_lock);
-        for (int64_t k = 0; k < G4; ++k) dgh_p[k] += dgh[k];
+        T *y = y_rows.mine(), *tmp = tmp_rows.mine(), *dgh = dgh_rows.mine();
+        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, y, tmp, dgh);
       });
     } else {
-      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-        std::vector<T> y(G4);
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-          for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, y.data(), nullptr, nullptr);
-        }
+      for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
+        T* y = y_rows.mine();
+        for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, y, nullptr, nullptr);
       });
     }
-    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
-    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dHt, rd_p, wa, dh_p, dhn_all,
-                       r_scratch.data(), dh2.data_ptr<T>());
+    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
+                       dhn_all, r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
   }
+  if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
 }
 
@@ -769,6 +791,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> rec_scratch(brg ? B * u : 0);  // the recurrent product of the step
+  ThreadRows<T> y_rows(G3), dhn_rows(u);  // per thread: a row's activations, a dh
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
     T* r_t = r_all + t * B * G3;
@@ -777,14 +800,14 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
     const T* h_prev = h_all + t * B * u;
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<T> y(G3), dhn(u);
+      T *y = y_rows.mine(), *dhn = dhn_rows.mine();
       for (int64_t b = b0; b < b1; ++b) {
         T* g = g_t + b * G3;
         T* rr = r_t + b * G3;
-        std::copy(g, g + G3, y.data());
-        const T *hh = y.data(), *z = hh + u, *r = hh + 2 * u;
+        std::copy(g, g + G3, y);
+        const T *hh = y, *z = hh + u, *r = hh + 2 * u;
         const T* dhb = dh_p + b * u;
-        weight_grad(dhb, wa, t, b, u, dhn.data());
+        weight_grad(dhb, wa, t, b, u, dhn);
         const T* hp = h_prev + b * u;
         T* out = dh2_p + b * u;
         if (dHt != nullptr) {
@@ -858,8 +881,7 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
   });
 }
 
-}  // namespace
-
+// -------------------------------------------------------------------------------- SimpleRNN
 // SimpleRNN. G (T, B, u): the input projections in; with mode 0 (h_t = h') the forward writes
 // the activations to H and G keeps the pre-activations, otherwise G becomes the activations h'
 // and H the states. The backward turns G into the gradients of the pre-activations (and M into
@@ -881,7 +903,7 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
   const Weight<T> wa(a);
   const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, 8192 / u);
-  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> m_scratch(brg && ln && !save ? B * u : 0);
   for (int64_t t = 0; t < steps; ++t) {
@@ -937,23 +959,20 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
     if (!brg) m = matmul(hin, W, onednn);
     const T* m_all = brg ? nullptr : m.data_ptr<T>();
     const T* x_p = hin.data_ptr<T>();
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-        if constexpr (std::is_same_v<T, float>) {
-          if (brg) {
-            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u, g_t + j0, u,
-                         /*add=*/true);
-          }
+    for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (brg) {
+          brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u, g_t + j0, u,
+                       /*add=*/true);
         }
-        for (int64_t b = 0; b < B; ++b) {
-          if (m_all != nullptr) {
-            T* g = g_t + b * u;
-            const T* mm = m_all + b * u;
-            for (int64_t j = j0; j < j1; ++j) g[j] += mm[j];
-          }
-          finish(b, j0, j1);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (m_all != nullptr) {
+          T* g = g_t + b * u;
+          const T* mm = m_all + b * u;
+          for (int64_t j = j0; j < j1; ++j) g[j] += mm[j];
         }
+        finish(b, j0, j1);
       }
     });
   }
@@ -998,12 +1017,11 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
   const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
   const T* mu_all = ln ? MU->data_ptr<T>() : nullptr;
   const T* rs_all = ln ? RS->data_ptr<T>() : nullptr;
-  T* dgh_p = ln ? dg_h->data_ptr<T>() : nullptr;
-  std::mutex dgh_lock;
   const int64_t grain = std::max<int64_t>(1, 8192 / u);
-  const int64_t chunk = unit_chunk(u), parts = (u + chunk - 1) / chunk;
+  const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> r_scratch(brg ? B * u : 0);
+  ThreadRows<T> tmp_rows(u), dgh_rows(ln ? u : 0);  // per thread: a scratch row, gamma gradient
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * u;
     const T* y_t = direct ? h_all + (t + 1) * B * u : g_t;  // the activations h'
@@ -1031,25 +1049,20 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
     };
     if (ln) {
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        std::vector<T> tmp(u), dgh(u);
-        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, tmp.data(), dgh.data());
-        std::lock_guard<std::mutex> guard(dgh_lock);
-        for (int64_t j = 0; j < u; ++j) dgh_p[j] += dgh[j];
+        T *tmp = tmp_rows.mine(), *dgh = dgh_rows.mine();
+        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, tmp, dgh);
       });
     } else {
-      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-        std::vector<T> tmp(u);
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t j0 = p * chunk, j1 = std::min(u, j0 + chunk);
-          for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, tmp.data(), nullptr);
-        }
+      for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
+        T* tmp = tmp_rows.mine();
+        for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, tmp, nullptr);
       });
     }
-    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
-    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dHt, rd_p, wa, dh_p, dhn_all,
-                       r_scratch.data(), dh2.data_ptr<T>());
+    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
+                       dhn_all, r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
   }
+  if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
 }
 
@@ -1102,12 +1115,15 @@ void bernoulli_fill(T* out, int64_t n, uint64_t threshold, uint64_t seed) {
 void bernoulli_mask_(const at::Tensor& out, double p, int64_t seed) {
   check_contiguous(out, "out");
   TORCH_CHECK(p >= 0.0 && p <= 1.0, "rnnkit fused_cpu: p must be in [0, 1], received ", p);
-  const uint64_t threshold = p >= 1.0 ? (uint64_t(1) << 32) : static_cast<uint64_t>(p * 4294967296.0);
+  const uint64_t threshold =
+      p >= 1.0 ? (uint64_t(1) << 32) : static_cast<uint64_t>(p * 4294967296.0);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_bernoulli_mask", [&] {
     bernoulli_fill<scalar_t>(out.data_ptr<scalar_t>(), out.numel(), threshold,
                              static_cast<uint64_t>(seed));
   });
 }
+
+}  // namespace
 
 TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def(
