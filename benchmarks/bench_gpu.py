@@ -37,8 +37,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return (torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300)).item()
 
 
-def make_problem(B, T, I, u, dtype, layer_norm, seed):
-    """Random weights/inputs (rounded to ``dtype``), as float64 CPU leaves and device leaves."""
+def make_problem(B, T, I, u, dtype, layer_norm, seed, gamma_h=0.5):
+    """Random weights/inputs (rounded to ``dtype``), as float64 CPU leaves and device leaves.
+
+    ``gamma_h`` (the recurrent layer norm's gain) sets how well conditioned the layer-norm
+    recurrence is: at 1.0 it is chaotic over 100 steps at the benchmark shape (a relative
+    perturbation of 1e-3 of the inputs moves the float64 gradients by ~100%, and the float32 CPU
+    reference loop itself is 3.7e-4 off the float64 one), so no float32 or bfloat16 code can match
+    it closely; at 0.5 the same perturbation moves them by 0.6%.
+    """
     g = torch.Generator().manual_seed(seed)
     G = 4 * u
 
@@ -54,7 +61,7 @@ def make_problem(B, T, I, u, dtype, layer_norm, seed):
         "c0": r(B, u, scale=0.5),
     }
     if layer_norm:
-        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.1, shift=1.0),
+        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.1 * gamma_h, shift=gamma_h),
                  gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1))  # fmt: skip
     cot = {"out": r(B, T, u), "hT": r(B, u), "cT": r(B, u)}
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
@@ -71,14 +78,20 @@ def call(p, layer_norm, run, **kw):
     return out, h, c
 
 
-def check(B, T, I, u, dtype, layer_norm, graphs, seed):
-    ref, dev, cot = make_problem(B, T, I, u, dtype, layer_norm, seed)
+def reference_grads(leaves, cot, layer_norm, dtype=torch.float64):
+    """Outputs and gradients of the CPU reference loop, run in ``dtype``."""
+    p = {k: v.detach().to(dtype).requires_grad_() for k, v in leaves.items()}
+    out = call(p, layer_norm, reference.run)
+    loss = sum((o * c.to(dtype)).sum() for o, c in zip(out, cot.values(), strict=True))
+    return out, torch.autograd.grad(loss, list(p.values()))
+
+
+def check(B, T, I, u, dtype, layer_norm, graphs, seed, gamma_h=0.5):
+    """Relative errors of the Triton backend against float64; for float32 problems also those of
+    the float32 CPU reference loop (``cpu32``: what float32 arithmetic gets on this problem)."""
+    ref, dev, cot = make_problem(B, T, I, u, dtype, layer_norm, seed, gamma_h)
     names = list(ref)
-    r_out = call(ref, layer_norm, reference.run)
-    r_grads = torch.autograd.grad(
-        sum((o * c).sum() for o, c in zip(r_out, cot.values(), strict=True)),
-        [ref[k] for k in names],
-    )
+    r_out, r_grads = reference_grads(ref, cot, layer_norm)
     d_out = call(dev, layer_norm, triton_lstm.run, cuda_graphs=graphs)
     cot_d = [c.to(DEV, dtype) for c in cot.values()]
     d_grads = torch.autograd.grad(
@@ -88,6 +101,10 @@ def check(B, T, I, u, dtype, layer_norm, graphs, seed):
     torch.cuda.synchronize()
     errs = {k: rel(a, b) for k, a, b in zip(("out", "hT", "cT"), d_out, r_out, strict=True)}
     errs.update({"d" + k: rel(a, b) for k, a, b in zip(names, d_grads, r_grads, strict=True)})
+    if dtype == torch.float32:
+        c_out, c_grads = reference_grads(ref, cot, layer_norm, torch.float32)
+        pairs = zip((*c_out, *c_grads), (*r_out, *r_grads), strict=True)
+        errs["cpu32"] = max(rel(a, b) for a, b in pairs)
     return errs
 
 
@@ -153,19 +170,25 @@ def main() -> int:
     # --- correctness -------------------------------------------------------------------------
     checks = []
     shapes = [(3, 5, 7, 12)] + ([] if args.quick else [(64, 100, 512, 512)])
-    for shape in shapes:
-        for dtype in (torch.float32, torch.bfloat16):
-            for ln in (False, True):
-                for graphs in (True, False) if shape[0] == 3 else (True,):
-                    errs = check(*shape, dtype, ln, graphs, seed=len(checks))
-                    worst = max(errs.values())
-                    tol = 1e-4 if dtype == torch.float32 else 3e-2
-                    ok = worst == worst and worst < tol
-                    checks.append({"shape": shape, "dtype": str(dtype), "layer_norm": ln,
-                                   "graphs": graphs, "ok": ok, "worst": worst, **errs})  # fmt: skip
-                    detail = " ".join(f"{k}={v:.1e}" for k, v in errs.items())
-                    head = f"check {shape} {str(dtype)[6:]:8s} ln={ln!s:5s} graphs={graphs!s:5s}"
-                    print(f"{head} {'OK ' if ok else 'BAD'} worst={worst:.2e} {detail}", flush=True)
+    cases = [(shape, dtype, ln, graphs, 0.5)
+             for shape in shapes
+             for dtype in (torch.float32, torch.bfloat16)
+             for ln in (False, True)
+             for graphs in ((True, False) if shape[0] == 3 else (True,))]  # fmt: skip
+    if not args.quick:  # the chaotic problem: judged against the float32 CPU loop's own error
+        cases.append((shapes[-1], torch.float32, True, True, 1.0))
+    for shape, dtype, ln, graphs, gamma_h in cases:
+        errs = check(*shape, dtype, ln, graphs, seed=len(checks), gamma_h=gamma_h)
+        worst = max(v for k, v in errs.items() if k != "cpu32")
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        if gamma_h == 1.0:
+            tol = 3 * errs["cpu32"]
+        ok = worst == worst and worst < tol
+        checks.append({"shape": shape, "dtype": str(dtype), "layer_norm": ln, "graphs": graphs,
+                       "gamma_h": gamma_h, "ok": ok, "worst": worst, **errs})  # fmt: skip
+        detail = " ".join(f"{k}={v:.1e}" for k, v in errs.items())
+        head = f"check {shape} {str(dtype)[6:]:8s} ln={ln!s:5s} graphs={graphs!s:5s} g_h={gamma_h}"
+        print(f"{head} {'OK ' if ok else 'BAD'} worst={worst:.2e} {detail}", flush=True)
     report["checks"] = checks
     print(f"checks took {time.time() - t0:.1f}s", flush=True)
 
@@ -187,6 +210,7 @@ def main() -> int:
     def cudnn_case(dtype, tf32):
         torch.backends.cudnn.allow_tf32 = tf32
         lstm = torch.nn.LSTM(I, u, batch_first=True).to(DEV, dtype)
+        lstm.flatten_parameters()  # .to() leaves the weights apart; cuDNN wants one buffer
         xs = [torch.randn(B, T, I, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3)]
         gout = torch.randn(B, T, u, device=DEV, dtype=dtype)
         it = [0]

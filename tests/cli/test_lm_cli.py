@@ -129,3 +129,17 @@ def test_ptb_by_name_smoke(tmp_path):
             "--num-lstm-units", "8", "--embedding-dim", "8", "--out", str(tmp_path / "p"),
             "--quiet", "--eval-batch-size", "64", "--eval-num-steps", "400"]  # fmt: skip
     assert main(args) == 0
+
+
+def test_compare_torch_writes_throughput_of_both_models(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(corpus, out, "--max-steps", "1", "--compare-torch", "4", "--device", "cpu")
+    args.remove("--quiet")
+    assert main(args) == 0
+    res = json.loads((out / "throughput.json").read_text())
+    assert res["steps"] == 4 and res["device"] == "cpu"
+    assert res["rnnkit"] > 0 and res["torch.nn.LSTM"] > 0
+    assert res["ratio"] == pytest.approx(res["rnnkit"] / res["torch.nn.LSTM"])
+    assert re.search(
+        r"throughput \(4 steps, \d+ threads\): rnnkit [0-9,]+ tokens/s", capsys.readouterr().out
+    )

@@ -54,7 +54,7 @@ def problem(B, T, I, u, dtype, ln, seed, options=()):
     p = dict(x=r(B, T, I), W=r(I, G, scale=I**-0.5), U=r(u, G, scale=u**-0.5), b=r(G, scale=0.1),
              h0=r(B, u, scale=0.5), c0=r(B, u, scale=0.5))  # fmt: skip
     if ln:
-        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.1, shift=1.0),
+        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.05, shift=0.5),
                  gc=r(u, scale=0.1, shift=1.0), bc=r(u, scale=0.1))  # fmt: skip
     cot = [r(B, T, u), r(B, u), r(B, u)]
 
@@ -131,7 +131,7 @@ def test_two_layers_of_one_shape_in_flight():
     # Two recurrences of the same shape share an engine; each needs its own slot until backward.
     p, _, _ = problem(3, 5, 12, 12, torch.float32, True, 7)
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
-    dev = {k: v.to(DEVICE).requires_grad_() for k, v in p.items()}
+    dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
     y_ref = call(reference.run, {**ref, "x": call(reference.run, ref, True, {})[0]}, True, {})[0]
     y_dev = call(triton_lstm.run, {**dev, "x": call(triton_lstm.run, dev, True, {})[0]}, True, {})
     y_ref.sum().backward()
@@ -145,7 +145,7 @@ def test_two_layers_of_one_shape_in_flight():
 @pytest.mark.gpu
 def test_second_backward_raises():
     p, _, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
-    dev = {k: v.to(DEVICE).requires_grad_() for k, v in p.items()}
+    dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
     out = call(triton_lstm.run, dev, False, {})[0]
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):

@@ -336,37 +336,75 @@ class TorchLSTMLM(torch.nn.Module):
 
 
 def compare_torch_throughput(
-    model: LanguageModel, batches, steps: int, *, lr: float = 1.0, clip: float | None = 0.25
+    model: LanguageModel,
+    batches,
+    steps: int,
+    *,
+    lr: float = 1.0,
+    clip: float | None = 0.25,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Time ``steps`` SGD training steps of a copy of ``model`` and of a plain ``torch.nn.LSTM``
-    model of the same size on the same windows, in this process. Returns tokens/s of each."""
+    model of the same size on the same windows, in this process, on ``device``. Returns
+    tokens/s of each.
+
+    Both models warm up first (3 steps each); the timed steps then alternate between the two in
+    up to 5 rounds, so that neither is favoured by what the machine does meanwhile (a GPU
+    raising its clocks during the first model's turn, another job on a shared CPU).
+    """
+    device = torch.device(device)
     cfg = model.config
-    ours = copy.deepcopy(model).train()
+    ours = copy.deepcopy(model).to(device).train()
     theirs = TorchLSTMLM(
         cfg.vocab_size, cfg.embedding_dim, cfg.num_lstm_units, cfg.num_lstm_layers
-    ).train()
+    ).to(device)
+    theirs.train()
+    warmup = 3
     windows = []
     for x, y in batches:
-        windows.append((x, y))
-        if len(windows) >= steps + 3:
+        windows.append((x.to(device), y.to(device)))
+        if len(windows) >= steps + warmup:
             break
-    result: dict[str, float] = {}
+    timed = windows[warmup:]
+    rounds = max(1, min(5, len(timed)))
+    bounds = [len(timed) * r // rounds for r in range(rounds + 1)]
+
+    def sync() -> None:  # GPU work is asynchronous: finish it before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    runs = {}
     for name, net in (("rnnkit", ours), ("torch.nn.LSTM", theirs)):
         opt = torch.optim.SGD(net.parameters(), lr=lr)
-        state, tokens, t0 = None, 0, 0.0
-        for i, (x, y) in enumerate(windows):
-            if i == 3:  # warm-up steps are not timed
-                t0, tokens = time.perf_counter(), 0
+        runs[name] = {"net": net, "opt": opt, "state": None, "seconds": 0.0, "tokens": 0}
+
+    def train(run: dict, part: list) -> None:
+        net, opt = run["net"], run["opt"]
+        for x, y in part:
             opt.zero_grad(set_to_none=True)
-            _, loss, state = net(x, y, state=state)
-            state = tuple(s.detach() for s in state)
+            _, loss, state = net(x, y, state=run["state"])
+            run["state"] = tuple(s.detach() for s in state)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             opt.step()
-            tokens += y.numel()
-        result[name] = tokens / (time.perf_counter() - t0)
-    result["steps"] = max(0, len(windows) - 3)
+
+    for run in runs.values():
+        train(run, windows[:warmup])
+    for r in range(rounds):
+        part = timed[bounds[r] : bounds[r + 1]]
+        for run in runs.values():
+            sync()
+            t0 = time.perf_counter()
+            train(run, part)
+            sync()
+            run["seconds"] += time.perf_counter() - t0
+            run["tokens"] += sum(y.numel() for _, y in part)
+    result: dict[str, float] = {
+        name: run["tokens"] / run["seconds"] if run["seconds"] else 0.0
+        for name, run in runs.items()
+    }
+    result["steps"] = len(timed)
     result["ratio"] = result["rnnkit"] / result["torch.nn.LSTM"]
     return result
 
@@ -376,7 +414,14 @@ def compare_torch_throughput(
 
 def run_train(args: argparse.Namespace) -> int:
     from rnnkit.data import batch_producer
-    from rnnkit.training import ModelCheckpoint, Trainer, ZarembaDecay, plot_history, set_seed
+    from rnnkit.training import (
+        ModelCheckpoint,
+        Trainer,
+        ZarembaDecay,
+        plot_history,
+        select_device,
+        set_seed,
+    )
 
     _set_threads(args.threads)
     out = args.out if args.out is not None else Path("runs/lm")
@@ -458,13 +503,18 @@ def run_train(args: argparse.Namespace) -> int:
         )
 
     if args.compare_torch:
-        res = compare_torch_throughput(model, train, args.compare_torch, lr=lr, clip=clip)
+        device = select_device(args.device)
+        res = compare_torch_throughput(
+            model, train, args.compare_torch, lr=lr, clip=clip, device=device
+        )
+        where = device.type if device.type != "cpu" else f"{torch.get_num_threads()} threads"
         say(
-            f"throughput ({res['steps']} steps, {torch.get_num_threads()} threads): rnnkit "
+            f"throughput ({res['steps']} steps, {where}): rnnkit "
             f"{res['rnnkit']:,.0f} tokens/s, torch.nn.LSTM {res['torch.nn.LSTM']:,.0f} tokens/s "
             f"(ratio {res['ratio']:.2f})"
         )
         res["threads"] = torch.get_num_threads()
+        res["device"] = str(device)
         (out / "throughput.json").write_text(json.dumps(res, indent=1))
         set_seed(tc.seed)
 

@@ -27,6 +27,8 @@ layout on each call (differentiably), so gradients land on the Keras parameters:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -125,10 +127,17 @@ def _call(spec, params, x, state, batch_sizes=None, training=False):
         hx = (state[0].unsqueeze(0), state[1].unsqueeze(0))
     else:
         hx = state[0].unsqueeze(0)
-    if batch_sizes is None:
-        res = fn(x, hx, params, has_bias, 1, 0.0, training, False, True)
-    else:
-        res = fn(x, batch_sizes, hx, params, has_bias, 1, 0.0, training, False)
+    if x.is_cuda:
+        # cuDNN views each weight as a flat matrix: the transposed Keras-layout views must be
+        # copied first. It then copies them once more into its own weight buffer, which it
+        # warns about; both copies are tiny next to the recurrence (4 MB at 512 -> 512).
+        params = [p.contiguous() for p in params]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
+        if batch_sizes is None:
+            res = fn(x, hx, params, has_bias, 1, 0.0, training, False, True)
+        else:
+            res = fn(x, batch_sizes, hx, params, has_bias, 1, 0.0, training, False)
     y = res[0]
     final = tuple(s.squeeze(0) for s in res[1:])
     return y, final
