@@ -153,6 +153,85 @@ def ceilings(report):
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+LAYER_CASES = {
+    "LSTM standard": ("LSTM", {}, False),
+    "LSTM left-padded": ("LSTM", {}, True),
+    "LSTM layer norm": ("LSTM", {"layer_norm": True}, False),
+    "LSTM recurrent dropout 0.25": ("LSTM", {"recurrent_dropout": 0.25}, False),
+    "LSTM DropConnect 0.25": ("LSTM", {"recurrent_weight_dropout": 0.25}, False),
+    "LSTM zoneout 0.1": ("LSTM", {"zoneout": 0.1}, False),
+    "LSTM hard_sigmoid": ("LSTM", {"recurrent_activation": "hard_sigmoid"}, False),
+    "GRU standard": ("GRU", {}, False),
+    "GRU layer norm": ("GRU", {"layer_norm": True}, False),
+    "SimpleRNN standard": ("SimpleRNN", {}, False),
+}
+
+
+def layer_table(B, T, I, u, reps):
+    """Every configuration through an rnnkit layer with ``backend="auto"`` (float32, torch's
+    default TF32 settings), training step = forward + backward; against cuDNN's nn.LSTM/GRU/RNN.
+
+    Returns rows ``(name, cell, backend picked, median ms, peak MiB above the inputs)``."""
+    import rnnkit.layers as layers
+    from rnnkit.kernels import dispatch
+
+    picked = []
+    select = dispatch.select
+
+    def spy(*args, **kwargs):
+        name = select(*args, **kwargs)
+        picked.append(name)
+        return name
+
+    dispatch.select = spy
+    xs = [torch.randn(B, T, I, device=DEV, requires_grad=True) for _ in range(3)]
+    gout = torch.randn(B, T, u, device=DEV)
+    lengths = torch.randint(T // 2, T + 1, (B,), device=DEV)
+    left = torch.arange(T, device=DEV) >= T - lengths[:, None]
+
+    def measure(step):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        med, _, _ = timed(step, reps)
+        return med, peak
+
+    rows = []
+    torch_layers = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "SimpleRNN": torch.nn.RNN}
+    for cell in ("LSTM", "GRU", "SimpleRNN"):
+        ref = torch_layers[cell](I, u, batch_first=True).to(DEV)
+        it = [0]
+
+        def step(ref=ref, it=it):
+            out, _ = ref(xs[it[0] % 3])
+            it[0] += 1
+            out.backward(gout)
+
+        rows.append((f"torch.nn.{ref.__class__.__name__} (cuDNN)", cell, "-", *measure(step)))
+    try:
+        for name, (cell, options, masked) in LAYER_CASES.items():
+            layer = getattr(layers, cell)(u, return_sequences=True, **options).to(DEV)
+            layer.build(I, DEV, torch.float32)
+            mask = left if masked else None
+            it = [0]
+
+            def step(layer=layer, mask=mask, it=it):
+                out = layer(xs[it[0] % 3], mask=mask)
+                it[0] += 1
+                out.backward(gout)
+
+            picked.clear()
+            med, peak = measure(step)
+            rows.append((f"rnnkit {name}", cell, picked[0], med, peak))
+            print(f"layer {name:30s} {picked[0]:9s} {med:8.3f} ms {peak:8.1f} MiB", flush=True)
+    finally:
+        dispatch.select = select
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -266,6 +345,13 @@ def main() -> int:
               f"backward graph {b:.3f} ms", flush=True)  # fmt: skip
         report.setdefault("loops", []).append({"key": str(key), "fwd_ms": f, "bwd_ms": b})
 
+    # Every configuration through the layers (auto), float32 with torch's default TF32 settings.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    layer_rows = layer_table(B, T, I, u, 5 if args.quick else 20)
+    report["layers"] = [
+        dict(zip(("name", "cell", "backend", "median_ms", "peak_MiB"), r, strict=True))
+        for r in layer_rows
+    ]
     report["timings"] = [
         dict(zip(("name", "median_ms", "p10", "p90"), r, strict=True)) for r in rows
     ]
@@ -283,6 +369,15 @@ def main() -> int:
     for name, med, _, _ in rows:
         print(f"{name:44s} {med:8.3f} {ref_fp32 / med:14.2f} {ref_strict / med:12.2f} "
               f"{ref_bf16 / med:14.2f}")  # fmt: skip
+    refs = {row[1]: row for row in layer_rows[:3]}  # cuDNN's LSTM, GRU, RNN
+    print(f"\nrnnkit layers (backend='auto'), float32, forward+backward, B={B} T={T} {I}->{u}")
+    print("speed = cuDNN ms / this ms, memory = this peak / cuDNN's (the same cell's torch.nn)")
+    head = ("configuration", "backend", "ms", "MiB", "speed", "memory")
+    print("{:44s} {:>9s} {:>8s} {:>7s} {:>6s} {:>6s}".format(*head))
+    for name, cell, backend, med, mib in layer_rows:
+        _, _, _, ref_ms, ref_mib = refs[cell]
+        print(f"{name:44s} {backend:>9s} {med:8.3f} {mib:7.1f} {ref_ms / med:6.2f} "
+              f"{mib / ref_mib:6.2f}")  # fmt: skip
     bad = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks passed")
     return 1 if bad else 0

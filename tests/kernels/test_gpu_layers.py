@@ -93,11 +93,11 @@ def test_auto_on_cuda_matches_reference(case, monkeypatch):
     (out_a, grads_a), (out_r, grads_r) = results
     names = ["output", "h_T", "c_T"][: len(out_a)] + ["d inputs"]
     names += [n for n, _ in sorted(auto.named_parameters())]
-    # ||auto - reference|| / ||reference|| per tensor: float32 lands near 1e-7 (cuDNN, Triton
-    # and the fused loop sum in other orders than the reference loop); a wrong index, gate or
-    # mask gives errors near 1.
+    # ||auto - reference|| / ||reference|| per tensor: float32 lands at 1e-7 to 1e-5 (cuDNN,
+    # Triton and the fused loop sum in other orders than the reference loop; cuDNN's SimpleRNN
+    # measured 1.0e-5 on an H100); a wrong index, gate or mask gives errors near 1.
     errors = {
         name: (torch.linalg.norm(a - r) / torch.linalg.norm(r)).item()
         for name, a, r in zip(names, (*out_a, *grads_a), (*out_r, *grads_r), strict=True)
     }
-    assert max(errors.values()) < 1e-5, errors
+    assert max(errors.values()) < 1e-4, errors
