@@ -155,13 +155,16 @@ def ceilings(report):
 
 LAYER_CASES = {
     "LSTM standard": ("LSTM", {}, False),
+    "LSTM standard, backend=triton": ("LSTM", {"backend": "triton"}, False),
     "LSTM left-padded": ("LSTM", {}, True),
+    "LSTM left-padded, backend=vendor": ("LSTM", {"backend": "vendor"}, True),
     "LSTM layer norm": ("LSTM", {"layer_norm": True}, False),
     "LSTM recurrent dropout 0.25": ("LSTM", {"recurrent_dropout": 0.25}, False),
     "LSTM DropConnect 0.25": ("LSTM", {"recurrent_weight_dropout": 0.25}, False),
     "LSTM zoneout 0.1": ("LSTM", {"zoneout": 0.1}, False),
     "LSTM hard_sigmoid": ("LSTM", {"recurrent_activation": "hard_sigmoid"}, False),
     "GRU standard": ("GRU", {}, False),
+    "GRU left-padded": ("GRU", {}, True),
     "GRU layer norm": ("GRU", {"layer_norm": True}, False),
     "SimpleRNN standard": ("SimpleRNN", {}, False),
 }
@@ -190,6 +193,10 @@ def layer_table(B, T, I, u, reps):
     left = torch.arange(T, device=DEV) >= T - lengths[:, None]
 
     def measure(step):
+        # The first step from a clean start: its peak counts the Triton engines' buffers, which
+        # stay allocated for the next calls of this shape.
+        triton_lstm._ENGINES.clear()
+        torch.cuda.empty_cache()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -229,6 +236,39 @@ def layer_table(B, T, I, u, reps):
             print(f"layer {name:30s} {picked[0]:9s} {med:8.3f} ms {peak:8.1f} MiB", flush=True)
     finally:
         dispatch.select = select
+    return rows
+
+
+def shapes_table(reps):
+    """The standard LSTM at several shapes: cuDNN's nn.LSTM, and rnnkit's layer on cuDNN and on
+    Triton (float32, torch's default TF32 settings). Rows ``(shape, nn.LSTM ms, vendor ms,
+    triton ms)``."""
+    import rnnkit.layers as layers
+
+    rows = []
+    for B, T, I, u in ((20, 20, 200, 200), (20, 35, 650, 650), (32, 100, 128, 256),
+                       (64, 100, 512, 512), (128, 50, 1024, 1024)):  # fmt: skip
+        xs = [torch.randn(B, T, I, device=DEV, requires_grad=True) for _ in range(3)]
+        gout = torch.randn(B, T, u, device=DEV)
+        nets = [torch.nn.LSTM(I, u, batch_first=True).to(DEV)]
+        for backend in ("vendor", "triton"):
+            layer = layers.LSTM(u, return_sequences=True, backend=backend).to(DEV)
+            layer.build(I, DEV, torch.float32)
+            nets.append(layer)
+        times = []
+        for net in nets:
+            it = [0]
+
+            def step(net=net, it=it, xs=xs, gout=gout):
+                out = net(xs[it[0] % 3])
+                out = out[0] if isinstance(out, tuple) else out
+                it[0] += 1
+                out.backward(gout)
+
+            times.append(timed(step, reps)[0])
+        rows.append(((B, T, I, u), *times))
+        print(f"shape {B}x{T} {I}->{u}: nn.LSTM {times[0]:.3f} ms, rnnkit vendor {times[1]:.3f} "
+              f"ms, rnnkit triton {times[2]:.3f} ms", flush=True)  # fmt: skip
     return rows
 
 
@@ -348,6 +388,11 @@ def main() -> int:
     # Every configuration through the layers (auto), float32 with torch's default TF32 settings.
     torch.backends.cuda.matmul.allow_tf32 = False
     layer_rows = layer_table(B, T, I, u, 5 if args.quick else 20)
+    shape_rows = shapes_table(5 if args.quick else 20)
+    report["shapes"] = [
+        dict(zip(("shape", "nn_lstm_ms", "vendor_ms", "triton_ms"), r, strict=True))
+        for r in shape_rows
+    ]
     report["layers"] = [
         dict(zip(("name", "cell", "backend", "median_ms", "peak_MiB"), r, strict=True))
         for r in layer_rows
@@ -378,6 +423,12 @@ def main() -> int:
         _, _, _, ref_ms, ref_mib = refs[cell]
         print(f"{name:44s} {backend:>9s} {med:8.3f} {mib:7.1f} {ref_ms / med:6.2f} "
               f"{mib / ref_mib:6.2f}")  # fmt: skip
+    print("\nstandard LSTM, float32, forward+backward: speed = nn.LSTM ms / this ms")
+    print("{:28s} {:>10s} {:>14s} {:>14s}".format("B x T, I -> u", "nn.LSTM ms", "rnnkit cuDNN",
+                                                 "rnnkit Triton"))  # fmt: skip
+    for (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
+        print(f"{f'{B_} x {T_}, {I_} -> {u_}':28s} {ref_ms:10.3f} {ref_ms / vendor_ms:14.2f} "
+              f"{ref_ms / triton_ms:14.2f}")  # fmt: skip
     bad = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks passed")
     return 1 if bad else 0

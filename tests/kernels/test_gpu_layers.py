@@ -1,9 +1,10 @@
 """The layers on a CUDA device: which backend ``auto`` picks, and that it computes what the
 reference loop computes (outputs, final states, gradients of inputs and every parameter).
 
-Skipped without CUDA. On a GPU the standard configurations and DropConnect go to cuDNN (``vendor``),
-the LSTM's layer norm and recurrent dropout to Triton, and what neither can do exactly
-(zoneout, other activations, GRU layer norm) to the fused recurrence running on the GPU.
+Skipped without CUDA. On a GPU, LSTMs of up to 512 units go to Triton in every configuration
+(standard, layer norm, dropouts, DropConnect, zoneout, masks, most activations), GRU and
+SimpleRNN to cuDNN (``vendor``); what neither can do exactly (GRU layer norm, an LSTM with a
+GELU activation) to the fused recurrence running on the GPU.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CU
 DEVICE = "cuda"
 
 CASES = {
-    "lstm": (LSTM, {}, False, "vendor"),
-    "lstm left-padded": (LSTM, {}, True, "vendor"),
+    "lstm": (LSTM, {}, False, "triton"),
+    "lstm left-padded": (LSTM, {}, True, "triton"),
     "lstm layer norm + dropouts": (
         LSTM, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
     "lstm recurrent dropout": (LSTM, dict(recurrent_dropout=0.3), False, "triton"),
-    "lstm DropConnect": (LSTM, dict(recurrent_weight_dropout=0.3), False, "vendor"),
-    "lstm zoneout": (LSTM, dict(zoneout=0.2), False, "fused"),
-    "lstm hard_sigmoid": (LSTM, dict(recurrent_activation="hard_sigmoid"), False, "fused"),
-    "lstm layer norm, masked": (LSTM, dict(layer_norm=True), True, "fused"),
+    "lstm DropConnect": (LSTM, dict(recurrent_weight_dropout=0.3), False, "triton"),
+    "lstm zoneout": (LSTM, dict(zoneout=0.2), False, "triton"),
+    "lstm hard_sigmoid": (LSTM, dict(recurrent_activation="hard_sigmoid"), False, "triton"),
+    "lstm layer norm, masked": (LSTM, dict(layer_norm=True), True, "triton"),
+    "lstm gelu": (LSTM, dict(activation="gelu"), False, "fused"),
+    "gru left-padded": (GRU, {}, True, "vendor"),
     "gru": (GRU, {}, False, "vendor"),
     "gru layer norm": (GRU, dict(layer_norm=True), False, "fused"),
     "simple rnn": (SimpleRNN, {}, False, "vendor"),

@@ -1,12 +1,16 @@
 """The Triton LSTM backend against the float64 CPU reference loop.
 
 GPU tests skip without CUDA and Triton; ``benchmarks/bench_gpu.py`` runs the same checks at the
-benchmark shape and times the backend against cuDNN.
+benchmark shape and times the backend against cuDNN. Without a GPU, Triton's interpreter runs
+them on the CPU (eagerly, no CUDA graphs)::
+
+    TRITON_INTERPRET=1 python -m pytest tests/kernels/test_triton.py   # needs `pip install triton`
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -16,10 +20,21 @@ import torch
 from rnnkit.kernels import reference, triton_lstm
 from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
 
-HAS_GPU = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
-gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CUDA and Triton")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_GPU = torch.cuda.is_available() and HAS_TRITON
+INTERPRET = not HAS_GPU and HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
+gpu = pytest.mark.skipif(
+    not (HAS_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1 and Triton)"
+)
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
-DEVICE = "cuda"  # the Triton interpreter (TRITON_INTERPRET=1) also runs these checks on "cpu"
+DEVICE = "cuda" if HAS_GPU else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(request, monkeypatch):
+    # The interpreter runs the kernels on CPU tensors, which the backend otherwise refuses.
+    if INTERPRET and request.node.get_closest_marker("gpu"):
+        monkeypatch.setattr(triton_lstm, "unsupported_reason", lambda *a, **k: None)
 
 
 def test_importing_the_backend_does_not_import_triton():
@@ -70,11 +85,20 @@ def problem(B, T, I, u, dtype, ln, seed, options=()):
         masks["recurrent_kernel_dropout_mask"] = drop(u, G)
     if "go_backwards" in options:
         masks["go_backwards"] = True
+    if "left_padded" in options:  # lengths T, ~T/2, 1 and 0 (a row with no real step)
+        lengths = torch.tensor([T, T // 2, 1, 0] * B)[:B]
+        masks["mask"] = torch.arange(T) >= T - lengths[:, None]
+    if "random_mask" in options:
+        masks["mask"] = torch.rand(B, T, generator=g) > 0.4
+    if "zero_output" in options:
+        masks["zero_output_for_mask"] = True
+    if "zoneout_mask" in options:
+        masks["zoneout_mask"] = (torch.rand(B, T, u, generator=g) < 0.3).double()
     return p, cot, masks
 
 
-def call(run, p, ln, masks, **kw):
-    spec = RecurrenceSpec("lstm", p["U"].shape[0], layer_norm=ln)
+def call(run, p, ln, masks, spec_options=None, **kw):
+    spec = RecurrenceSpec("lstm", p["U"].shape[0], layer_norm=ln, **(spec_options or {}))
     lnw = LayerNormWeights(p["gx"], p["gh"], p["gc"], p["bc"]) if ln else None
     w = RecurrentWeights(p["W"], p["U"], p["b"], lnw)
     out, (h, c) = run(spec, w, p["x"], (p["h0"], p["c0"]), **masks, **kw)
@@ -87,14 +111,18 @@ def rel(a, b):
     return (torch.linalg.norm(a - b) / torch.linalg.norm(b)).item()
 
 
-def compare(B, T, I, u, dtype, ln, graphs=True, seed=0, options=()):
+def compare(B, T, I, u, dtype, ln, graphs=True, seed=0, options=(), spec_options=None):
     """Relative errors of every output and gradient against the float64 reference."""
     p, cot, masks = problem(B, T, I, u, dtype, ln, seed, options)
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
     dev = {k: v.to(DEVICE, dtype).requires_grad_() for k, v in p.items()}
-    dmasks = {k: v.to(DEVICE, dtype) if torch.is_tensor(v) else v for k, v in masks.items()}
-    r_out = call(reference.run, ref, ln, masks)
-    d_out = call(triton_lstm.run, dev, ln, dmasks, cuda_graphs=graphs)
+    dmasks = {
+        k: v.to(DEVICE, dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
+        for k, v in masks.items()
+    }
+    r_out = call(reference.run, ref, ln, masks, spec_options)
+    graphs = graphs and HAS_GPU  # the interpreter runs eagerly
+    d_out = call(triton_lstm.run, dev, ln, dmasks, spec_options, cuda_graphs=graphs)
     r_g = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(r_out, cot, strict=True)), list(ref.values())
     )
@@ -127,13 +155,75 @@ def test_dropouts_dropconnect_and_go_backwards(ln):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options",
+    [("left_padded",), ("left_padded", "zero_output"), ("random_mask",),
+     ("random_mask", "zero_output", "go_backwards"), ("zoneout_mask",),
+     ("random_mask", "zoneout_mask", "recurrent_dropout", "go_backwards")],
+    ids=lambda o: "+".join(o),
+)  # fmt: skip
+@pytest.mark.parametrize("ln", [False, True])
+def test_masks_and_zoneout(options, ln):
+    compare(4, 7, 5, 12, torch.float32, ln, seed=11, options=options)
+
+
+@gpu
+@pytest.mark.gpu
+def test_masks_and_zoneout_bfloat16():
+    options = ("random_mask", "zoneout_mask", "recurrent_dropout")
+    compare(4, 7, 5, 12, torch.bfloat16, True, seed=12, options=options)
+
+
+@gpu
+@pytest.mark.gpu
+def test_inference_zoneout_is_a_constant_mix():
+    compare(3, 5, 4, 8, torch.float32, False, seed=13, spec_options={"zoneout": 0.3})
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", triton_lstm.ACTIVATIONS)
+@pytest.mark.parametrize("which", ["activation", "recurrent_activation"])
+def test_activations(name, which):
+    compare(3, 5, 4, 8, torch.float32, False, seed=14, spec_options={which: name})
+
+
+def test_activation_names_match_the_kernel_codes():
+    from rnnkit.kernels._triton_lstm_steps import ACTIVATION_CODES
+    from rnnkit.kernels.activations import ACTIVATIONS
+
+    assert set(triton_lstm.ACTIVATIONS) == set(ACTIVATION_CODES)
+    assert set(triton_lstm.ACTIVATIONS) <= set(ACTIVATIONS)
+    assert triton_lstm.activation_name(torch.tanh) == "tanh"
+    assert triton_lstm.activation_name("gelu") is None
+    assert triton_lstm.activation_name("exponential") is None  # overflows float32
+
+
+def test_engine_cache_keeps_the_most_recently_used(monkeypatch):
+    monkeypatch.setattr(triton_lstm, "_ENGINES", {})
+    keys = [("cuda:0", b, 5, 8, torch.float32, False, False, True, "tanh", "sigmoid", False, 0,
+             0.0) for b in range(1, triton_lstm.MAX_ENGINES + 3)]  # fmt: skip
+    first = triton_lstm._engine(*keys[0])
+    for key in keys[1:]:
+        triton_lstm._engine(*key)
+        triton_lstm._engine(*keys[0])  # used again: stays
+    assert len(triton_lstm._ENGINES) == triton_lstm.MAX_ENGINES
+    assert triton_lstm._engine(*keys[0]) is first
+    batches = sorted(e.batch for e in triton_lstm._ENGINES.values())
+    assert batches == [1, *range(4, triton_lstm.MAX_ENGINES + 3)]  # 2 and 3 dropped
+
+
+@gpu
+@pytest.mark.gpu
 def test_two_layers_of_one_shape_in_flight():
     # Two recurrences of the same shape share an engine; each needs its own slot until backward.
     p, _, _ = problem(3, 5, 12, 12, torch.float32, True, 7)
     ref = {k: v.clone().requires_grad_() for k, v in p.items()}
     dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
     y_ref = call(reference.run, {**ref, "x": call(reference.run, ref, True, {})[0]}, True, {})[0]
-    y_dev = call(triton_lstm.run, {**dev, "x": call(triton_lstm.run, dev, True, {})[0]}, True, {})
+    kw = {"cuda_graphs": HAS_GPU}
+    first = call(triton_lstm.run, dev, True, {}, **kw)[0]
+    y_dev = call(triton_lstm.run, {**dev, "x": first}, True, {}, **kw)
     y_ref.sum().backward()
     y_dev[0].sum().backward()
     assert rel(y_dev[0], y_ref) < 1e-4
@@ -146,7 +236,7 @@ def test_two_layers_of_one_shape_in_flight():
 def test_second_backward_raises():
     p, _, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
     dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
-    out = call(triton_lstm.run, dev, False, {})[0]
+    out = call(triton_lstm.run, dev, False, {}, cuda_graphs=HAS_GPU)[0]
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.sum().backward()

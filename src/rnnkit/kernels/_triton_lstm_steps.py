@@ -2,8 +2,12 @@
 
 One program handles one batch row: it reads the row's ``4u`` recurrent projection, does the
 optional layer normalisation over ``4u``, the gate math, the optional layer normalisation of the
-new cell state over ``u``, and writes the new state plus what the backward step needs. All gate
-math is float32 whatever the storage dtype.
+new cell state over ``u``, zoneout of ``h``, the mask (a padded step keeps the previous state),
+and writes the new state plus what the backward step needs. All gate math is float32 whatever the
+storage dtype.
+
+Activations are compile-time codes (:data:`ACTIVATION_CODES`); the backward pass takes each
+derivative from the activation's output, which determines it for these monotone functions.
 
 This module imports Triton only when it is installed; on a machine without it the kernels are
 plain (never called) functions, so collecting doctests or importing :mod:`rnnkit` never needs it.
@@ -26,10 +30,64 @@ except ImportError:  # CPU machines: nothing here is ever launched
         return fn
 
 
+ACTIVATION_CODES = {
+    "tanh": 0,
+    "sigmoid": 1,
+    "hard_sigmoid": 2,
+    "relu": 3,
+    "linear": 4,
+    "softsign": 5,
+    "elu": 6,
+    "softplus": 7,
+}
+
+
 @_jit
 def _tanh(x):
     # tanh(x) = 2 sigmoid(2x) - 1: one exp, no overflow for large |x|.
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@_jit
+def _act(x, CODE: tl.constexpr):
+    """The activation with code ``CODE`` (rnnkit.kernels.activations' definitions)."""
+    y = x  # linear (4)
+    if CODE == 0:
+        y = _tanh(x)
+    if CODE == 1:
+        y = tl.sigmoid(x)
+    if CODE == 2:  # Keras 3: relu6(x + 3) / 6
+        y = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+    if CODE == 3:
+        y = tl.maximum(x, 0.0)
+    if CODE == 5:
+        y = x / (1.0 + tl.abs(x))
+    if CODE == 6:
+        y = tl.where(x > 0.0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0)
+    if CODE == 7:  # torch's softplus: linear above 20
+        y = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    return y
+
+
+@_jit
+def _dact(y, CODE: tl.constexpr):
+    """The derivative of activation ``CODE`` where its output is ``y``."""
+    d = y * 0.0 + 1.0  # linear (4)
+    if CODE == 0:
+        d = 1.0 - y * y
+    if CODE == 1:
+        d = y * (1.0 - y)
+    if CODE == 2:
+        d = tl.where((y > 0.0) & (y < 1.0), 1.0 / 6.0, 0.0)
+    if CODE == 3:
+        d = tl.where(y > 0.0, 1.0, 0.0)
+    if CODE == 5:
+        d = (1.0 - tl.abs(y)) * (1.0 - tl.abs(y))
+    if CODE == 6:
+        d = tl.where(y > 0.0, 1.0, y + 1.0)
+    if CODE == 7:
+        d = 1.0 - tl.exp(-y)
+    return d
 
 
 @_jit
@@ -51,11 +109,20 @@ def lstm_forward_step(
     bh_ptr,  # (4u,) beta of the recurrent layer norm
     gc_ptr,  # (u,) gamma of the cell layer norm
     bc_ptr,  # (u,) beta of the cell layer norm
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1} (zoneout, masks)
+    valid_ptr,  # (B,) float32: 1 where step t is real, 0 where it is padding (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t: 1 keeps h_{t-1} (ZONEOUT == 1)
+    zoneout,  # the constant zoneout rate (ZONEOUT == 2: inference)
     eps,
     U: tl.constexpr,
     BLOCK: tl.constexpr,
     LAYER_NORM: tl.constexpr,
     RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    CARRY: tl.constexpr,  # MASKED or ZONEOUT != 0: h_t may keep (part of) h_{t-1}
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -104,10 +171,10 @@ def lstm_forward_step(
         ro = ro * tl.load(gh_ptr + 3 * U + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
             bh_ptr + 3 * U + offs, mask=m, other=0.0
         ).to(tl.float32)
-    i = tl.sigmoid(xi + ri)
-    f = tl.sigmoid(xf + rf)
-    g = _tanh(xg + rg)
-    o = tl.sigmoid(xo + ro)
+    i = _act(xi + ri, RACT)
+    f = _act(xf + rf, RACT)
+    g = _act(xg + rg, ACT)
+    o = _act(xo + ro, RACT)
     c = f * c_prev + i * g
     if LAYER_NORM:
         cmean = tl.sum(tl.where(m, c, 0.0), 0) / U
@@ -121,7 +188,18 @@ def lstm_forward_step(
         ).to(tl.float32)
     else:
         cn = c
-    h = o * _tanh(cn)
+    h = o * _act(cn, ACT)
+    if CARRY:
+        h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
+        h = keep * h_prev + (1.0 - keep) * h
+    if ZONEOUT == 2:
+        h = zoneout * h_prev + (1.0 - zoneout) * h
+    if MASKED:  # a padded step keeps the state
+        real = tl.load(valid_ptr + b) > 0.5
+        h = tl.where(real, h, h_prev)
+        c = tl.where(real, c, c_prev)
     tl.store(c_ptr + b * U + offs, c, mask=m)
     tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
     if RDROP:
@@ -156,10 +234,19 @@ def lstm_backward_step(
     dbh_ptr,  # (B, 4u) float32: sum dz
     dgc_ptr,  # (B, u) float32: sum d(cn) * chat
     dbc_ptr,  # (B, u) float32: sum d(cn)
+    carry_ptr,  # (B, u) float32: d h_t that bypasses step t+1's gates, read; d h_{t-1}'s, written
+    valid_ptr,  # (B,) float32: 1 where step t is real (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
     U: tl.constexpr,
     BLOCK: tl.constexpr,
     LAYER_NORM: tl.constexpr,
     RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    CARRY: tl.constexpr,  # MASKED or ZONEOUT != 0: h_t may keep (part of) h_{t-1}
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -171,6 +258,22 @@ def lstm_backward_step(
     if RDROP:
         dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
     dh += dhrec
+    # d h_t reaches h_{t-1} directly where h_t keeps h_{t-1}: padded steps and zoneout.
+    if CARRY:
+        dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
+        keep = dh * 0.0
+        if ZONEOUT == 1:
+            keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
+        if ZONEOUT == 2:
+            keep = keep + zoneout
+        if MASKED:
+            real = tl.load(valid_ptr + b) > 0.5
+            keep = tl.where(real, keep, 1.0)
+        tl.store(carry_ptr + urow, dh * keep, mask=m)
+        dh = dh * (1.0 - keep)
+    dc_next = tl.load(dc_ptr + urow, mask=m, other=0.0)  # d c_t from step t+1 (and d c_T)
+    if MASKED:
+        dc_next = tl.where(real, dc_next, 0.0)  # a padded step passes d c_t on unchanged
     i = tl.load(arow + offs, mask=m, other=0.0)
     f = tl.load(arow + U + offs, mask=m, other=0.0)
     g = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
@@ -182,9 +285,9 @@ def lstm_backward_step(
         cn = chat * gc + tl.load(bc_ptr + offs, mask=m, other=0.0).to(tl.float32)
     else:
         cn = chat
-    tc = _tanh(cn)
-    dzo = dh * tc * o * (1.0 - o)
-    dcn = dh * o * (1.0 - tc * tc)
+    tc = _act(cn, ACT)
+    dzo = dh * tc * _dact(o, RACT)
+    dcn = dh * o * _dact(tc, ACT)
     if LAYER_NORM:
         tl.store(dgc_ptr + urow, tl.load(dgc_ptr + urow, mask=m, other=0.0) + dcn * chat, mask=m)
         tl.store(dbc_ptr + urow, tl.load(dbc_ptr + urow, mask=m, other=0.0) + dcn, mask=m)
@@ -195,11 +298,14 @@ def lstm_backward_step(
         dc = tl.where(m, cstd * (dchat - mean1 - chat * mean2), 0.0)
     else:
         dc = dcn
-    dc += tl.load(dc_ptr + urow, mask=m, other=0.0)
-    dzi = dc * g * i * (1.0 - i)
-    dzf = dc * c_prev * f * (1.0 - f)
-    dzg = dc * i * (1.0 - g * g)
-    tl.store(dc_ptr + urow, dc * f, mask=m)
+    dc += dc_next
+    dzi = dc * g * _dact(i, RACT)
+    dzf = dc * c_prev * _dact(f, RACT)
+    dzg = dc * i * _dact(g, ACT)
+    dc_prev = dc * f
+    if MASKED:
+        dc_prev = tl.where(real, dc_prev, tl.load(dc_ptr + urow, mask=m, other=0.0))
+    tl.store(dc_ptr + urow, dc_prev, mask=m)
     zrow = dz_ptr + b * dz_stride
     ty = dz_ptr.dtype.element_ty
     tl.store(zrow + offs, dzi.to(ty), mask=m)

@@ -1,9 +1,11 @@
 r"""LSTM and layer-norm LSTM recurrence on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
 
 Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
-:func:`supports` accepts: LSTM with ``tanh``/``sigmoid``; optional layer normalisation
-(``spec.layer_norm``), input and recurrent dropout, DropConnect on the recurrent kernel,
-``go_backwards``, initial states; float32 and bfloat16. Not (yet): masks, zoneout.
+:func:`supports` accepts: LSTM with any activation and recurrent activation among
+:data:`ACTIVATIONS`; optional layer normalisation (``spec.layer_norm``), input and recurrent
+dropout, DropConnect on the recurrent kernel, zoneout (training masks or the inference-time
+constant), masks with any padding, ``zero_output_for_mask``, ``go_backwards``, initial states;
+float32 and bfloat16.
 
 The recipe (issue 6):
 
@@ -16,7 +18,14 @@ The recipe (issue 6):
   kernel for the gate math and the two layer norms, then ``dR_t @ U^T`` by cuBLAS; the gradient of
   ``U`` is one GEMM over all steps at the end, the layer-norm parameters' gradients one sum;
 - the forward loop and the backward loop are each captured once as a CUDA graph over static
-  buffers, so a training step replays two graphs instead of launching ~4T kernels from Python.
+  buffers, so a training step replays two graphs instead of launching ~4T kernels from Python;
+  the graphs and buffers of the :data:`MAX_ENGINES` most recently used shapes and configurations
+  are kept;
+- a padded step keeps the state (``h``, ``c``); zoneout mixes ``h_{t-1}`` into ``h_t``. Both let
+  part of ``d h_t`` bypass the step's gates: the backward step passes that part straight to
+  ``d h_{t-1}`` (a ``carry`` buffer), next to the ``dR_t U^T`` product. The outputs are the
+  states times the mask of outputs that show a state (``zero_output_for_mask`` or not), under
+  ordinary autograd.
 
 Layer-norm LSTM (haste's ``LayerNormLSTM``, gate order i, f, g, o; as in
 :mod:`rnnkit.kernels.steps`, epsilon :data:`~rnnkit.kernels.spec.LAYER_NORM_EPS`):
@@ -42,8 +51,20 @@ import torch.nn.functional as F
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 DTYPES = (torch.float32, torch.bfloat16)
-_TANH = ("tanh", torch.tanh)
-_SIGMOID = ("sigmoid", torch.sigmoid)
+# Activation names the step kernels implement (their codes: _triton_lstm_steps.ACTIVATION_CODES).
+# (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus")
+_CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
+# Each engine holds its slots' buffers (about 10 x B x T x 4u values; 190 MiB at 64 x 100,
+# 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
+MAX_ENGINES = 8
+
+
+def activation_name(activation) -> str | None:
+    """The name of ``activation`` if the step kernels implement it, else ``None``."""
+    if isinstance(activation, str):
+        return activation if activation in ACTIVATIONS else None
+    return _CALLABLES.get(activation)
 
 
 def triton_available() -> bool:
@@ -56,8 +77,6 @@ def unsupported_reason(
     device: torch.device | str | None = None,
     *,
     dtype: torch.dtype | None = None,
-    mask: torch.Tensor | None = None,
-    zoneout_mask: torch.Tensor | None = None,
     **_options: object,
 ) -> str | None:
     """Why :func:`run` cannot compute this call exactly, or ``None`` when it can."""
@@ -70,14 +89,10 @@ def unsupported_reason(
         return "the triton backend needs Triton installed"
     if spec.cell != "lstm":
         return f"only LSTM is implemented (received cell={spec.cell!r})"
-    if not any(spec.activation is a or spec.activation == a for a in _TANH):
-        return f"activation must be 'tanh' (received {spec.activation!r})"
-    if not any(spec.recurrent_activation is a or spec.recurrent_activation == a for a in _SIGMOID):
-        return f"recurrent_activation must be 'sigmoid' (received {spec.recurrent_activation!r})"
-    if getattr(spec, "zoneout", 0.0) > 0.0 or zoneout_mask is not None:
-        return "zoneout is not implemented in the triton backend"
-    if mask is not None:
-        return "masks are not implemented in the triton backend"
+    for name, value in (("activation", spec.activation),
+                        ("recurrent_activation", spec.recurrent_activation)):  # fmt: skip
+        if activation_name(value) is None:
+            return f"{name} must be one of {list(ACTIVATIONS)} (received {value!r})"
     if dtype is not None and dtype not in DTYPES:
         return f"dtype must be float32 or bfloat16 (received {dtype})"
     return None
@@ -86,8 +101,8 @@ def unsupported_reason(
 def supports(spec: RecurrenceSpec, device: torch.device | str | None = None, **options) -> bool:
     """Whether :func:`run` computes exactly what the reference does for this call on ``device``.
 
-    ``options`` are :func:`run`'s keyword arguments (``mask``, ``zoneout_mask``, ...) and
-    optionally ``dtype``.
+    ``options`` are :func:`run`'s keyword arguments (``mask``, ``zoneout_mask``, ...; every one
+    of them is supported) and optionally ``dtype``.
     """
     return unsupported_reason(spec, device, **options) is None
 
@@ -124,6 +139,9 @@ class _Slot:
         self.C = buf(T + 1, B, u)  # C[0] = c0, C[t + 1] = c_t
         self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
         self.act = buf(T, B, G)
+        self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
+        self.zm = buf(T, B, u) if e.zoneout_mode == 1 else self.ln  # zoneout: 1 keeps h_{t-1}
+        self.carry = buf(B, u) if e.carry else self.ln  # d h that bypasses a step's gates
         if e.layer_norm:
             self.rhat = buf(T, B, G)
             self.rstd = buf(T, B)
@@ -132,8 +150,9 @@ class _Slot:
         else:  # never touched by the kernels; the cell state is read from C instead
             self.rhat, self.rstd, self.chat, self.cstd = self.R, self.C[0, :, 0], None, self.dcT
         # Backward outputs and work buffers.
-        self.dz = buf(B, T, G, dtype=dt)  # d xn
         self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
+        # d xn: without the recurrent layer norm it equals dR (z = xn + r), so dR serves as both.
+        self.dz = buf(B, T, G, dtype=dt) if e.layer_norm else self.dR.transpose(0, 1)
         self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
         self.dC = buf(B, u)
         self.dU = buf(u, G, dtype=dt)
@@ -141,6 +160,10 @@ class _Slot:
         self.acc_c = buf(2, B, u)  # dgamma_c, dbeta_c
         self.dln = buf(4, G)
         self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+
+    def _at(self, buffer: torch.Tensor, t: int) -> torch.Tensor:
+        """Step ``t`` of a per-step buffer (or the placeholder of an unused one)."""
+        return buffer[t] if buffer is not self.ln else buffer
 
     def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
         if self.engine.layer_norm:
@@ -160,8 +183,9 @@ class _Slot:
                 self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
                 self.act[t], *self._ln_saved(t),
                 self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
+                self.H[t], self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
                 e.eps,
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop,
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
                 num_warps=e.num_warps,
             )  # fmt: skip
 
@@ -176,6 +200,8 @@ class _Slot:
         self.dC.copy_(self.dcT)
         self.acc.zero_()
         self.acc_c.zero_()
+        if e.carry:
+            self.carry.zero_()
         Ut = self.U.t()
         for t in range(e.steps - 1, -1, -1):
             k.lstm_backward_step[(e.batch,)](
@@ -185,7 +211,8 @@ class _Slot:
                 self.ln[0], self.ln[2, :u], self.ln[3, :u],
                 self.dz[:, t], self.dz.stride(0), self.dR[t],
                 self.acc[0], self.acc[1], self.acc_c[0], self.acc_c[1],
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop,
+                self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
                 num_warps=e.num_warps,
             )  # fmt: skip
             torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
@@ -231,10 +258,24 @@ class _Slot:
 class _Engine:
     """All slots for one shape and configuration; a slot is busy from forward to backward."""
 
-    def __init__(self, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs):
+    def __init__(
+        self, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs,
+        act, ract, masked, zoneout_mode, zoneout_rate,
+    ):  # fmt: skip
+        from rnnkit.kernels._triton_lstm_steps import ACTIVATION_CODES
+
         self.device, self.batch, self.steps, self.units = device, batch, steps, units
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
         self.use_graphs = use_graphs
+        self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
+        self.carry = masked or zoneout_mode != 0
+        self.flags = {
+            "ACT": ACTIVATION_CODES[act],
+            "RACT": ACTIVATION_CODES[ract],
+            "MASKED": masked,
+            "ZONEOUT": zoneout_mode,
+            "CARRY": self.carry,
+        }
         self.eps = LAYER_NORM_EPS
         self.block = _pow2(units)
         self.num_warps = 4 if units <= 512 else 8
@@ -255,10 +296,17 @@ _ENGINES: dict[tuple, _Engine] = {}
 
 
 def _engine(*key) -> _Engine:
+    """The engine for this shape and configuration; the least recently used beyond
+    :data:`MAX_ENGINES` are dropped (a slot still held by an autograd graph lives on)."""
     tf32 = torch.backends.cuda.matmul.allow_tf32  # cuBLAS picks its kernels at capture time
-    if (*key, tf32) not in _ENGINES:
-        _ENGINES[(*key, tf32)] = _Engine(*key)
-    return _ENGINES[(*key, tf32)]
+    full = (*key, tf32)
+    engine = _ENGINES.pop(full, None)
+    if engine is None:
+        engine = _Engine(*key)
+    _ENGINES[full] = engine  # most recent last
+    while len(_ENGINES) > MAX_ENGINES:
+        del _ENGINES[next(iter(_ENGINES))]
+    return engine
 
 
 def _release(slot: _Slot) -> None:
@@ -280,10 +328,13 @@ class _Lease:
 
 
 class _Recurrence(torch.autograd.Function):
-    """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c, rdm) -> (outputs, h_T, c_T)``."""
+    """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c, rdm, valid, zm) -> (states, h_T, c_T)``.
+
+    ``valid`` ``(T, B)`` and ``zm`` ``(T, B, u)`` are time-major, in processing order.
+    """
 
     @staticmethod
-    def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, rdm, engine):
+    def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, rdm, valid, zm, engine):
         slot = engine.acquire()
         try:
             u = engine.units
@@ -294,6 +345,10 @@ class _Recurrence(torch.autograd.Function):
             if engine.rdrop:
                 slot.rdm.copy_(rdm)
                 slot.Hin[0].copy_(h0 * rdm)
+            if engine.masked:
+                slot.valid.copy_(valid)
+            if engine.zoneout_mode == 1:
+                slot.zm.copy_(zm)
             if engine.layer_norm:
                 slot.ln[0].copy_(gh)
                 slot.ln[1].copy_(bh)
@@ -332,6 +387,8 @@ class _Recurrence(torch.autograd.Function):
             dxn = slot.dz.to(x_dt, copy=True)
             dU = slot.dU.to(u_dt, copy=True)
             dh0 = slot.dH * slot.rdm if engine.rdrop else slot.dH
+            if engine.carry:
+                dh0 = dh0 + slot.carry
             dh0 = dh0.to(h_dt, copy=True)
             dc0 = slot.dC.to(c_dt, copy=True)
             grads_ln = [None] * 4
@@ -340,7 +397,7 @@ class _Recurrence(torch.autograd.Function):
                 grads_ln = [d[0], d[1], d[2, :u], d[3, :u]]
         finally:
             ctx.lease.release()
-        return (dxn, dU, dh0, dc0, *grads_ln, None, None)
+        return (dxn, dU, dh0, dc0, *grads_ln, None, None, None, None)
 
 
 def run(
@@ -361,17 +418,15 @@ def run(
     """Run one LSTM recurrence on a CUDA device (the :mod:`rnnkit.kernels.spec` contract).
 
     Args:
-        spec, weights, inputs, initial_state, ...: the backend contract; ``mask`` and
-            ``zoneout_mask`` must be ``None`` and ``spec.zoneout`` 0 (see :func:`supports`).
+        spec, weights, inputs, initial_state, ...: the backend contract (see
+            :func:`supports` for what it accepts).
         cuda_graphs: replay captured CUDA graphs of the step loops (default); ``False`` launches
             every step from Python (slow; for debugging and comparison).
 
     Returns:
         ``(outputs (B, T, u), (h_T, c_T))``; ``outputs`` and ``h_T`` in the inputs' dtype.
     """
-    reason = unsupported_reason(
-        spec, inputs.device, dtype=inputs.dtype, mask=mask, zoneout_mask=zoneout_mask
-    )
+    reason = unsupported_reason(spec, inputs.device, dtype=inputs.dtype)
     if reason is not None:
         raise ValueError(f"the triton LSTM backend cannot run this call: {reason}")
     h0, c0 = initial_state
@@ -379,8 +434,10 @@ def run(
     u = spec.units
     if input_dropout_mask is not None:
         inputs = inputs * input_dropout_mask[:, None, :]
-    if go_backwards:
+    if go_backwards:  # the masks follow the inputs into processing order
         inputs = inputs.flip(1)
+        mask = mask.flip(1) if mask is not None else None
+        zoneout_mask = zoneout_mask.flip(1) if zoneout_mask is not None else None
     if T == 0:
         return inputs.new_zeros(B, 0, u), (h0, c0)
     U = weights.recurrent_kernel
@@ -406,7 +463,24 @@ def run(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     rdrop = recurrent_dropout_mask is not None
-    engine = _engine(device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs)
+    if zoneout_mask is not None:
+        zoneout_mode, zoneout_rate = 1, 0.0
+    elif spec.zoneout > 0.0:
+        zoneout_mode, zoneout_rate = 2, float(spec.zoneout)
+    else:
+        zoneout_mode, zoneout_rate = 0, 0.0
+    engine = _engine(
+        device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
+        activation_name(spec.activation), activation_name(spec.recurrent_activation),
+        mask is not None, zoneout_mode, zoneout_rate,
+    )  # fmt: skip
     rdm = recurrent_dropout_mask.float() if rdrop else None
-    out, h_t, c_t = _Recurrence.apply(xn, U, h0, c0, gh, bh, gc, bc, rdm, engine)
-    return out, (h_t, c_t)
+    valid = mask.t().float() if mask is not None else None  # (T, B)
+    zm = zoneout_mask.transpose(0, 1).float() if zoneout_mask is not None else None  # (T, B, u)
+    states, h_t, c_t = _Recurrence.apply(xn, U, h0, c0, gh, bh, gc, bc, rdm, valid, zm, engine)
+    if mask is None:
+        return states, (h_t, c_t)
+    # A padded step shows the state it kept, or zeros (zero_output_for_mask, and before a row's
+    # first real step: the reference's outputs start from zeros, not from h0).
+    shown = mask if zero_output_for_mask else mask.cumsum(1) > 0
+    return states * shown[:, :, None].to(states.dtype), (h_t, c_t)

@@ -542,7 +542,10 @@ class LanguageModel(nn.Module):
         x = self.get_input_embeddings(inputs)  # (B, T, E)
         if mask is None and self.config.mask_zero:
             mask = inputs != 0
-            if bool(mask.all()):
+            # On the CPU a batch without padding runs unmasked (torch's kernel, for the LSTM).
+            # On CUDA, reading the mask would make the host wait for the GPU every step, and the
+            # recurrence takes masks at full speed there (Triton; cuDNN's backend checks itself).
+            if inputs.device.type == "cpu" and bool(mask.all()):
                 mask = None
         state = self.initial_state(batch) if state is None else self._check_state(state, batch)
         x = self._dropout(x)
