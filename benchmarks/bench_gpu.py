@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from rnnkit.kernels import reference, triton_lstm
+from rnnkit.kernels import reference, triton_rnn
 from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
 
 DEV = "cuda"
@@ -92,7 +92,7 @@ def check(B, T, I, u, dtype, layer_norm, graphs, seed, gamma_h=0.5):
     ref, dev, cot = make_problem(B, T, I, u, dtype, layer_norm, seed, gamma_h)
     names = list(ref)
     r_out, r_grads = reference_grads(ref, cot, layer_norm)
-    d_out = call(dev, layer_norm, triton_lstm.run, cuda_graphs=graphs)
+    d_out = call(dev, layer_norm, triton_rnn.run, cuda_graphs=graphs)
     cot_d = [c.to(DEV, dtype) for c in cot.values()]
     d_grads = torch.autograd.grad(
         sum((o.float() * c.float()).sum() for o, c in zip(d_out, cot_d, strict=True)),
@@ -195,7 +195,7 @@ def layer_table(B, T, I, u, reps):
     def measure(step):
         # The first step from a clean start: its peak counts the Triton engines' buffers, which
         # stay allocated for the next calls of this shape.
-        triton_lstm._ENGINES.clear()
+        triton_rnn._ENGINES.clear()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -352,7 +352,7 @@ def main() -> int:
         def step():
             p["x"] = xs[it[0] % 3]
             it[0] += 1
-            out, _, _ = call(p, ln, triton_lstm.run, cuda_graphs=graphs)
+            out, _, _ = call(p, ln, triton_rnn.run, cuda_graphs=graphs)
             out.backward(gout)
 
         return step
@@ -375,7 +375,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = True
 
     # Where the time goes: the two captured loops alone.
-    for key, eng in triton_lstm._ENGINES.items():
+    for key, eng in triton_rnn._ENGINES.items():
         if not eng.use_graphs or not eng.slots or eng.slots[0].graphs is None:
             continue
         fwd, bwd = eng.slots[0].graphs

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from rnnkit.kernels import reference, triton_lstm
+from rnnkit.kernels import reference, triton_rnn
 from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -34,12 +34,12 @@ DEVICE = "cuda" if HAS_GPU else "cpu"
 def _interpreter(request, monkeypatch):
     # The interpreter runs the kernels on CPU tensors, which the backend otherwise refuses.
     if INTERPRET and request.node.get_closest_marker("gpu"):
-        monkeypatch.setattr(triton_lstm, "unsupported_reason", lambda *a, **k: None)
+        monkeypatch.setattr(triton_rnn, "unsupported_reason", lambda *a, **k: None)
 
 
 def test_importing_the_backend_does_not_import_triton():
     code = (
-        "import sys, rnnkit.kernels.triton_lstm, rnnkit.kernels._triton_lstm_steps; "
+        "import sys, rnnkit.kernels.triton_rnn, rnnkit.kernels._triton_steps; "
         "assert 'triton' not in sys.modules or sys.argv[1] == '1'"
     )
     has = "1" if importlib.util.find_spec("triton") else "0"
@@ -47,15 +47,15 @@ def test_importing_the_backend_does_not_import_triton():
 
 
 def test_supports_nothing_on_cpu():
-    assert not triton_lstm.supports(RecurrenceSpec("lstm", 4), "cpu")
-    assert "CUDA" in triton_lstm.unsupported_reason(RecurrenceSpec("lstm", 4), "cpu")
+    assert not triton_rnn.supports(RecurrenceSpec("lstm", 4), "cpu")
+    assert "CUDA" in triton_rnn.unsupported_reason(RecurrenceSpec("lstm", 4), "cpu")
 
 
 def test_run_rejects_unsupported_configuration():
     spec = RecurrenceSpec("gru", 4)
     w = RecurrentWeights(torch.zeros(3, 12), torch.zeros(4, 12), None)
     with pytest.raises(ValueError, match="triton LSTM backend cannot run this call"):
-        triton_lstm.run(spec, w, torch.zeros(2, 3, 3), (torch.zeros(2, 4),))
+        triton_rnn.run(spec, w, torch.zeros(2, 3, 3), (torch.zeros(2, 4),))
 
 
 def problem(B, T, I, u, dtype, ln, seed, options=()):
@@ -122,7 +122,7 @@ def compare(B, T, I, u, dtype, ln, graphs=True, seed=0, options=(), spec_options
     }
     r_out = call(reference.run, ref, ln, masks, spec_options)
     graphs = graphs and HAS_GPU  # the interpreter runs eagerly
-    d_out = call(triton_lstm.run, dev, ln, dmasks, spec_options, cuda_graphs=graphs)
+    d_out = call(triton_rnn.run, dev, ln, dmasks, spec_options, cuda_graphs=graphs)
     r_g = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(r_out, cot, strict=True)), list(ref.values())
     )
@@ -182,35 +182,35 @@ def test_inference_zoneout_is_a_constant_mix():
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", triton_lstm.ACTIVATIONS)
+@pytest.mark.parametrize("name", triton_rnn.ACTIVATIONS)
 @pytest.mark.parametrize("which", ["activation", "recurrent_activation"])
 def test_activations(name, which):
     compare(3, 5, 4, 8, torch.float32, False, seed=14, spec_options={which: name})
 
 
 def test_activation_names_match_the_kernel_codes():
-    from rnnkit.kernels._triton_lstm_steps import ACTIVATION_CODES
+    from rnnkit.kernels._triton_steps import ACTIVATION_CODES
     from rnnkit.kernels.activations import ACTIVATIONS
 
-    assert set(triton_lstm.ACTIVATIONS) == set(ACTIVATION_CODES)
-    assert set(triton_lstm.ACTIVATIONS) <= set(ACTIVATIONS)
-    assert triton_lstm.activation_name(torch.tanh) == "tanh"
-    assert triton_lstm.activation_name("gelu") is None
-    assert triton_lstm.activation_name("exponential") is None  # overflows float32
+    assert set(triton_rnn.ACTIVATIONS) == set(ACTIVATION_CODES)
+    assert set(triton_rnn.ACTIVATIONS) <= set(ACTIVATIONS)
+    assert triton_rnn.activation_name(torch.tanh) == "tanh"
+    assert triton_rnn.activation_name("gelu") is None
+    assert triton_rnn.activation_name("exponential") is None  # overflows float32
 
 
 def test_engine_cache_keeps_the_most_recently_used(monkeypatch):
-    monkeypatch.setattr(triton_lstm, "_ENGINES", {})
+    monkeypatch.setattr(triton_rnn, "_ENGINES", {})
     keys = [("cuda:0", b, 5, 8, torch.float32, False, False, True, "tanh", "sigmoid", False, 0,
-             0.0) for b in range(1, triton_lstm.MAX_ENGINES + 3)]  # fmt: skip
-    first = triton_lstm._engine(*keys[0])
+             0.0) for b in range(1, triton_rnn.MAX_ENGINES + 3)]  # fmt: skip
+    first = triton_rnn._engine(*keys[0])
     for key in keys[1:]:
-        triton_lstm._engine(*key)
-        triton_lstm._engine(*keys[0])  # used again: stays
-    assert len(triton_lstm._ENGINES) == triton_lstm.MAX_ENGINES
-    assert triton_lstm._engine(*keys[0]) is first
-    batches = sorted(e.batch for e in triton_lstm._ENGINES.values())
-    assert batches == [1, *range(4, triton_lstm.MAX_ENGINES + 3)]  # 2 and 3 dropped
+        triton_rnn._engine(*key)
+        triton_rnn._engine(*keys[0])  # used again: stays
+    assert len(triton_rnn._ENGINES) == triton_rnn.MAX_ENGINES
+    assert triton_rnn._engine(*keys[0]) is first
+    batches = sorted(e.batch for e in triton_rnn._ENGINES.values())
+    assert batches == [1, *range(4, triton_rnn.MAX_ENGINES + 3)]  # 2 and 3 dropped
 
 
 @gpu
@@ -222,8 +222,8 @@ def test_two_layers_of_one_shape_in_flight():
     dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
     y_ref = call(reference.run, {**ref, "x": call(reference.run, ref, True, {})[0]}, True, {})[0]
     kw = {"cuda_graphs": HAS_GPU}
-    first = call(triton_lstm.run, dev, True, {}, **kw)[0]
-    y_dev = call(triton_lstm.run, {**dev, "x": first}, True, {}, **kw)
+    first = call(triton_rnn.run, dev, True, {}, **kw)[0]
+    y_dev = call(triton_rnn.run, {**dev, "x": first}, True, {}, **kw)
     y_ref.sum().backward()
     y_dev[0].sum().backward()
     assert rel(y_dev[0], y_ref) < 1e-4
@@ -236,7 +236,7 @@ def test_two_layers_of_one_shape_in_flight():
 def test_second_backward_raises():
     p, _, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
     dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
-    out = call(triton_lstm.run, dev, False, {}, cuda_graphs=HAS_GPU)[0]
+    out = call(triton_rnn.run, dev, False, {}, cuda_graphs=HAS_GPU)[0]
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.sum().backward()

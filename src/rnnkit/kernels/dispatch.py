@@ -6,7 +6,7 @@ A backend is a module with ``run(spec, weights, inputs, initial_state, **options
 and ``unsupported_reason`` also receive ``device=`` and ``dtype=`` of the inputs (device-specific
 backends need them); ``run`` receives only the contract's keyword arguments. The registry
 holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and ``triton``
-(:mod:`rnnkit.kernels.triton_lstm`, which accepts CUDA inputs only).
+(:mod:`rnnkit.kernels.triton_rnn`, which accepts CUDA inputs only).
 
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
@@ -57,7 +57,7 @@ TRITON_MAX_UNITS = 512  # unmasked CUDA LSTMs up to this size try Triton first
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
 
 _REGISTRY: dict[str, ModuleType] = {"vendor": vendor, "reference": reference}
-_OPTIONAL = {"fused": "rnnkit.kernels.fused", "triton": "rnnkit.kernels.triton_lstm"}
+_OPTIONAL = {"fused": "rnnkit.kernels.fused", "triton": "rnnkit.kernels.triton_rnn"}
 
 
 def _load_optional() -> None:

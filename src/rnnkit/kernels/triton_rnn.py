@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 DTYPES = (torch.float32, torch.bfloat16)
-# Activation names the step kernels implement (their codes: _triton_lstm_steps.ACTIVATION_CODES).
+# Activation names the step kernels implement (their codes: _triton_steps.ACTIVATION_CODES).
 # (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
 ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus")
 _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
@@ -172,7 +172,7 @@ class _Slot:
 
     # The two loops; both are captured as graphs unless the engine runs eagerly.
     def forward_loop(self) -> None:
-        from rnnkit.kernels import _triton_lstm_steps as k
+        from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
         u = e.units
@@ -190,7 +190,7 @@ class _Slot:
             )  # fmt: skip
 
     def backward_loop(self) -> None:
-        from rnnkit.kernels import _triton_lstm_steps as k
+        from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
         u, G = e.units, 4 * e.units
@@ -262,7 +262,7 @@ class _Engine:
         self, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs,
         act, ract, masked, zoneout_mode, zoneout_rate,
     ):  # fmt: skip
-        from rnnkit.kernels._triton_lstm_steps import ACTIVATION_CODES
+        from rnnkit.kernels._triton_steps import ACTIVATION_CODES
 
         self.device, self.batch, self.steps, self.units = device, batch, steps, units
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop

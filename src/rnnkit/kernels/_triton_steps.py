@@ -1,4 +1,4 @@
-"""Triton kernels for one LSTM time step (forward and backward), used by :mod:`triton_lstm`.
+"""Triton kernels for one LSTM time step (forward and backward), used by :mod:`triton_rnn`.
 
 One program handles one batch row: it reads the row's ``4u`` recurrent projection, does the
 optional layer normalisation over ``4u``, the gate math, the optional layer normalisation of the
