@@ -164,9 +164,12 @@ LAYER_CASES = {
     "LSTM zoneout 0.1": ("LSTM", {"zoneout": 0.1}, False),
     "LSTM hard_sigmoid": ("LSTM", {"recurrent_activation": "hard_sigmoid"}, False),
     "GRU standard": ("GRU", {}, False),
+    "GRU standard, backend=vendor": ("GRU", {"backend": "vendor"}, False),
     "GRU left-padded": ("GRU", {}, True),
+    "GRU recurrent dropout 0.25": ("GRU", {"recurrent_dropout": 0.25}, False),
     "GRU layer norm": ("GRU", {"layer_norm": True}, False),
     "SimpleRNN standard": ("SimpleRNN", {}, False),
+    "SimpleRNN layer norm": ("SimpleRNN", {"layer_norm": True}, False),
 }
 
 
@@ -240,19 +243,20 @@ def layer_table(B, T, I, u, reps):
 
 
 def shapes_table(reps):
-    """The standard LSTM at several shapes: cuDNN's nn.LSTM, and rnnkit's layer on cuDNN and on
-    Triton (float32, torch's default TF32 settings). Rows ``(shape, nn.LSTM ms, vendor ms,
-    triton ms)``."""
+    """The standard LSTM and GRU at several shapes: cuDNN's nn.LSTM / nn.GRU, and rnnkit's layer
+    on cuDNN and on Triton (float32, torch's default TF32 settings). Rows ``(cell, shape, torch.nn
+    ms, vendor ms, triton ms)``."""
     import rnnkit.layers as layers
 
     rows = []
-    for B, T, I, u in ((20, 20, 200, 200), (20, 35, 650, 650), (32, 100, 128, 256),
-                       (64, 100, 512, 512), (128, 50, 1024, 1024)):  # fmt: skip
+    shapes = ((20, 20, 200, 200), (20, 35, 650, 650), (32, 100, 128, 256), (64, 100, 512, 512),
+              (128, 50, 1024, 1024))  # fmt: skip
+    for cell, (B, T, I, u) in [(c, sh) for c in ("LSTM", "GRU") for sh in shapes]:
         xs = [torch.randn(B, T, I, device=DEV, requires_grad=True) for _ in range(3)]
         gout = torch.randn(B, T, u, device=DEV)
-        nets = [torch.nn.LSTM(I, u, batch_first=True).to(DEV)]
+        nets = [getattr(torch.nn, cell)(I, u, batch_first=True).to(DEV)]
         for backend in ("vendor", "triton"):
-            layer = layers.LSTM(u, return_sequences=True, backend=backend).to(DEV)
+            layer = getattr(layers, cell)(u, return_sequences=True, backend=backend).to(DEV)
             layer.build(I, DEV, torch.float32)
             nets.append(layer)
         times = []
@@ -266,8 +270,8 @@ def shapes_table(reps):
                 out.backward(gout)
 
             times.append(timed(step, reps)[0])
-        rows.append(((B, T, I, u), *times))
-        print(f"shape {B}x{T} {I}->{u}: nn.LSTM {times[0]:.3f} ms, rnnkit vendor {times[1]:.3f} "
+        rows.append((cell, (B, T, I, u), *times))
+        print(f"shape {cell} {B}x{T} {I}->{u}: nn {times[0]:.3f} ms, rnnkit vendor {times[1]:.3f} "
               f"ms, rnnkit triton {times[2]:.3f} ms", flush=True)  # fmt: skip
     return rows
 
@@ -390,7 +394,7 @@ def main() -> int:
     layer_rows = layer_table(B, T, I, u, 5 if args.quick else 20)
     shape_rows = shapes_table(5 if args.quick else 20)
     report["shapes"] = [
-        dict(zip(("shape", "nn_lstm_ms", "vendor_ms", "triton_ms"), r, strict=True))
+        dict(zip(("cell", "shape", "torch_nn_ms", "vendor_ms", "triton_ms"), r, strict=True))
         for r in shape_rows
     ]
     report["layers"] = [
@@ -423,12 +427,12 @@ def main() -> int:
         _, _, _, ref_ms, ref_mib = refs[cell]
         print(f"{name:44s} {backend:>9s} {med:8.3f} {mib:7.1f} {ref_ms / med:6.2f} "
               f"{mib / ref_mib:6.2f}")  # fmt: skip
-    print("\nstandard LSTM, float32, forward+backward: speed = nn.LSTM ms / this ms")
-    print("{:28s} {:>10s} {:>14s} {:>14s}".format("B x T, I -> u", "nn.LSTM ms", "rnnkit cuDNN",
-                                                 "rnnkit Triton"))  # fmt: skip
-    for (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
-        print(f"{f'{B_} x {T_}, {I_} -> {u_}':28s} {ref_ms:10.3f} {ref_ms / vendor_ms:14.2f} "
-              f"{ref_ms / triton_ms:14.2f}")  # fmt: skip
+    print("\nstandard layers, float32, forward+backward: speed = torch.nn ms / this ms")
+    print("{:34s} {:>10s} {:>14s} {:>14s}".format("cell, B x T, I -> u", "torch.nn ms",
+                                                 "rnnkit cuDNN", "rnnkit Triton"))  # fmt: skip
+    for cell, (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
+        print(f"{f'{cell}, {B_} x {T_}, {I_} -> {u_}':34s} {ref_ms:10.3f} "
+              f"{ref_ms / vendor_ms:14.2f} {ref_ms / triton_ms:14.2f}")  # fmt: skip
     bad = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks passed")
     return 1 if bad else 0

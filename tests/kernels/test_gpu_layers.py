@@ -1,10 +1,10 @@
 """The layers on a CUDA device: which backend ``auto`` picks, and that it computes what the
 reference loop computes (outputs, final states, gradients of inputs and every parameter).
 
-Skipped without CUDA. On a GPU, LSTMs of up to 512 units go to Triton in every configuration
-(standard, layer norm, dropouts, DropConnect, zoneout, masks, most activations), GRU and
-SimpleRNN to cuDNN (``vendor``); what neither can do exactly (GRU layer norm, an LSTM with a
-GELU activation) to the fused recurrence running on the GPU.
+Skipped without CUDA. On a GPU, LSTMs and GRUs (``reset_after=True``) of up to 512 units go to
+Triton in every configuration (standard, layer norm, dropouts, DropConnect, zoneout, masks, most
+activations), SimpleRNN to cuDNN (``vendor``); what neither can do exactly (GRU
+``reset_after=False``, a GELU activation) to the fused recurrence running on the GPU.
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ CASES = {
     "lstm hard_sigmoid": (LSTM, dict(recurrent_activation="hard_sigmoid"), False, "triton"),
     "lstm layer norm, masked": (LSTM, dict(layer_norm=True), True, "triton"),
     "lstm gelu": (LSTM, dict(activation="gelu"), False, "fused"),
-    "gru left-padded": (GRU, {}, True, "vendor"),
-    "gru": (GRU, {}, False, "vendor"),
-    "gru layer norm": (GRU, dict(layer_norm=True), False, "fused"),
+    "gru left-padded": (GRU, {}, True, "triton"),
+    "simple rnn left-padded": (SimpleRNN, {}, True, "vendor"),
+    "gru": (GRU, {}, False, "triton"),
+    "gru layer norm + dropouts": (
+        GRU, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
+    "gru zoneout": (GRU, dict(zoneout=0.2), False, "triton"),
+    "gru reset_after=False": (GRU, dict(reset_after=False), False, "fused"),
     "simple rnn": (SimpleRNN, {}, False, "vendor"),
 }  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The Triton LSTM backend against the float64 CPU reference loop.
+"""The Triton LSTM and GRU backend against the float64 CPU reference loop.
 
 GPU tests skip without CUDA and Triton; ``benchmarks/bench_gpu.py`` runs the same checks at the
 benchmark shape and times the backend against cuDNN. Without a GPU, Triton's interpreter runs
@@ -52,9 +52,9 @@ def test_supports_nothing_on_cpu():
 
 
 def test_run_rejects_unsupported_configuration():
-    spec = RecurrenceSpec("gru", 4)
-    w = RecurrentWeights(torch.zeros(3, 12), torch.zeros(4, 12), None)
-    with pytest.raises(ValueError, match="triton LSTM backend cannot run this call"):
+    spec = RecurrenceSpec("simple", 4)
+    w = RecurrentWeights(torch.zeros(3, 4), torch.zeros(4, 4), None)
+    with pytest.raises(ValueError, match="triton backend cannot run this call"):
         triton_rnn.run(spec, w, torch.zeros(2, 3, 3), (torch.zeros(2, 4),))
 
 
@@ -199,10 +199,94 @@ def test_activation_names_match_the_kernel_codes():
     assert triton_rnn.activation_name("exponential") is None  # overflows float32
 
 
+def gru_compare(dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **spec_options):
+    """The GRU (reset_after=True) against the float64 reference, like :func:`compare`."""
+    B, T, I, u = 4, 6, 5, 8
+    G = 3 * u
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(dtype).double()
+
+    p = dict(x=r(B, T, I), W=r(I, G, scale=I**-0.5), U=r(u, G, scale=u**-0.5), h0=r(B, u))
+    if bias:
+        p["b"] = r(2, G, scale=0.1)  # input and recurrent bias rows
+    if ln:
+        p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.05, shift=0.5))
+    opts = {}
+    if "mask" in options:
+        opts["mask"] = torch.rand(B, T, generator=g) > 0.4
+    if "zero_output" in options:
+        opts["zero_output_for_mask"] = True
+    if "zoneout_mask" in options:
+        opts["zoneout_mask"] = (torch.rand(B, T, u, generator=g) < 0.3).double()
+    if "dropouts" in options:
+        opts["recurrent_dropout_mask"] = (torch.rand(B, u, generator=g) > 0.3).double() / 0.7
+        opts["input_dropout_mask"] = (torch.rand(B, I, generator=g) > 0.3).double() / 0.7
+        opts["recurrent_kernel_dropout_mask"] = (torch.rand(u, G, generator=g) > 0.3).double()
+    if "go_backwards" in options:
+        opts["go_backwards"] = True
+    spec = RecurrenceSpec("gru", u, layer_norm=ln, use_bias=bias, **spec_options)
+
+    def call_gru(run, q, o, **kw):
+        lnw = LayerNormWeights(q["gx"], q["gh"], None, None) if ln else None
+        out, (h,) = run(spec, RecurrentWeights(q["W"], q["U"], q.get("b"), lnw), q["x"],
+                        (q["h0"],), **o, **kw)  # fmt: skip
+        return out, h
+
+    ref = {k: v.clone().requires_grad_() for k, v in p.items()}
+    dev = {k: v.to(DEVICE, dtype).requires_grad_() for k, v in p.items()}
+    dopts = {
+        k: v.to(DEVICE, dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
+        for k, v in opts.items()
+    }
+    r_out = call_gru(reference.run, ref, opts)
+    d_out = call_gru(triton_rnn.run, dev, dopts, cuda_graphs=HAS_GPU)
+    cot = [torch.randn(t.shape, generator=g).double() for t in r_out]
+    r_g = torch.autograd.grad(sum((o * c).sum() for o, c in zip(r_out, cot, strict=True)),
+                              list(ref.values()))  # fmt: skip
+    d_g = torch.autograd.grad(
+        sum((o.float() * c.to(DEVICE)).sum() for o, c in zip(d_out, cot, strict=True)),
+        list(dev.values()),
+    )
+    errs = {n: rel(a, b) for n, a, b in zip(("out", "h"), d_out, r_out, strict=True)}
+    errs.update({"d" + k: rel(a, b) for k, a, b in zip(ref, d_g, r_g, strict=True)})
+    assert max(errs.values()) < TOL[dtype], errs
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options",
+    [(), ("mask",), ("mask", "zero_output", "go_backwards"), ("zoneout_mask",),
+     ("mask", "zoneout_mask", "dropouts", "go_backwards")],
+    ids=lambda o: "+".join(o) or "plain",
+)  # fmt: skip
+@pytest.mark.parametrize("ln", [False, True])
+def test_gru(options, ln):
+    gru_compare(ln=ln, options=options, seed=21)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gru_without_bias_bfloat16_and_other_activations():
+    gru_compare(bias=False, seed=22)
+    gru_compare(torch.bfloat16, ln=True, options=("mask", "dropouts"), seed=23)
+    gru_compare(activation="softsign", recurrent_activation="hard_sigmoid", seed=24)
+    gru_compare(zoneout=0.3, seed=25)  # inference: the constant mix
+
+
+def test_gru_reset_before_is_not_supported():
+    spec = RecurrenceSpec("gru", 4, reset_after=False)
+    if torch.cuda.is_available():
+        assert "reset_after=True" in triton_rnn.unsupported_reason(spec, "cuda")
+    assert not triton_rnn.supports(spec, "cpu")
+
+
 def test_engine_cache_keeps_the_most_recently_used(monkeypatch):
     monkeypatch.setattr(triton_rnn, "_ENGINES", {})
-    keys = [("cuda:0", b, 5, 8, torch.float32, False, False, True, "tanh", "sigmoid", False, 0,
-             0.0) for b in range(1, triton_rnn.MAX_ENGINES + 3)]  # fmt: skip
+    config = (torch.float32, False, False, True, "tanh", "sigmoid", False, 0, 0.0)
+    keys = [("lstm", "cuda:0", b, 5, 8, *config) for b in range(1, triton_rnn.MAX_ENGINES + 3)]
     first = triton_rnn._engine(*keys[0])
     for key in keys[1:]:
         triton_rnn._engine(*key)

@@ -349,3 +349,183 @@ def lstm_backward_step(
     tl.store(rrow + U + offs, dzf.to(ty), mask=m)
     tl.store(rrow + 2 * U + offs, dzg.to(ty), mask=m)
     tl.store(rrow + 3 * U + offs, dzo.to(ty), mask=m)
+
+
+@_jit
+def gru_forward_step(
+    xn_ptr,  # step t of the input projection (+ input bias), row b at xn_ptr + b * xn_stride, (3u,)
+    xn_stride,
+    r_ptr,  # (B, 3u) contiguous: h_in_{t-1} @ U
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1}
+    h_ptr,  # (B, u) storage dtype, written: h_t
+    hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h_t * mask
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, 4u) float32, written: z, r, n and the recurrent candidate term (r_h + b_rh)
+    rhat_ptr,  # (B, 3u) float32, written (layer norm): normalised recurrent projection
+    rstd_ptr,  # (B,) float32, written (layer norm)
+    gh_ptr,  # (3u,) gamma of the recurrent layer norm
+    brec_ptr,  # (3u,) recurrent bias (zeros without one)
+    valid_ptr,  # (B,) float32: 1 where step t is real (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    eps,
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+):
+    """GRU, ``reset_after=True`` (Keras z, r, h order):
+    ``z = σ(x_z + r_z)``, ``r = σ(x_r + r_r)``, ``n = φ(x_h + r (r_h))``,
+    ``h = z h_{t-1} + (1 - z) n``, where ``[r_z, r_r, r_h] = LN(h_in U; γ_h) + b_rec``."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    xrow = xn_ptr + b * xn_stride
+    rrow = r_ptr + b * 3 * U
+    rz = tl.load(rrow + offs, mask=m, other=0.0).to(tl.float32)
+    rr = tl.load(rrow + U + offs, mask=m, other=0.0).to(tl.float32)
+    rh = tl.load(rrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        mean = (tl.sum(rz, 0) + tl.sum(rr, 0) + tl.sum(rh, 0)) / (3 * U)
+        rz = tl.where(m, rz - mean, 0.0)
+        rr = tl.where(m, rr - mean, 0.0)
+        rh = tl.where(m, rh - mean, 0.0)
+        var = (tl.sum(rz * rz, 0) + tl.sum(rr * rr, 0) + tl.sum(rh * rh, 0)) / (3 * U)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        rz = rz * rstd
+        rr = rr * rstd
+        rh = rh * rstd
+        hrow = rhat_ptr + b * 3 * U
+        tl.store(hrow + offs, rz, mask=m)
+        tl.store(hrow + U + offs, rr, mask=m)
+        tl.store(hrow + 2 * U + offs, rh, mask=m)
+        tl.store(rstd_ptr + b, rstd)
+        rz = rz * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        rr = rr * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+        rh = rh * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    rz += tl.load(brec_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    rr += tl.load(brec_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+    rh += tl.load(brec_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    z = _act(tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32) + rz, RACT)
+    r = _act(tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32) + rr, RACT)
+    n = _act(tl.load(xrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r * rh, ACT)
+    h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
+    h = z * h_prev + (1.0 - z) * n
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
+        h = keep * h_prev + (1.0 - keep) * h
+    if ZONEOUT == 2:
+        h = zoneout * h_prev + (1.0 - zoneout) * h
+    if MASKED:
+        h = tl.where(tl.load(valid_ptr + b) > 0.5, h, h_prev)
+    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+    if RDROP:
+        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
+        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
+    arow = act_ptr + b * 4 * U
+    tl.store(arow + offs, z, mask=m)
+    tl.store(arow + U + offs, r, mask=m)
+    tl.store(arow + 2 * U + offs, n, mask=m)
+    tl.store(arow + 3 * U + offs, rh, mask=m)
+
+
+@_jit
+def gru_backward_step(
+    dout_ptr,  # step t of d(outputs), row b at dout_ptr + b * dout_stride, (u,)
+    dout_stride,
+    dhrec_ptr,  # (B, u) contiguous: dR_{t+1} @ U^T
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, 4u) float32 saved: z, r, n, r_h
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1}
+    rhat_ptr,  # (B, 3u) float32 saved (layer norm)
+    rstd_ptr,  # (B,) float32 saved (layer norm)
+    gh_ptr,  # (3u,)
+    dz_ptr,  # d(xn) at step t, row b at dz_ptr + b * dz_stride, written
+    dz_stride,
+    dr_ptr,  # (B, 3u) contiguous, written: d(h_in_{t-1} @ U)
+    dgh_ptr,  # (B, 3u) float32 accumulators over time: sum d(rec) * rhat
+    dbr_ptr,  # (B, 3u) float32: sum d(rec) (the recurrent bias' gradient)
+    carry_ptr,  # (B, u) float32: d h_t that bypasses step t+1's gates, read; d h_{t-1}'s, written
+    valid_ptr,  # (B,) float32 (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
+    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    if RDROP:
+        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
+    dh += dhrec + tl.load(carry_ptr + urow, mask=m, other=0.0)
+    keep = dh * 0.0  # the part of h_t that is h_{t-1} itself (zoneout, padded steps)
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
+    if ZONEOUT == 2:
+        keep = keep + zoneout
+    if MASKED:
+        keep = tl.where(tl.load(valid_ptr + b) > 0.5, keep, 1.0)
+    dhn = dh * (1.0 - keep)  # d of the GRU's own new state
+    arow = act_ptr + b * 4 * U
+    z = tl.load(arow + offs, mask=m, other=0.0)
+    r = tl.load(arow + U + offs, mask=m, other=0.0)
+    n = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    rh = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
+    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
+    dzz = dhn * (h_prev - n) * _dact(z, RACT)
+    dzn = dhn * (1.0 - z) * _dact(n, ACT)
+    dzr = dzn * rh * _dact(r, RACT)
+    zrow = dz_ptr + b * dz_stride
+    ty = dz_ptr.dtype.element_ty
+    tl.store(zrow + offs, dzz.to(ty), mask=m)
+    tl.store(zrow + U + offs, dzr.to(ty), mask=m)
+    tl.store(zrow + 2 * U + offs, dzn.to(ty), mask=m)
+    drh = dzn * r  # d of the recurrent candidate term; d r_z = dzz, d r_r = dzr
+    grow = b * 3 * U + offs
+    tl.store(dbr_ptr + grow, tl.load(dbr_ptr + grow, mask=m, other=0.0) + dzz, mask=m)
+    tl.store(dbr_ptr + grow + U, tl.load(dbr_ptr + grow + U, mask=m, other=0.0) + dzr, mask=m)
+    tl.store(
+        dbr_ptr + grow + 2 * U, tl.load(dbr_ptr + grow + 2 * U, mask=m, other=0.0) + drh, mask=m
+    )
+    if LAYER_NORM:
+        hrow = rhat_ptr + b * 3 * U
+        hz = tl.load(hrow + offs, mask=m, other=0.0)
+        hr = tl.load(hrow + U + offs, mask=m, other=0.0)
+        hh = tl.load(hrow + 2 * U + offs, mask=m, other=0.0)
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzz * hz, mask=m)
+        tl.store(
+            dgh_ptr + grow + U, tl.load(dgh_ptr + grow + U, mask=m, other=0.0) + dzr * hr, mask=m
+        )
+        tl.store(
+            dgh_ptr + grow + 2 * U,
+            tl.load(dgh_ptr + grow + 2 * U, mask=m, other=0.0) + drh * hh,
+            mask=m,
+        )
+        dz_ = dzz * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        dr_ = dzr * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+        dh_ = drh * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+        mean1 = (tl.sum(dz_, 0) + tl.sum(dr_, 0) + tl.sum(dh_, 0)) / (3 * U)
+        mean2 = (tl.sum(dz_ * hz, 0) + tl.sum(dr_ * hr, 0) + tl.sum(dh_ * hh, 0)) / (3 * U)
+        rstd = tl.load(rstd_ptr + b)
+        dzz = rstd * (dz_ - mean1 - hz * mean2)
+        dzr = rstd * (dr_ - mean1 - hr * mean2)
+        drh = rstd * (dh_ - mean1 - hh * mean2)
+    rrow = dr_ptr + b * 3 * U
+    ty = dr_ptr.dtype.element_ty
+    tl.store(rrow + offs, dzz.to(ty), mask=m)
+    tl.store(rrow + U + offs, dzr.to(ty), mask=m)
+    tl.store(rrow + 2 * U + offs, drh.to(ty), mask=m)

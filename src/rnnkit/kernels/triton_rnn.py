@@ -58,6 +58,7 @@ _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
 # Each engine holds its slots' buffers (about 10 x B x T x 4u values; 190 MiB at 64 x 100,
 # 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
 MAX_ENGINES = 8
+GATES = {"lstm": 4, "gru": 3}
 
 
 def activation_name(activation) -> str | None:
@@ -87,8 +88,10 @@ def unsupported_reason(
         return "the triton backend needs a CUDA device"
     if not triton_available():
         return "the triton backend needs Triton installed"
-    if spec.cell != "lstm":
-        return f"only LSTM is implemented (received cell={spec.cell!r})"
+    if spec.cell not in GATES:
+        return f"only LSTM and GRU are implemented (received cell={spec.cell!r})"
+    if spec.cell == "gru" and not spec.reset_after:
+        return "the GRU needs reset_after=True (one recurrent product per step)"
     for name, value in (("activation", spec.activation),
                         ("recurrent_activation", spec.recurrent_activation)):  # fmt: skip
         if activation_name(value) is None:
@@ -116,7 +119,8 @@ class _Slot:
 
     def __init__(self, engine: _Engine) -> None:
         e = engine
-        B, T, u, G = e.batch, e.steps, e.units, 4 * e.units
+        B, T, u, G = e.batch, e.steps, e.units, e.gates * e.units
+        lstm = e.cell == "lstm"
         dev, dt, f32 = e.device, e.dtype, torch.float32
 
         def buf(*shape, dtype=f32):
@@ -126,44 +130,53 @@ class _Slot:
         self.engine = engine
         self.busy = False
         # Inputs, copied in by each call.
-        self.xn = buf(B, T, G, dtype=dt)  # (B, T, 4u) normalised input projection (+ bias)
+        self.xn = buf(B, T, G, dtype=dt)  # (B, T, G) normalised input projection (+ bias)
         self.U = buf(u, G, dtype=dt)
-        self.ln = buf(4, G)  # rows: gamma_h, beta_h, gamma_c (first u), beta_c (first u)
+        # Rows: gamma_h, beta_h (LSTM; GRU: the recurrent bias), gamma_c, beta_c (first u; LSTM).
+        self.ln = buf(4, G)
         self.rdm = buf(B, u) if e.rdrop else self.ln  # recurrent dropout mask
         self.dout = buf(B, T, u, dtype=dt)
         self.dhT = buf(B, u, dtype=dt)
-        self.dcT = buf(B, u)
+        self.dcT = buf(B, u) if lstm else self.ln
         # Forward state and what the backward pass needs.
         self.H = buf(T + 1, B, u, dtype=dt)  # H[0] = h0, H[t + 1] = h_t
         self.Hin = buf(T + 1, B, u, dtype=dt) if e.rdrop else self.H  # GEMM operands h * mask
-        self.C = buf(T + 1, B, u)  # C[0] = c0, C[t + 1] = c_t
+        self.C = buf(T + 1, B, u) if lstm else None  # C[0] = c0, C[t + 1] = c_t
         self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
-        self.act = buf(T, B, G)
+        self.act = buf(T, B, 4 * u)  # LSTM: i, f, g, o; GRU: z, r, n, r_h
         self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
         self.zm = buf(T, B, u) if e.zoneout_mode == 1 else self.ln  # zoneout: 1 keeps h_{t-1}
         self.carry = buf(B, u) if e.carry else self.ln  # d h that bypasses a step's gates
         if e.layer_norm:
             self.rhat = buf(T, B, G)
             self.rstd = buf(T, B)
-            self.chat = buf(T, B, u)
-            self.cstd = buf(T, B)
-        else:  # never touched by the kernels; the cell state is read from C instead
-            self.rhat, self.rstd, self.chat, self.cstd = self.R, self.C[0, :, 0], None, self.dcT
+            self.chat = buf(T, B, u) if lstm else None
+            self.cstd = buf(T, B) if lstm else None
+        else:  # never touched by the kernels; the LSTM's cell state is read from C instead
+            self.rhat, self.rstd, self.chat, self.cstd = self.R, self.R[:, 0], None, self.dcT
         # Backward outputs and work buffers.
         self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
-        # d xn: without the recurrent layer norm it equals dR (z = xn + r), so dR serves as both.
-        self.dz = buf(B, T, G, dtype=dt) if e.layer_norm else self.dR.transpose(0, 1)
+        # d xn: for the LSTM without the recurrent layer norm it equals dR (z = xn + r), so dR
+        # serves as both.
+        shared = lstm and not e.layer_norm
+        self.dz = self.dR.transpose(0, 1) if shared else buf(B, T, G, dtype=dt)
         self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
-        self.dC = buf(B, u)
+        self.dC = buf(B, u) if lstm else None
         self.dU = buf(u, G, dtype=dt)
-        self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h
-        self.acc_c = buf(2, B, u)  # dgamma_c, dbeta_c
+        self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h (GRU: d b_rec)
+        self.acc_c = buf(2, B, u) if lstm else None  # dgamma_c, dbeta_c
         self.dln = buf(4, G)
         self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
 
     def _at(self, buffer: torch.Tensor, t: int) -> torch.Tensor:
         """Step ``t`` of a per-step buffer (or the placeholder of an unused one)."""
         return buffer[t] if buffer is not self.ln else buffer
+
+    def _ln_rows(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t``'s saved recurrent layer norm (rhat, 1/std), or placeholders without it."""
+        if self.engine.layer_norm:
+            return self.rhat[t], self.rstd[t]
+        return self.R, self.R
 
     def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
         if self.engine.layer_norm:
@@ -177,7 +190,17 @@ class _Slot:
         e = self.engine
         u = e.units
         for t in range(e.steps):
-            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, 4u)
+            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, G)
+            if e.cell == "gru":
+                k.gru_forward_step[(e.batch,)](
+                    self.xn[:, t], self.xn.stride(0), self.R, self.H[t], self.H[t + 1],
+                    self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
+                    self.ln[0], self.ln[1],
+                    self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
+                    num_warps=e.num_warps,
+                )  # fmt: skip
+                continue
             k.lstm_forward_step[(e.batch,)](
                 self.xn[:, t], self.xn.stride(0),
                 self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
@@ -193,17 +216,29 @@ class _Slot:
         from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
-        u, G = e.units, 4 * e.units
+        u, G = e.units, e.gates * e.units
         # d h_T joins the last step's output gradient (it does not pass the dropout mask).
         self.dout[:, -1].add_(self.dhT)
         self.dH.zero_()
-        self.dC.copy_(self.dcT)
         self.acc.zero_()
-        self.acc_c.zero_()
         if e.carry:
             self.carry.zero_()
+        if e.cell == "lstm":
+            self.dC.copy_(self.dcT)
+            self.acc_c.zero_()
         Ut = self.U.t()
         for t in range(e.steps - 1, -1, -1):
+            if e.cell == "gru":
+                k.gru_backward_step[(e.batch,)](
+                    self.dout[:, t], self.dout.stride(0), self.dH, self.rdm, self.act[t],
+                    self.H[t], *self._ln_rows(t), self.ln[0],
+                    self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.acc[1],
+                    self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
+                    num_warps=e.num_warps,
+                )  # fmt: skip
+                torch.mm(self.dR[t], Ut, out=self.dH)
+                continue
             k.lstm_backward_step[(e.batch,)](
                 self.dout[:, t], self.dout.stride(0),
                 self.dH, self.rdm, self.dC, self.act[t], self.C[t],
@@ -219,8 +254,9 @@ class _Slot:
         # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
         TB = e.steps * e.batch
         torch.mm(self.Hin[: e.steps].reshape(TB, u).t(), self.dR.reshape(TB, G), out=self.dU)
-        if e.layer_norm:
+        if e.layer_norm or e.cell == "gru":
             torch.sum(self.acc, dim=1, out=self.dln[:2])
+        if e.layer_norm and e.cell == "lstm":
             torch.sum(self.acc_c, dim=1, out=self.dln[2:, :u])
 
     def run_forward(self) -> None:
@@ -259,23 +295,26 @@ class _Engine:
     """All slots for one shape and configuration; a slot is busy from forward to backward."""
 
     def __init__(
-        self, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs,
+        self, cell, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs,
         act, ract, masked, zoneout_mode, zoneout_rate,
     ):  # fmt: skip
         from rnnkit.kernels._triton_steps import ACTIVATION_CODES
 
+        self.cell, self.gates = cell, GATES[cell]
         self.device, self.batch, self.steps, self.units = device, batch, steps, units
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
         self.use_graphs = use_graphs
         self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
-        self.carry = masked or zoneout_mode != 0
+        # d h_t that bypasses the gates: padded steps, zoneout; the GRU's z h_{t-1} always.
+        self.carry = masked or zoneout_mode != 0 or cell == "gru"
         self.flags = {
             "ACT": ACTIVATION_CODES[act],
             "RACT": ACTIVATION_CODES[ract],
             "MASKED": masked,
             "ZONEOUT": zoneout_mode,
-            "CARRY": self.carry,
         }
+        if cell == "lstm":
+            self.flags["CARRY"] = self.carry
         self.eps = LAYER_NORM_EPS
         self.block = _pow2(units)
         self.num_warps = 4 if units <= 512 else 8
@@ -330,18 +369,22 @@ class _Lease:
 class _Recurrence(torch.autograd.Function):
     """``(xn, U, h0, c0, gamma_h, beta_h, gamma_c, beta_c, rdm, valid, zm) -> (states, h_T, c_T)``.
 
-    ``valid`` ``(T, B)`` and ``zm`` ``(T, B, u)`` are time-major, in processing order.
+    ``valid`` ``(T, B)`` and ``zm`` ``(T, B, u)`` are time-major, in processing order. The GRU
+    has no ``c0``, ``gamma_c``, ``beta_c`` (``None``; ``c_T`` is ``None``) and its ``beta_h`` is
+    the recurrent bias ``b_rec`` (``None`` without one).
     """
 
     @staticmethod
     def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, rdm, valid, zm, engine):
         slot = engine.acquire()
+        lstm = engine.cell == "lstm"
         try:
             u = engine.units
             slot.xn.copy_(xn)
             slot.U.copy_(U)
             slot.H[0].copy_(h0)
-            slot.C[0].copy_(c0)
+            if lstm:
+                slot.C[0].copy_(c0)
             if engine.rdrop:
                 slot.rdm.copy_(rdm)
                 slot.Hin[0].copy_(h0 * rdm)
@@ -351,19 +394,25 @@ class _Recurrence(torch.autograd.Function):
                 slot.zm.copy_(zm)
             if engine.layer_norm:
                 slot.ln[0].copy_(gh)
+            if engine.layer_norm and lstm:
                 slot.ln[1].copy_(bh)
                 slot.ln[2, :u].copy_(gc)
                 slot.ln[3, :u].copy_(bc)
+            if not lstm and bh is not None:  # the GRU's recurrent bias
+                slot.ln[1].copy_(bh)
+            elif not lstm:
+                slot.ln[1].zero_()
             slot.run_forward()
             out = slot.H[1:].transpose(0, 1).contiguous()  # (B, T, u)
             h_t = slot.H[engine.steps].clone()
-            c_t = slot.C[engine.steps].to(c0.dtype, copy=True)
+            c_t = slot.C[engine.steps].to(c0.dtype, copy=True) if lstm else None
         except BaseException:
             _release(slot)
             raise
         if any(ctx.needs_input_grad):
             ctx.lease = _Lease(slot)
-            ctx.dtypes = (xn.dtype, U.dtype, h0.dtype, c0.dtype)
+            ctx.dtypes = (xn.dtype, U.dtype, h0.dtype, c0.dtype if lstm else None)
+            ctx.has_bias = bh is not None
         else:
             _release(slot)
         return out, h_t, c_t
@@ -374,14 +423,16 @@ class _Recurrence(torch.autograd.Function):
         slot = ctx.lease.slot
         if slot is None:
             raise RuntimeError(
-                "the triton LSTM backward ran twice for one forward; retain_graph is not supported"
+                "the triton RNN backward ran twice for one forward; retain_graph is not supported"
             )
         engine = slot.engine
+        lstm = engine.cell == "lstm"
         u = engine.units
         try:
             slot.dout.copy_(dout)
             slot.dhT.copy_(dh_t)
-            slot.dcT.copy_(dc_t)
+            if lstm:
+                slot.dcT.copy_(dc_t)
             slot.run_backward()
             x_dt, u_dt, h_dt, c_dt = ctx.dtypes
             dxn = slot.dz.to(x_dt, copy=True)
@@ -390,11 +441,15 @@ class _Recurrence(torch.autograd.Function):
             if engine.carry:
                 dh0 = dh0 + slot.carry
             dh0 = dh0.to(h_dt, copy=True)
-            dc0 = slot.dC.to(c_dt, copy=True)
+            dc0 = slot.dC.to(c_dt, copy=True) if lstm else None
             grads_ln = [None] * 4
-            if engine.layer_norm:
+            if lstm and engine.layer_norm:
                 d = slot.dln.clone()
                 grads_ln = [d[0], d[1], d[2, :u], d[3, :u]]
+            elif not lstm:
+                d = slot.dln.clone()
+                grads_ln[0] = d[0] if engine.layer_norm else None
+                grads_ln[1] = d[1] if ctx.has_bias else None
         finally:
             ctx.lease.release()
         return (dxn, dU, dh0, dc0, *grads_ln, None, None, None, None)
@@ -428,10 +483,12 @@ def run(
     """
     reason = unsupported_reason(spec, inputs.device, dtype=inputs.dtype)
     if reason is not None:
-        raise ValueError(f"the triton LSTM backend cannot run this call: {reason}")
-    h0, c0 = initial_state
+        raise ValueError(f"the triton backend cannot run this call: {reason}")
+    lstm = spec.cell == "lstm"
+    h0, c0 = initial_state if lstm else (initial_state[0], None)
     B, T, _ = inputs.shape
     u = spec.units
+    G = GATES[spec.cell] * u
     if input_dropout_mask is not None:
         inputs = inputs * input_dropout_mask[:, None, :]
     if go_backwards:  # the masks follow the inputs into processing order
@@ -439,26 +496,31 @@ def run(
         mask = mask.flip(1) if mask is not None else None
         zoneout_mask = zoneout_mask.flip(1) if zoneout_mask is not None else None
     if T == 0:
-        return inputs.new_zeros(B, 0, u), (h0, c0)
+        return inputs.new_zeros(B, 0, u), tuple(initial_state)
     U = weights.recurrent_kernel
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask  # DropConnect, fixed for the sequence
-    bias = weights.bias
-    xw = inputs @ weights.kernel  # (B, T, 4u)
+    bias, rec_bias = weights.bias, None
+    if bias is not None and bias.dim() == 2:  # GRU (reset_after): input and recurrent bias rows
+        bias, rec_bias = bias[0], bias[1]
+    xw = inputs @ weights.kernel  # (B, T, G)
+    gh = bh = gc = bc = None
     if spec.layer_norm:
         ln = weights.layer_norm
         if ln is None:
             raise ValueError(
                 "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
             )
-        xn = F.layer_norm(xw, (4 * u,), ln.input_gamma, bias, LAYER_NORM_EPS)  # LN(xW) + b
+        xn = F.layer_norm(xw, (G,), ln.input_gamma, bias, LAYER_NORM_EPS)  # LN(xW) + b
         gh = ln.recurrent_gamma
-        bh = xw.new_zeros(4 * u)  # the recurrent LayerNorm has no beta (spec.LayerNormWeights)
-        gc = ln.cell_gamma if ln.cell_gamma is not None else xw.new_ones(u)
-        bc = ln.cell_beta if ln.cell_beta is not None else xw.new_zeros(u)
     else:
         xn = xw if bias is None else xw + bias
-        gh = bh = gc = bc = None
+    if lstm and spec.layer_norm:
+        bh = xw.new_zeros(G)  # the recurrent LayerNorm has no beta (spec.LayerNormWeights)
+        gc = ln.cell_gamma if ln.cell_gamma is not None else xw.new_ones(u)
+        bc = ln.cell_beta if ln.cell_beta is not None else xw.new_zeros(u)
+    elif not lstm:
+        bh = rec_bias
     device = inputs.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -470,7 +532,7 @@ def run(
     else:
         zoneout_mode, zoneout_rate = 0, 0.0
     engine = _engine(
-        device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
+        spec.cell, device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
         activation_name(spec.activation), activation_name(spec.recurrent_activation),
         mask is not None, zoneout_mode, zoneout_rate,
     )  # fmt: skip
@@ -478,9 +540,10 @@ def run(
     valid = mask.t().float() if mask is not None else None  # (T, B)
     zm = zoneout_mask.transpose(0, 1).float() if zoneout_mask is not None else None  # (T, B, u)
     states, h_t, c_t = _Recurrence.apply(xn, U, h0, c0, gh, bh, gc, bc, rdm, valid, zm, engine)
+    final = (h_t, c_t) if lstm else (h_t,)
     if mask is None:
-        return states, (h_t, c_t)
+        return states, final
     # A padded step shows the state it kept, or zeros (zero_output_for_mask, and before a row's
     # first real step: the reference's outputs start from zeros, not from h0).
     shown = mask if zero_output_for_mask else mask.cumsum(1) > 0
-    return states * shown[:, :, None].to(states.dtype), (h_t, c_t)
+    return states * shown[:, :, None].to(states.dtype), final
