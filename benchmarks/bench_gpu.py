@@ -169,6 +169,8 @@ LAYER_CASES = {
     "GRU recurrent dropout 0.25": ("GRU", {"recurrent_dropout": 0.25}, False),
     "GRU layer norm": ("GRU", {"layer_norm": True}, False),
     "SimpleRNN standard": ("SimpleRNN", {}, False),
+    "SimpleRNN standard, backend=vendor": ("SimpleRNN", {"backend": "vendor"}, False),
+    "SimpleRNN left-padded": ("SimpleRNN", {}, True),
     "SimpleRNN layer norm": ("SimpleRNN", {"layer_norm": True}, False),
 }
 
@@ -251,10 +253,11 @@ def shapes_table(reps):
     rows = []
     shapes = ((20, 20, 200, 200), (20, 35, 650, 650), (32, 100, 128, 256), (64, 100, 512, 512),
               (128, 50, 1024, 1024))  # fmt: skip
-    for cell, (B, T, I, u) in [(c, sh) for c in ("LSTM", "GRU") for sh in shapes]:
+    torch_cells = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+    for cell, (B, T, I, u) in [(c, sh) for c in torch_cells for sh in shapes]:
         xs = [torch.randn(B, T, I, device=DEV, requires_grad=True) for _ in range(3)]
         gout = torch.randn(B, T, u, device=DEV)
-        nets = [getattr(torch.nn, cell)(I, u, batch_first=True).to(DEV)]
+        nets = [getattr(torch.nn, torch_cells[cell])(I, u, batch_first=True).to(DEV)]
         for backend in ("vendor", "triton"):
             layer = getattr(layers, cell)(u, return_sequences=True, backend=backend).to(DEV)
             layer.build(I, DEV, torch.float32)
@@ -276,9 +279,46 @@ def shapes_table(reps):
     return rows
 
 
+def layers_report(report, quick):
+    """Measure the layer and shape tables into ``report``; returns a function printing them."""
+    B, T, I, u = 64, 100, 512, 512
+    # Every configuration through the layers (auto), float32 with torch's default TF32 settings.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    layer_rows = layer_table(B, T, I, u, 5 if quick else 20)
+    shape_rows = shapes_table(5 if quick else 20)
+    report["shapes"] = [
+        dict(zip(("cell", "shape", "torch_nn_ms", "vendor_ms", "triton_ms"), r, strict=True))
+        for r in shape_rows
+    ]
+    report["layers"] = [
+        dict(zip(("name", "cell", "backend", "median_ms", "peak_MiB"), r, strict=True))
+        for r in layer_rows
+    ]
+
+    def show():
+        refs = {row[1]: row for row in layer_rows[:3]}  # cuDNN's LSTM, GRU, RNN
+        print(f"\nrnnkit layers (backend='auto'), float32, forward+backward, B={B} T={T} {I}->{u}")
+        print("speed = cuDNN ms / this ms, memory = this peak / cuDNN's (the same cell's torch.nn)")
+        head = ("configuration", "backend", "ms", "MiB", "speed", "memory")
+        print("{:44s} {:>9s} {:>8s} {:>7s} {:>6s} {:>6s}".format(*head))
+        for name, cell, backend, med, mib in layer_rows:
+            _, _, _, ref_ms, ref_mib = refs[cell]
+            print(f"{name:44s} {backend:>9s} {med:8.3f} {mib:7.1f} {ref_ms / med:6.2f} "
+                  f"{mib / ref_mib:6.2f}")  # fmt: skip
+        print("\nstandard layers, float32, forward+backward: speed = torch.nn ms / this ms")
+        print("{:34s} {:>10s} {:>14s} {:>14s}".format("cell, B x T, I -> u", "torch.nn ms",
+                                                     "rnnkit cuDNN", "rnnkit Triton"))  # fmt: skip
+        for cell, (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
+            print(f"{f'{cell}, {B_} x {T_}, {I_} -> {u_}':34s} {ref_ms:10.3f} "
+                  f"{ref_ms / vendor_ms:14.2f} {ref_ms / triton_ms:14.2f}")  # fmt: skip
+
+    return show
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--layers-only", action="store_true", help="only the layer and shape tables")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -289,6 +329,12 @@ def main() -> int:
               "triton": triton.__version__}  # fmt: skip
     print(json.dumps(report), flush=True)
     t0 = time.time()
+    if args.layers_only:
+        show = layers_report(report, args.quick)
+        with open(os.path.join(args.out, "bench_gpu.json"), "w") as fh:
+            json.dump(report, fh, indent=1, default=str)
+        show()
+        return 0
 
     # --- correctness -------------------------------------------------------------------------
     checks = []
@@ -389,18 +435,7 @@ def main() -> int:
               f"backward graph {b:.3f} ms", flush=True)  # fmt: skip
         report.setdefault("loops", []).append({"key": str(key), "fwd_ms": f, "bwd_ms": b})
 
-    # Every configuration through the layers (auto), float32 with torch's default TF32 settings.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    layer_rows = layer_table(B, T, I, u, 5 if args.quick else 20)
-    shape_rows = shapes_table(5 if args.quick else 20)
-    report["shapes"] = [
-        dict(zip(("cell", "shape", "torch_nn_ms", "vendor_ms", "triton_ms"), r, strict=True))
-        for r in shape_rows
-    ]
-    report["layers"] = [
-        dict(zip(("name", "cell", "backend", "median_ms", "peak_MiB"), r, strict=True))
-        for r in layer_rows
-    ]
+    print_layer_tables = layers_report(report, args.quick)
     report["timings"] = [
         dict(zip(("name", "median_ms", "p10", "p90"), r, strict=True)) for r in rows
     ]
@@ -418,21 +453,7 @@ def main() -> int:
     for name, med, _, _ in rows:
         print(f"{name:44s} {med:8.3f} {ref_fp32 / med:14.2f} {ref_strict / med:12.2f} "
               f"{ref_bf16 / med:14.2f}")  # fmt: skip
-    refs = {row[1]: row for row in layer_rows[:3]}  # cuDNN's LSTM, GRU, RNN
-    print(f"\nrnnkit layers (backend='auto'), float32, forward+backward, B={B} T={T} {I}->{u}")
-    print("speed = cuDNN ms / this ms, memory = this peak / cuDNN's (the same cell's torch.nn)")
-    head = ("configuration", "backend", "ms", "MiB", "speed", "memory")
-    print("{:44s} {:>9s} {:>8s} {:>7s} {:>6s} {:>6s}".format(*head))
-    for name, cell, backend, med, mib in layer_rows:
-        _, _, _, ref_ms, ref_mib = refs[cell]
-        print(f"{name:44s} {backend:>9s} {med:8.3f} {mib:7.1f} {ref_ms / med:6.2f} "
-              f"{mib / ref_mib:6.2f}")  # fmt: skip
-    print("\nstandard layers, float32, forward+backward: speed = torch.nn ms / this ms")
-    print("{:34s} {:>10s} {:>14s} {:>14s}".format("cell, B x T, I -> u", "torch.nn ms",
-                                                 "rnnkit cuDNN", "rnnkit Triton"))  # fmt: skip
-    for cell, (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
-        print(f"{f'{cell}, {B_} x {T_}, {I_} -> {u_}':34s} {ref_ms:10.3f} "
-              f"{ref_ms / vendor_ms:14.2f} {ref_ms / triton_ms:14.2f}")  # fmt: skip
+    print_layer_tables()
     bad = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} checks passed")
     return 1 if bad else 0

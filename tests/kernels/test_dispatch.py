@@ -54,13 +54,14 @@ def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
     mask = torch.ones(2, 3, dtype=torch.bool)
     assert dispatch.auto_order(device=torch.device("cpu"), mask=mask)[0] == "fused"
     assert dispatch.auto_order(device=torch.device("cpu"), mask=None)[0] == "vendor"
-    # CUDA: masked calls, LSTMs and GRUs up to 512 units try Triton first, the rest cuDNN.
+    # CUDA: masked calls and recurrences up to 512 units try Triton first, the rest cuDNN.
     cuda = torch.device("cuda")
     assert dispatch.auto_order(device=cuda, mask=mask)[0] == "triton"
     assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("lstm", 512))[0] == "triton"
     assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("lstm", 1024))[0] == "vendor"
     assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("gru", 8))[0] == "triton"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("simple", 8))[0] == "vendor"
+    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("simple", 8))[0] == "triton"
+    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("gru", 1024))[0] == "vendor"
     assert "triton" in dispatch.available()  # registered; it accepts CUDA inputs only
 
 

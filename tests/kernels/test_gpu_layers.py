@@ -1,9 +1,9 @@
 """The layers on a CUDA device: which backend ``auto`` picks, and that it computes what the
 reference loop computes (outputs, final states, gradients of inputs and every parameter).
 
-Skipped without CUDA. On a GPU, LSTMs and GRUs (``reset_after=True``) of up to 512 units go to
-Triton in every configuration (standard, layer norm, dropouts, DropConnect, zoneout, masks, most
-activations), SimpleRNN to cuDNN (``vendor``); what neither can do exactly (GRU
+Skipped without CUDA. On a GPU, every recurrence of up to 512 units (LSTM, GRU with
+``reset_after=True``, SimpleRNN) goes to Triton in every configuration (standard, layer norm,
+dropouts, DropConnect, zoneout, masks, eight activations); what it cannot do exactly (GRU
 ``reset_after=False``, a GELU activation) to the fused recurrence running on the GPU.
 """
 
@@ -35,13 +35,16 @@ CASES = {
     "lstm layer norm, masked": (LSTM, dict(layer_norm=True), True, "triton"),
     "lstm gelu": (LSTM, dict(activation="gelu"), False, "fused"),
     "gru left-padded": (GRU, {}, True, "triton"),
-    "simple rnn left-padded": (SimpleRNN, {}, True, "vendor"),
+    "simple rnn left-padded": (SimpleRNN, {}, True, "triton"),
     "gru": (GRU, {}, False, "triton"),
     "gru layer norm + dropouts": (
         GRU, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
     "gru zoneout": (GRU, dict(zoneout=0.2), False, "triton"),
     "gru reset_after=False": (GRU, dict(reset_after=False), False, "fused"),
-    "simple rnn": (SimpleRNN, {}, False, "vendor"),
+    "simple rnn": (SimpleRNN, {}, False, "triton"),
+    "simple rnn layer norm + dropouts": (
+        SimpleRNN, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
+    "simple rnn gelu": (SimpleRNN, dict(activation="gelu"), False, "fused"),
 }  # fmt: skip
 
 

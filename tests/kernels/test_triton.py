@@ -1,4 +1,4 @@
-"""The Triton LSTM and GRU backend against the float64 CPU reference loop.
+"""The Triton backend (LSTM, GRU, SimpleRNN) against the float64 CPU reference loop.
 
 GPU tests skip without CUDA and Triton; ``benchmarks/bench_gpu.py`` runs the same checks at the
 benchmark shape and times the backend against cuDNN. Without a GPU, Triton's interpreter runs
@@ -52,8 +52,8 @@ def test_supports_nothing_on_cpu():
 
 
 def test_run_rejects_unsupported_configuration():
-    spec = RecurrenceSpec("simple", 4)
-    w = RecurrentWeights(torch.zeros(3, 4), torch.zeros(4, 4), None)
+    spec = RecurrenceSpec("gru", 4, reset_after=False)
+    w = RecurrentWeights(torch.zeros(3, 12), torch.zeros(4, 12), None)
     with pytest.raises(ValueError, match="triton backend cannot run this call"):
         triton_rnn.run(spec, w, torch.zeros(2, 3, 3), (torch.zeros(2, 4),))
 
@@ -199,18 +199,19 @@ def test_activation_names_match_the_kernel_codes():
     assert triton_rnn.activation_name("exponential") is None  # overflows float32
 
 
-def gru_compare(dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **spec_options):
-    """The GRU (reset_after=True) against the float64 reference, like :func:`compare`."""
+def cell_compare(cell, dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **spec):
+    """The GRU (reset_after=True) or SimpleRNN against the float64 reference, like
+    :func:`compare`."""
     B, T, I, u = 4, 6, 5, 8
-    G = 3 * u
+    G = {"gru": 3, "simple": 1}[cell] * u
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0, shift=0.0):
         return (torch.randn(*shape, generator=g) * scale + shift).to(dtype).double()
 
     p = dict(x=r(B, T, I), W=r(I, G, scale=I**-0.5), U=r(u, G, scale=u**-0.5), h0=r(B, u))
-    if bias:
-        p["b"] = r(2, G, scale=0.1)  # input and recurrent bias rows
+    if bias:  # GRU: input and recurrent bias rows
+        p["b"] = r(2, G, scale=0.1) if cell == "gru" else r(G, scale=0.1)
     if ln:
         p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.05, shift=0.5))
     opts = {}
@@ -226,9 +227,9 @@ def gru_compare(dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **
         opts["recurrent_kernel_dropout_mask"] = (torch.rand(u, G, generator=g) > 0.3).double()
     if "go_backwards" in options:
         opts["go_backwards"] = True
-    spec = RecurrenceSpec("gru", u, layer_norm=ln, use_bias=bias, **spec_options)
+    spec = RecurrenceSpec(cell, u, layer_norm=ln, use_bias=bias, **spec)
 
-    def call_gru(run, q, o, **kw):
+    def call_cell(run, q, o, **kw):
         lnw = LayerNormWeights(q["gx"], q["gh"], None, None) if ln else None
         out, (h,) = run(spec, RecurrentWeights(q["W"], q["U"], q.get("b"), lnw), q["x"],
                         (q["h0"],), **o, **kw)  # fmt: skip
@@ -240,8 +241,8 @@ def gru_compare(dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **
         k: v.to(DEVICE, dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
         for k, v in opts.items()
     }
-    r_out = call_gru(reference.run, ref, opts)
-    d_out = call_gru(triton_rnn.run, dev, dopts, cuda_graphs=HAS_GPU)
+    r_out = call_cell(reference.run, ref, opts)
+    d_out = call_cell(triton_rnn.run, dev, dopts, cuda_graphs=HAS_GPU)
     cot = [torch.randn(t.shape, generator=g).double() for t in r_out]
     r_g = torch.autograd.grad(sum((o * c).sum() for o, c in zip(r_out, cot, strict=True)),
                               list(ref.values()))  # fmt: skip
@@ -263,17 +264,20 @@ def gru_compare(dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **
     ids=lambda o: "+".join(o) or "plain",
 )  # fmt: skip
 @pytest.mark.parametrize("ln", [False, True])
-def test_gru(options, ln):
-    gru_compare(ln=ln, options=options, seed=21)
+@pytest.mark.parametrize("cell", ["gru", "simple"])
+def test_gru_and_simple_rnn(cell, options, ln):
+    cell_compare(cell, ln=ln, options=options, seed=21)
 
 
 @gpu
 @pytest.mark.gpu
-def test_gru_without_bias_bfloat16_and_other_activations():
-    gru_compare(bias=False, seed=22)
-    gru_compare(torch.bfloat16, ln=True, options=("mask", "dropouts"), seed=23)
-    gru_compare(activation="softsign", recurrent_activation="hard_sigmoid", seed=24)
-    gru_compare(zoneout=0.3, seed=25)  # inference: the constant mix
+@pytest.mark.parametrize("cell", ["gru", "simple"])
+def test_gru_and_simple_rnn_without_bias_bfloat16_and_other_activations(cell):
+    cell_compare(cell, bias=False, seed=22)
+    cell_compare(cell, torch.bfloat16, ln=True, options=("mask", "dropouts"), seed=23)
+    cell_compare(cell, activation="softsign", recurrent_activation="hard_sigmoid", seed=24)
+    cell_compare(cell, activation="relu", seed=26)
+    cell_compare(cell, zoneout=0.3, seed=25)  # inference: the constant mix
 
 
 def test_gru_reset_before_is_not_supported():

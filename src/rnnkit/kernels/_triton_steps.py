@@ -529,3 +529,121 @@ def gru_backward_step(
     tl.store(rrow + offs, dzz.to(ty), mask=m)
     tl.store(rrow + U + offs, dzr.to(ty), mask=m)
     tl.store(rrow + 2 * U + offs, drh.to(ty), mask=m)
+
+
+@_jit
+def simple_forward_step(
+    xn_ptr,  # step t of the input projection (+ bias), row b at xn_ptr + b * xn_stride, (u,)
+    xn_stride,
+    r_ptr,  # (B, u) contiguous: h_in_{t-1} @ U
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1} (zoneout, masks)
+    h_ptr,  # (B, u) storage dtype, written: h_t
+    hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h_t * mask
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, u) float32, written: the activation's output y
+    rhat_ptr,  # (B, u) float32, written (layer norm)
+    rstd_ptr,  # (B,) float32, written (layer norm)
+    gh_ptr,  # (u,) gamma of the recurrent layer norm
+    valid_ptr,  # (B,) float32: 1 where step t is real (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    eps,
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    CARRY: tl.constexpr,
+):
+    """SimpleRNN: ``h = φ(x W + b + LN(h_in U; γ_h))``."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    r = tl.load(r_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        mean = tl.sum(r, 0) / U
+        r = tl.where(m, r - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(r * r, 0) / U + eps)
+        r = r * rstd
+        tl.store(rhat_ptr + b * U + offs, r, mask=m)
+        tl.store(rstd_ptr + b, rstd)
+        r = r * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(xn_ptr + b * xn_stride + offs, mask=m, other=0.0).to(tl.float32)
+    y = _act(x + r, ACT)
+    tl.store(act_ptr + b * U + offs, y, mask=m)
+    h = y
+    if CARRY:
+        h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
+        h = keep * h_prev + (1.0 - keep) * h
+    if ZONEOUT == 2:
+        h = zoneout * h_prev + (1.0 - zoneout) * h
+    if MASKED:
+        h = tl.where(tl.load(valid_ptr + b) > 0.5, h, h_prev)
+    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+    if RDROP:
+        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
+        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
+
+
+@_jit
+def simple_backward_step(
+    dout_ptr,  # step t of d(outputs), row b at dout_ptr + b * dout_stride, (u,)
+    dout_stride,
+    dhrec_ptr,  # (B, u) contiguous: dR_{t+1} @ U^T
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, u) float32 saved: y
+    rhat_ptr,  # (B, u) float32 saved (layer norm)
+    rstd_ptr,  # (B,) float32 saved (layer norm)
+    gh_ptr,  # (u,)
+    dz_ptr,  # d(xn) at step t, row b at dz_ptr + b * dz_stride, written
+    dz_stride,
+    dr_ptr,  # (B, u) contiguous, written: d(h_in_{t-1} @ U)
+    dgh_ptr,  # (B, u) float32 accumulator over time: sum d(rec) * rhat
+    carry_ptr,  # (B, u) float32: d h_t that bypasses step t+1, read; d h_{t-1}'s, written
+    valid_ptr,  # (B,) float32 (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+    CARRY: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
+    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    if RDROP:
+        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
+    dh += dhrec
+    if CARRY:
+        dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
+        keep = dh * 0.0
+        if ZONEOUT == 1:
+            keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
+        if ZONEOUT == 2:
+            keep = keep + zoneout
+        if MASKED:
+            keep = tl.where(tl.load(valid_ptr + b) > 0.5, keep, 1.0)
+        tl.store(carry_ptr + urow, dh * keep, mask=m)
+        dh = dh * (1.0 - keep)
+    d = dh * _dact(tl.load(act_ptr + urow, mask=m, other=0.0), ACT)
+    ty = dz_ptr.dtype.element_ty
+    tl.store(dz_ptr + b * dz_stride + offs, d.to(ty), mask=m)
+    if LAYER_NORM:
+        rhat = tl.load(rhat_ptr + urow, mask=m, other=0.0)
+        tl.store(dgh_ptr + urow, tl.load(dgh_ptr + urow, mask=m, other=0.0) + d * rhat, mask=m)
+        d = d * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        mean1 = tl.sum(d, 0) / U
+        mean2 = tl.sum(d * rhat, 0) / U
+        d = tl.load(rstd_ptr + b) * (d - mean1 - rhat * mean2)
+    tl.store(dr_ptr + urow, d.to(dr_ptr.dtype.element_ty), mask=m)

@@ -11,7 +11,7 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU; on CUDA, masked calls and LSTMs and GRUs of up to
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU; on CUDA, masked calls and recurrences of up to
 :data:`TRITON_MAX_UNITS` units go ``triton, vendor, fused, reference`` (see :func:`auto_order`);
 naming a backend that cannot run the call raises ``ValueError``.
 
@@ -53,7 +53,7 @@ MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 # layer on cuDNN: 0.67-0.92x) but 0.39x at 128x50 1024->1024, where the products dominate and
 # cuDNN runs them in TF32 (torch's default for cuDNN) against Triton's float32 cuBLAS products.
 TRITON_FIRST_ORDER = ("triton", "vendor", "fused", "reference")
-TRITON_MAX_UNITS = 512  # unmasked CUDA LSTMs and GRUs up to this size try Triton first
+TRITON_MAX_UNITS = 512  # unmasked CUDA recurrences up to this size try Triton first
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
 
 _REGISTRY: dict[str, ModuleType] = {"vendor": vendor, "reference": reference}
@@ -85,7 +85,7 @@ def auto_order(
     """The order in which ``auto`` tries the backends for a call."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
-        small = spec is not None and spec.cell != "simple" and spec.units <= TRITON_MAX_UNITS
+        small = spec is not None and spec.units <= TRITON_MAX_UNITS
         return TRITON_FIRST_ORDER if mask is not None or small else AUTO_ORDER
     if mask is not None or _fused_is_faster(spec, dtype):
         return FUSED_FIRST_ORDER

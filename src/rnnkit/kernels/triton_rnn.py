@@ -58,7 +58,7 @@ _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
 # Each engine holds its slots' buffers (about 10 x B x T x 4u values; 190 MiB at 64 x 100,
 # 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
 MAX_ENGINES = 8
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "simple": 1}
 
 
 def activation_name(activation) -> str | None:
@@ -89,11 +89,13 @@ def unsupported_reason(
     if not triton_available():
         return "the triton backend needs Triton installed"
     if spec.cell not in GATES:
-        return f"only LSTM and GRU are implemented (received cell={spec.cell!r})"
+        return f"unknown cell {spec.cell!r}"
     if spec.cell == "gru" and not spec.reset_after:
         return "the GRU needs reset_after=True (one recurrent product per step)"
-    for name, value in (("activation", spec.activation),
-                        ("recurrent_activation", spec.recurrent_activation)):  # fmt: skip
+    activations = [("activation", spec.activation)]
+    if spec.cell != "simple":
+        activations.append(("recurrent_activation", spec.recurrent_activation))
+    for name, value in activations:
         if activation_name(value) is None:
             return f"{name} must be one of {list(ACTIVATIONS)} (received {value!r})"
     if dtype is not None and dtype not in DTYPES:
@@ -143,7 +145,8 @@ class _Slot:
         self.Hin = buf(T + 1, B, u, dtype=dt) if e.rdrop else self.H  # GEMM operands h * mask
         self.C = buf(T + 1, B, u) if lstm else None  # C[0] = c0, C[t + 1] = c_t
         self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
-        self.act = buf(T, B, 4 * u)  # LSTM: i, f, g, o; GRU: z, r, n, r_h
+        # LSTM: i, f, g, o; GRU: z, r, n, r_h; SimpleRNN: the activation's output.
+        self.act = buf(T, B, u if e.cell == "simple" else 4 * u)
         self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
         self.zm = buf(T, B, u) if e.zoneout_mode == 1 else self.ln  # zoneout: 1 keeps h_{t-1}
         self.carry = buf(B, u) if e.carry else self.ln  # d h that bypasses a step's gates
@@ -156,9 +159,9 @@ class _Slot:
             self.rhat, self.rstd, self.chat, self.cstd = self.R, self.R[:, 0], None, self.dcT
         # Backward outputs and work buffers.
         self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
-        # d xn: for the LSTM without the recurrent layer norm it equals dR (z = xn + r), so dR
-        # serves as both.
-        shared = lstm and not e.layer_norm
+        # d xn: for the LSTM and SimpleRNN without the recurrent layer norm it equals dR
+        # (z = xn + r), so dR serves as both.
+        shared = e.cell != "gru" and not e.layer_norm
         self.dz = self.dR.transpose(0, 1) if shared else buf(B, T, G, dtype=dt)
         self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
         self.dC = buf(B, u) if lstm else None
@@ -201,6 +204,15 @@ class _Slot:
                     num_warps=e.num_warps,
                 )  # fmt: skip
                 continue
+            if e.cell == "simple":
+                k.simple_forward_step[(e.batch,)](
+                    self.xn[:, t], self.xn.stride(0), self.R, self.H[t], self.H[t + 1],
+                    self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t), self.ln[0],
+                    self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
+                    num_warps=e.num_warps,
+                )  # fmt: skip
+                continue
             k.lstm_forward_step[(e.batch,)](
                 self.xn[:, t], self.xn.stride(0),
                 self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
@@ -234,6 +246,17 @@ class _Slot:
                     self.H[t], *self._ln_rows(t), self.ln[0],
                     self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.acc[1],
                     self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
+                    num_warps=e.num_warps,
+                )  # fmt: skip
+                torch.mm(self.dR[t], Ut, out=self.dH)
+                continue
+            if e.cell == "simple":
+                k.simple_backward_step[(e.batch,)](
+                    self.dout[:, t], self.dout.stride(0), self.dH, self.rdm, self.act[t],
+                    *self._ln_rows(t), self.ln[0], self.dz[:, t], self.dz.stride(0), self.dR[t],
+                    self.acc[0], self.carry, self._at(self.valid, t), self._at(self.zm, t),
+                    e.zoneout_rate,
                     U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
                     num_warps=e.num_warps,
                 )  # fmt: skip
@@ -307,13 +330,10 @@ class _Engine:
         self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
         # d h_t that bypasses the gates: padded steps, zoneout; the GRU's z h_{t-1} always.
         self.carry = masked or zoneout_mode != 0 or cell == "gru"
-        self.flags = {
-            "ACT": ACTIVATION_CODES[act],
-            "RACT": ACTIVATION_CODES[ract],
-            "MASKED": masked,
-            "ZONEOUT": zoneout_mode,
-        }
-        if cell == "lstm":
+        self.flags = {"ACT": ACTIVATION_CODES[act], "MASKED": masked, "ZONEOUT": zoneout_mode}
+        if cell != "simple":
+            self.flags["RACT"] = ACTIVATION_CODES[ract]
+        if cell != "gru":
             self.flags["CARRY"] = self.carry
         self.eps = LAYER_NORM_EPS
         self.block = _pow2(units)
@@ -533,7 +553,8 @@ def run(
         zoneout_mode, zoneout_rate = 0, 0.0
     engine = _engine(
         spec.cell, device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
-        activation_name(spec.activation), activation_name(spec.recurrent_activation),
+        activation_name(spec.activation),
+        activation_name(spec.recurrent_activation) if spec.cell != "simple" else None,
         mask is not None, zoneout_mode, zoneout_rate,
     )  # fmt: skip
     rdm = recurrent_dropout_mask.float() if rdrop else None
