@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from rnnkit.kernels import dispatch, reference
+from rnnkit.kernels import dispatch, reference, triton_rnn
 from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
 
 U = 2
@@ -77,8 +77,11 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
     f64 = {"device": cpu, "dtype": torch.float64}
     assert dispatch.select(RecurrenceSpec("gru", U), **f64) == "vendor"
+    # CUDA: Triton where this machine has a GPU and Triton, else cuDNN; never the CPU's fused.
     cuda = {"device": torch.device("cuda"), "dtype": torch.float32}
-    assert dispatch.select(RecurrenceSpec("simple", U), **cuda) == "vendor"
+    simple = RecurrenceSpec("simple", U)
+    on_gpu = triton_rnn.supports(simple, **cuda)
+    assert dispatch.select(simple, **cuda) == ("triton" if on_gpu else "vendor")
     monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # not buildable here: torch's kernel
     assert dispatch.select(RecurrenceSpec("gru", U), **f32) == "vendor"
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
