@@ -91,6 +91,54 @@ def _dact(y, CODE: tl.constexpr):
 
 
 @_jit
+def _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED: tl.constexpr,
+                   ZONEOUT: tl.constexpr):  # fmt: skip
+    """``h_t`` after zoneout (``h_{t-1}`` mixed in) and the mask (padded rows keep ``h_{t-1}``)."""
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
+        h = keep * h_prev + (1.0 - keep) * h
+    if ZONEOUT == 2:
+        h = zoneout * h_prev + (1.0 - zoneout) * h
+    if MASKED:
+        h = tl.where(tl.load(valid_ptr + b) > 0.5, h, h_prev)
+    return h
+
+
+@_jit
+def _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP: tl.constexpr):
+    """Write ``h_t`` and, with recurrent dropout, the next product's operand ``h_t * mask``."""
+    tl.store(h_ptr + urow, h.to(h_ptr.dtype.element_ty), mask=m)
+    if RDROP:
+        h = h * tl.load(rdm_ptr + urow, mask=m, other=0.0)
+        tl.store(hin_ptr + urow, h.to(hin_ptr.dtype.element_ty), mask=m)
+
+
+@_jit
+def _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m,
+                 RDROP: tl.constexpr):  # fmt: skip
+    """``d h_t``: the output's gradient plus the recurrent product's (through the dropout mask)."""
+    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
+    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    if RDROP:
+        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
+    return dh + dhrec
+
+
+@_jit
+def _kept_fraction(like, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED: tl.constexpr,
+                   ZONEOUT: tl.constexpr):  # fmt: skip
+    """How much of ``h_t`` is ``h_{t-1}`` itself: the zoneout mask or rate, 1 on padded rows."""
+    keep = like * 0.0
+    if ZONEOUT == 1:
+        keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
+    if ZONEOUT == 2:
+        keep = keep + zoneout
+    if MASKED:
+        keep = tl.where(tl.load(valid_ptr + b) > 0.5, keep, 1.0)
+    return keep
+
+
+@_jit
 def lstm_forward_step(
     xn_ptr,  # step t of the normalised input projection, row b at xn_ptr + b * xn_stride, (4u,)
     xn_stride,
@@ -189,22 +237,14 @@ def lstm_forward_step(
     else:
         cn = c
     h = o * _act(cn, ACT)
+    urow = b * U + offs
     if CARRY:
-        h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
-    if ZONEOUT == 1:
-        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
-        h = keep * h_prev + (1.0 - keep) * h
-    if ZONEOUT == 2:
-        h = zoneout * h_prev + (1.0 - zoneout) * h
-    if MASKED:  # a padded step keeps the state
-        real = tl.load(valid_ptr + b) > 0.5
-        h = tl.where(real, h, h_prev)
-        c = tl.where(real, c, c_prev)
-    tl.store(c_ptr + b * U + offs, c, mask=m)
-    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
-    if RDROP:
-        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
-        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
+        h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+        h = _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    if MASKED:  # a padded step keeps the cell state too
+        c = tl.where(tl.load(valid_ptr + b) > 0.5, c, c_prev)
+    tl.store(c_ptr + urow, c, mask=m)
+    _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
     tl.store(arow + offs, i, mask=m)
     tl.store(arow + U + offs, f, mask=m)
     tl.store(arow + 2 * U + offs, g, mask=m)
@@ -253,26 +293,16 @@ def lstm_backward_step(
     m = offs < U
     urow = b * U + offs
     arow = act_ptr + b * 4 * U
-    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
-    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    if RDROP:
-        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
-    dh += dhrec
+    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
     # d h_t reaches h_{t-1} directly where h_t keeps h_{t-1}: padded steps and zoneout.
     if CARRY:
         dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
-        keep = dh * 0.0
-        if ZONEOUT == 1:
-            keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
-        if ZONEOUT == 2:
-            keep = keep + zoneout
-        if MASKED:
-            real = tl.load(valid_ptr + b) > 0.5
-            keep = tl.where(real, keep, 1.0)
+        keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
         tl.store(carry_ptr + urow, dh * keep, mask=m)
         dh = dh * (1.0 - keep)
     dc_next = tl.load(dc_ptr + urow, mask=m, other=0.0)  # d c_t from step t+1 (and d c_T)
     if MASKED:
+        real = tl.load(valid_ptr + b) > 0.5
         dc_next = tl.where(real, dc_next, 0.0)  # a padded step passes d c_t on unchanged
     i = tl.load(arow + offs, mask=m, other=0.0)
     f = tl.load(arow + U + offs, mask=m, other=0.0)
@@ -413,19 +443,11 @@ def gru_forward_step(
     z = _act(tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32) + rz, RACT)
     r = _act(tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32) + rr, RACT)
     n = _act(tl.load(xrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r * rh, ACT)
-    h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
+    urow = b * U + offs
+    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
     h = z * h_prev + (1.0 - z) * n
-    if ZONEOUT == 1:
-        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
-        h = keep * h_prev + (1.0 - keep) * h
-    if ZONEOUT == 2:
-        h = zoneout * h_prev + (1.0 - zoneout) * h
-    if MASKED:
-        h = tl.where(tl.load(valid_ptr + b) > 0.5, h, h_prev)
-    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
-    if RDROP:
-        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
-        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
+    h = _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
     arow = act_ptr + b * 4 * U
     tl.store(arow + offs, z, mask=m)
     tl.store(arow + U + offs, r, mask=m)
@@ -466,18 +488,9 @@ def gru_backward_step(
     offs = tl.arange(0, BLOCK)
     m = offs < U
     urow = b * U + offs
-    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
-    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    if RDROP:
-        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
-    dh += dhrec + tl.load(carry_ptr + urow, mask=m, other=0.0)
-    keep = dh * 0.0  # the part of h_t that is h_{t-1} itself (zoneout, padded steps)
-    if ZONEOUT == 1:
-        keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
-    if ZONEOUT == 2:
-        keep = keep + zoneout
-    if MASKED:
-        keep = tl.where(tl.load(valid_ptr + b) > 0.5, keep, 1.0)
+    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
+    dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
+    keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
     dhn = dh * (1.0 - keep)  # d of the GRU's own new state
     arow = act_ptr + b * 4 * U
     z = tl.load(arow + offs, mask=m, other=0.0)
@@ -574,19 +587,11 @@ def simple_forward_step(
     y = _act(x + r, ACT)
     tl.store(act_ptr + b * U + offs, y, mask=m)
     h = y
+    urow = b * U + offs
     if CARRY:
-        h_prev = tl.load(h_prev_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
-    if ZONEOUT == 1:
-        keep = tl.load(zm_ptr + b * U + offs, mask=m, other=0.0)
-        h = keep * h_prev + (1.0 - keep) * h
-    if ZONEOUT == 2:
-        h = zoneout * h_prev + (1.0 - zoneout) * h
-    if MASKED:
-        h = tl.where(tl.load(valid_ptr + b) > 0.5, h, h_prev)
-    tl.store(h_ptr + b * U + offs, h.to(h_ptr.dtype.element_ty), mask=m)
-    if RDROP:
-        h = h * tl.load(rdm_ptr + b * U + offs, mask=m, other=0.0)
-        tl.store(hin_ptr + b * U + offs, h.to(hin_ptr.dtype.element_ty), mask=m)
+        h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+        h = _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
 
 
 @_jit
@@ -620,20 +625,10 @@ def simple_backward_step(
     offs = tl.arange(0, BLOCK)
     m = offs < U
     urow = b * U + offs
-    dh = tl.load(dout_ptr + b * dout_stride + offs, mask=m, other=0.0).to(tl.float32)
-    dhrec = tl.load(dhrec_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    if RDROP:
-        dhrec = dhrec * tl.load(rdm_ptr + urow, mask=m, other=0.0)
-    dh += dhrec
+    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
     if CARRY:
         dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
-        keep = dh * 0.0
-        if ZONEOUT == 1:
-            keep = tl.load(zm_ptr + urow, mask=m, other=0.0)
-        if ZONEOUT == 2:
-            keep = keep + zoneout
-        if MASKED:
-            keep = tl.where(tl.load(valid_ptr + b) > 0.5, keep, 1.0)
+        keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
         tl.store(carry_ptr + urow, dh * keep, mask=m)
         dh = dh * (1.0 - keep)
     d = dh * _dact(tl.load(act_ptr + urow, mask=m, other=0.0), ACT)
