@@ -317,3 +317,40 @@ def test_second_backward_raises():
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.sum().backward()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.parametrize("flags_on", [False, True], ids=["plain", "every option"])
+def test_every_step_kernel_compiles_for_hopper(flags_on):
+    # Compiles to sm_90 machine code without a GPU (Triton ships ptxas): catches what the
+    # interpreter does not check (types, constexpr branches, register allocation).
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rnnkit.kernels import _triton_steps as k
+
+    storage = {"xn_ptr", "r_ptr", "h_ptr", "hin_ptr", "h_prev_ptr", "dout_ptr", "dhrec_ptr",
+               "dz_ptr", "dr_ptr"}  # fmt: skip
+    kernels = [k.lstm_forward_step, k.lstm_backward_step, k.gru_forward_step,
+               k.gru_backward_step, k.simple_forward_step, k.simple_backward_step]  # fmt: skip
+    for kernel, dtype in [(f, d) for f in kernels for d in ("fp32", "bf16")]:
+        names = list(inspect.signature(kernel.fn).parameters)
+        flags = {"U": 96, "BLOCK": 128, "LAYER_NORM": flags_on, "RDROP": flags_on, "ACT": 2,
+                 "RACT": 1, "MASKED": flags_on, "ZONEOUT": 1 if flags_on else 0,
+                 "CARRY": flags_on}  # fmt: skip
+        flags = {n: v for n, v in flags.items() if n in names}
+        signature = {
+            n: "constexpr" if n in flags
+            else ("*bf16" if dtype == "bf16" and n in storage else "*fp32") if n.endswith("_ptr")
+            else "fp32" if n in ("eps", "zoneout") else "i32"
+            for n in names
+        }  # fmt: skip
+        try:
+            source = ASTSource(kernel, signature, {(names.index(n),): v for n, v in flags.items()})
+        except TypeError as err:  # another Triton's compiler API
+            pytest.skip(f"Triton {triton.__version__}: {err}")
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel.fn.__name__
