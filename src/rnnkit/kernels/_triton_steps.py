@@ -1,9 +1,12 @@
-"""Triton kernels for one LSTM time step (forward and backward), used by :mod:`triton_rnn`.
+"""Triton kernels for one time step (forward and backward) of the LSTM, the GRU
+(``reset_after=True``) and the SimpleRNN, used by :mod:`triton_rnn`.
 
-One program handles one batch row: it reads the row's ``4u`` recurrent projection, does the
-optional layer normalisation over ``4u``, the gate math, the optional layer normalisation of the
-new cell state over ``u``, zoneout of ``h``, the mask (a padded step keeps the previous state),
-and writes the new state plus what the backward step needs. All gate math is float32 whatever the
+One program handles one batch row: it reads the row's ``G = gates * u`` recurrent projection,
+does the optional layer normalisation over ``G``, the gate math (and for the LSTM the optional
+layer normalisation of the new cell state over ``u``), zoneout of ``h``, the mask (a padded step
+keeps the previous state), and writes the new state plus what the backward step needs. The
+pieces every cell shares (zoneout and mask blending, the state store, the incoming ``d h``, the
+fraction of ``h_t`` that is ``h_{t-1}``) are jit helpers. All gate math is float32 whatever the
 storage dtype.
 
 Activations are compile-time codes (:data:`ACTIVATION_CODES`); the backward pass takes each

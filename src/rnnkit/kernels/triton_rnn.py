@@ -1,19 +1,21 @@
-r"""LSTM and layer-norm LSTM recurrence on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
+r"""LSTM, GRU and SimpleRNN on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
 
 Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
-:func:`supports` accepts: LSTM with any activation and recurrent activation among
-:data:`ACTIVATIONS`; optional layer normalisation (``spec.layer_norm``), input and recurrent
-dropout, DropConnect on the recurrent kernel, zoneout (training masks or the inference-time
-constant), masks with any padding, ``zero_output_for_mask``, ``go_backwards``, initial states;
-float32 and bfloat16.
+:func:`supports` accepts: LSTM, GRU with ``reset_after=True`` (Keras' default, cuDNN's form) and
+SimpleRNN, with any activation and recurrent activation among :data:`ACTIVATIONS`; with or
+without bias; optional layer normalisation (``spec.layer_norm``), input and recurrent dropout,
+DropConnect on the recurrent kernel, zoneout (training masks or the inference-time constant),
+masks with any padding, ``zero_output_for_mask``, ``go_backwards``, initial states; float32 and
+bfloat16.
 
 The recipe (issue 6):
 
 - the input projection of all steps is one GEMM before the loop, followed (layer norm) by one
-  ``F.layer_norm`` over the ``4u`` gate pre-activations; both under ordinary autograd;
+  ``F.layer_norm`` over the ``G = gates * u`` pre-activations; both under ordinary autograd;
 - per step, ``r = h_{t-1} @ U`` by cuBLAS into a static buffer, then one Triton program per batch
-  row for the rest: layer norm of ``r`` over ``4u``, the gates, the cell update, layer norm of the
-  cell state over ``u``, the new ``h``;
+  row for the rest (:mod:`rnnkit.kernels._triton_steps`, one kernel pair per cell): layer norm of
+  ``r`` over ``G``, the gates, the cell update and layer norm of the LSTM's cell state over ``u``,
+  the new ``h``;
 - backward through time is written by hand (a ``torch.autograd.Function``): per step one Triton
   kernel for the gate math and the two layer norms, then ``dR_t @ U^T`` by cuBLAS; the gradient of
   ``U`` is one GEMM over all steps at the end, the layer-norm parameters' gradients one sum;
@@ -21,9 +23,10 @@ The recipe (issue 6):
   buffers, so a training step replays two graphs instead of launching ~4T kernels from Python;
   the graphs and buffers of the :data:`MAX_ENGINES` most recently used shapes and configurations
   are kept;
-- a padded step keeps the state (``h``, ``c``); zoneout mixes ``h_{t-1}`` into ``h_t``. Both let
-  part of ``d h_t`` bypass the step's gates: the backward step passes that part straight to
-  ``d h_{t-1}`` (a ``carry`` buffer), next to the ``dR_t U^T`` product. The outputs are the
+- a padded step keeps the state (``h``, ``c``); zoneout mixes ``h_{t-1}`` into ``h_t``, and so
+  does the GRU's update gate. These let part of ``d h_t`` bypass the step's gates: the backward
+  step passes that part straight to ``d h_{t-1}`` (a ``carry`` buffer), next to the ``dR_t U^T``
+  product. The outputs are the
   states times the mask of outputs that show a state (``zero_output_for_mask`` or not), under
   ordinary autograd.
 
@@ -55,8 +58,8 @@ DTYPES = (torch.float32, torch.bfloat16)
 # (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
 ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus")
 _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
-# Each engine holds its slots' buffers (about 10 x B x T x 4u values; 190 MiB at 64 x 100,
-# 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
+# Each engine holds its slots' buffers (about 10 x B x T x G values; 190 MiB for an LSTM at
+# 64 x 100, 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
 MAX_ENGINES = 8
 GATES = {"lstm": 4, "gru": 3, "simple": 1}
 
@@ -490,7 +493,7 @@ def run(
     recurrent_kernel_dropout_mask: torch.Tensor | None = None,
     cuda_graphs: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Run one LSTM recurrence on a CUDA device (the :mod:`rnnkit.kernels.spec` contract).
+    """Run one LSTM, GRU or SimpleRNN recurrence on a CUDA device (the backend contract).
 
     Args:
         spec, weights, inputs, initial_state, ...: the backend contract (see
@@ -499,7 +502,8 @@ def run(
             every step from Python (slow; for debugging and comparison).
 
     Returns:
-        ``(outputs (B, T, u), (h_T, c_T))``; ``outputs`` and ``h_T`` in the inputs' dtype.
+        ``(outputs (B, T, u), final states)``: ``(h_T, c_T)`` for the LSTM, ``(h_T,)``
+        otherwise; ``outputs`` and ``h_T`` in the inputs' dtype.
     """
     reason = unsupported_reason(spec, inputs.device, dtype=inputs.dtype)
     if reason is not None:
