@@ -426,14 +426,16 @@ def main() -> int:
 
     # Where the time goes: the two captured loops alone.
     for key, eng in triton_rnn._ENGINES.items():
-        if not eng.use_graphs or not eng.slots or eng.slots[0].graphs is None:
+        if not eng.use_graphs or not eng.slots:
             continue
-        fwd, bwd = eng.slots[0].graphs
-        f, _, _ = timed(fwd.replay, 20)
-        b, _, _ = timed(bwd.replay, 20)
-        print(f"loops {str(key[4])[6:]} ln={key[5]} tf32={key[8]}: forward graph {f:.3f} ms, "
-              f"backward graph {b:.3f} ms", flush=True)  # fmt: skip
-        report.setdefault("loops", []).append({"key": str(key), "fwd_ms": f, "bwd_ms": b})
+        for steps, (fwd, bwd) in eng.slots[0].graphs.items():
+            f, _, _ = timed(fwd.replay, 20)
+            b, _, _ = timed(bwd.replay, 20)
+            name = f"{key[0]} {str(key[4])[6:]} ln={key[5]} tf32={key[-1]} T={steps}"
+            print(f"loops {name}: forward graph {f:.3f} ms, backward graph {b:.3f} ms",
+                  flush=True)  # fmt: skip
+            report.setdefault("loops", []).append({"key": str(key), "T": steps, "fwd_ms": f,
+                                                   "bwd_ms": b})  # fmt: skip
 
     print_layer_tables = layers_report(report, args.quick)
     report["timings"] = [

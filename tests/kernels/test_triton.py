@@ -276,10 +276,24 @@ def test_gru_reset_before_is_not_supported():
     assert not triton_rnn.supports(spec, "cpu")
 
 
+@gpu
+@pytest.mark.gpu
+def test_sequences_of_varying_length_share_one_engine(monkeypatch):
+    # 6 steps, then 4 (the first 4 steps of the same buffers), 9 (the buffers grow, the graphs
+    # are dropped), 4 again: every call equals the reference.
+    monkeypatch.setattr(triton_rnn, "_ENGINES", {})
+    for T in (6, 4, 9, 4):
+        compare(3, T, 5, 8, torch.float32, True, seed=T, options=("random_mask", "zoneout_mask"))
+    (engine,) = triton_rnn._ENGINES.values()
+    assert engine.slots[0].capacity == 9
+    if HAS_GPU:
+        assert sorted(engine.slots[0].graphs) == [4, 9]
+
+
 def test_engine_cache_keeps_the_most_recently_used(monkeypatch):
     monkeypatch.setattr(triton_rnn, "_ENGINES", {})
     config = (torch.float32, False, False, True, "tanh", "sigmoid", False, 0, 0.0)
-    keys = [("lstm", "cuda:0", b, 5, 8, *config) for b in range(1, triton_rnn.MAX_ENGINES + 3)]
+    keys = [("lstm", "cuda:0", b, 8, *config) for b in range(1, triton_rnn.MAX_ENGINES + 3)]
     first = triton_rnn._engine(*keys[0])
     for key in keys[1:]:
         triton_rnn._engine(*key)
@@ -319,7 +333,10 @@ def test_second_backward_raises():
         out.sum().backward()
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.skipif(
+    not HAS_TRITON or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs Triton, not its interpreter",
+)
 @pytest.mark.parametrize("flags_on", [False, True], ids=["plain", "every option"])
 def test_every_step_kernel_compiles_for_hopper(flags_on):
     # Compiles to sm_90 machine code without a GPU (Triton ships ptxas): catches what the

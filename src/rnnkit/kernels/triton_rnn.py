@@ -20,9 +20,10 @@ The recipe (issue 6):
   kernel for the gate math and the two layer norms, then ``dR_t @ U^T`` by cuBLAS; the gradient of
   ``U`` is one GEMM over all steps at the end, the layer-norm parameters' gradients one sum;
 - the forward loop and the backward loop are each captured once as a CUDA graph over static
-  buffers, so a training step replays two graphs instead of launching ~4T kernels from Python;
-  the graphs and buffers of the :data:`MAX_ENGINES` most recently used shapes and configurations
-  are kept;
+  buffers, so a training step replays two graphs instead of launching ~4T kernels from Python.
+  Sequences of different lengths share the buffers (sized for the longest) and each length is
+  captured once (an engine per cell configuration and batch size: the :data:`MAX_ENGINES` most
+  recently used are kept, and per slot the graphs of :data:`MAX_GRAPHS` lengths);
 - a padded step keeps the state (``h``, ``c``); zoneout mixes ``h_{t-1}`` into ``h_t``, and so
   does the GRU's update gate. These let part of ``d h_t`` bypass the step's gates: the backward
   step passes that part straight to ``d h_{t-1}`` (a ``carry`` buffer), next to the ``dR_t U^T``
@@ -58,9 +59,11 @@ DTYPES = (torch.float32, torch.bfloat16)
 # (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
 ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus")
 _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
-# Each engine holds its slots' buffers (about 10 x B x T x G values; 190 MiB for an LSTM at
-# 64 x 100, 512 units, float32) and two graphs; calls with a new (B, T) capture a new engine.
+# An engine (one cell configuration and batch size) holds its slots' buffers (about
+# 10 x B x T x G values for the longest T seen; 190 MiB for an LSTM at 64 x 100, 512 units,
+# float32) and a pair of graphs per sequence length.
 MAX_ENGINES = 8
+MAX_GRAPHS = 64  # per slot: the sequence lengths whose captured graphs are kept
 GATES = {"lstm": 4, "gru": 3, "simple": 1}
 
 
@@ -120,11 +123,32 @@ def _pow2(n: int) -> int:
 
 
 class _Slot:
-    """Static buffers, and the two captured graphs, for one recurrence in flight."""
+    """Static buffers for one recurrence in flight, and its captured graphs.
 
-    def __init__(self, engine: _Engine) -> None:
-        e = engine
-        B, T, u, G = e.batch, e.steps, e.units, e.gates * e.units
+    The buffers hold :attr:`capacity` steps; a call of ``T <= capacity`` steps uses their first
+    ``T`` steps, so sequences of varying length share one set of buffers. Each length has its own
+    pair of graphs (the :data:`MAX_GRAPHS` most recently used are kept): a length is captured
+    once. A longer sequence reallocates the buffers and drops the graphs.
+    """
+
+    def __init__(self, engine: _Engine, steps: int) -> None:
+        self.engine = engine
+        self.busy = False
+        self.capacity = 0
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]] = {}
+        self.reserve(steps)
+
+    def reserve(self, steps: int) -> None:
+        """Make room for ``steps`` steps (growing drops the captured graphs)."""
+        if steps <= self.capacity:
+            return
+        self.graphs.clear()
+        self._allocate(steps)
+        self.capacity = steps
+
+    def _allocate(self, T: int) -> None:
+        e = self.engine
+        B, u, G = e.batch, e.units, e.gates * e.units
         lstm = e.cell == "lstm"
         dev, dt, f32 = e.device, e.dtype, torch.float32
 
@@ -132,8 +156,6 @@ class _Slot:
             # NaN poison: a value nothing wrote shows up in every check.
             return torch.full(shape, float("nan"), device=dev, dtype=dtype)
 
-        self.engine = engine
-        self.busy = False
         # Inputs, copied in by each call.
         self.xn = buf(B, T, G, dtype=dt)  # (B, T, G) normalised input projection (+ bias)
         self.U = buf(u, G, dtype=dt)
@@ -172,7 +194,6 @@ class _Slot:
         self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h (GRU: d b_rec)
         self.acc_c = buf(2, B, u) if lstm else None  # dgamma_c, dbeta_c
         self.dln = buf(4, G)
-        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
 
     def _at(self, buffer: torch.Tensor, t: int) -> torch.Tensor:
         """Step ``t`` of a per-step buffer (or the placeholder of an unused one)."""
@@ -189,13 +210,13 @@ class _Slot:
             return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
         return self.rhat, self.rstd, self.C[t + 1], self.cstd
 
-    # The two loops; both are captured as graphs unless the engine runs eagerly.
-    def forward_loop(self) -> None:
+    # The two loops over T steps; both are captured as graphs unless the engine runs eagerly.
+    def forward_loop(self, T: int) -> None:
         from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
         u = e.units
-        for t in range(e.steps):
+        for t in range(T):
             torch.mm(self.Hin[t], self.U, out=self.R)  # (B, G)
             if e.cell == "gru":
                 k.gru_forward_step[(e.batch,)](
@@ -227,13 +248,13 @@ class _Slot:
                 num_warps=e.num_warps,
             )  # fmt: skip
 
-    def backward_loop(self) -> None:
+    def backward_loop(self, T: int) -> None:
         from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
         u, G = e.units, e.gates * e.units
         # d h_T joins the last step's output gradient (it does not pass the dropout mask).
-        self.dout[:, -1].add_(self.dhT)
+        self.dout[:, T - 1].add_(self.dhT)
         self.dH.zero_()
         self.acc.zero_()
         if e.carry:
@@ -242,7 +263,7 @@ class _Slot:
             self.dC.copy_(self.dcT)
             self.acc_c.zero_()
         Ut = self.U.t()
-        for t in range(e.steps - 1, -1, -1):
+        for t in range(T - 1, -1, -1):
             if e.cell == "gru":
                 k.gru_backward_step[(e.batch,)](
                     self.dout[:, t], self.dout.stride(0), self.dH, self.rdm, self.act[t],
@@ -278,56 +299,63 @@ class _Slot:
             )  # fmt: skip
             torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
         # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
-        TB = e.steps * e.batch
-        torch.mm(self.Hin[: e.steps].reshape(TB, u).t(), self.dR.reshape(TB, G), out=self.dU)
+        TB = T * e.batch
+        torch.mm(self.Hin[:T].reshape(TB, u).t(), self.dR[:T].reshape(TB, G), out=self.dU)
         if e.layer_norm or e.cell == "gru":
             torch.sum(self.acc, dim=1, out=self.dln[:2])
         if e.layer_norm and e.cell == "lstm":
             torch.sum(self.acc_c, dim=1, out=self.dln[2:, :u])
 
-    def run_forward(self) -> None:
+    def run_forward(self, T: int) -> None:
         if self.engine.use_graphs:
-            self._capture()
-            self.graphs[0].replay()
+            self._graphs(T)[0].replay()
         else:
-            self.forward_loop()
+            self.forward_loop(T)
 
-    def run_backward(self) -> None:
+    def run_backward(self, T: int) -> None:
         if self.engine.use_graphs:
-            self.graphs[1].replay()
+            self.graphs[T][1].replay()  # captured by this forward (the slot was busy since)
         else:
-            self.backward_loop()
+            self.backward_loop(T)
 
-    def _capture(self) -> None:
-        if self.graphs is not None:
-            return
+    def _graphs(self, T: int) -> tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]:
+        """The graphs of a T-step call: the captured pair, most recently used last."""
+        pair = self.graphs.pop(T, None)
+        if pair is None:
+            pair = self._capture(T)
+            while len(self.graphs) >= MAX_GRAPHS:
+                del self.graphs[next(iter(self.graphs))]
+        self.graphs[T] = pair
+        return pair
+
+    def _capture(self, T: int) -> tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]:
         dev = self.engine.device
         # Warm up on a side stream (compiles the Triton kernels, creates cuBLAS handles).
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            self.forward_loop()
-            self.backward_loop()
+            self.forward_loop(T)
+            self.backward_loop(T)
         torch.cuda.current_stream(dev).wait_stream(side)
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(fwd):
-            self.forward_loop()
+            self.forward_loop(T)
         with torch.cuda.graph(bwd):
-            self.backward_loop()
-        self.graphs = (fwd, bwd)
+            self.backward_loop(T)
+        return fwd, bwd
 
 
 class _Engine:
     """All slots for one shape and configuration; a slot is busy from forward to backward."""
 
     def __init__(
-        self, cell, device, batch, steps, units, dtype, layer_norm, rdrop, use_graphs,
+        self, cell, device, batch, units, dtype, layer_norm, rdrop, use_graphs,
         act, ract, masked, zoneout_mode, zoneout_rate,
     ):  # fmt: skip
         from rnnkit.kernels._triton_steps import ACTIVATION_CODES
 
         self.cell, self.gates = cell, GATES[cell]
-        self.device, self.batch, self.steps, self.units = device, batch, steps, units
+        self.device, self.batch, self.units = device, batch, units
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
         self.use_graphs = use_graphs
         self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
@@ -343,12 +371,14 @@ class _Engine:
         self.num_warps = 4 if units <= 512 else 8
         self.slots: list[_Slot] = []
 
-    def acquire(self) -> _Slot:
+    def acquire(self, steps: int) -> _Slot:
+        """A free slot with room for ``steps`` steps (a new one when all are in flight)."""
         for slot in self.slots:
             if not slot.busy:
+                slot.reserve(steps)
                 slot.busy = True
                 return slot
-        slot = _Slot(self)
+        slot = _Slot(self, steps)
         slot.busy = True
         self.slots.append(slot)
         return slot
@@ -399,11 +429,12 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xn, U, h0, c0, gh, bh, gc, bc, rdm, valid, zm, engine):
-        slot = engine.acquire()
+        T = xn.shape[1]
+        slot = engine.acquire(T)
         lstm = engine.cell == "lstm"
         try:
             u = engine.units
-            slot.xn.copy_(xn)
+            slot.xn[:, :T].copy_(xn)
             slot.U.copy_(U)
             slot.H[0].copy_(h0)
             if lstm:
@@ -412,9 +443,9 @@ class _Recurrence(torch.autograd.Function):
                 slot.rdm.copy_(rdm)
                 slot.Hin[0].copy_(h0 * rdm)
             if engine.masked:
-                slot.valid.copy_(valid)
+                slot.valid[:T].copy_(valid)
             if engine.zoneout_mode == 1:
-                slot.zm.copy_(zm)
+                slot.zm[:T].copy_(zm)
             if engine.layer_norm:
                 slot.ln[0].copy_(gh)
             if engine.layer_norm and lstm:
@@ -425,17 +456,17 @@ class _Recurrence(torch.autograd.Function):
                 slot.ln[1].copy_(bh)
             elif not lstm:
                 slot.ln[1].zero_()
-            slot.run_forward()
-            out = slot.H[1:].transpose(0, 1).contiguous()  # (B, T, u)
-            h_t = slot.H[engine.steps].clone()
-            c_t = slot.C[engine.steps].to(c0.dtype, copy=True) if lstm else None
+            slot.run_forward(T)
+            out = slot.H[1 : T + 1].transpose(0, 1).contiguous()  # (B, T, u)
+            h_t = slot.H[T].clone()
+            c_t = slot.C[T].to(c0.dtype, copy=True) if lstm else None
         except BaseException:
             _release(slot)
             raise
         if any(ctx.needs_input_grad):
             ctx.lease = _Lease(slot)
             ctx.dtypes = (xn.dtype, U.dtype, h0.dtype, c0.dtype if lstm else None)
-            ctx.has_bias = bh is not None
+            ctx.has_bias, ctx.steps = bh is not None, T
         else:
             _release(slot)
         return out, h_t, c_t
@@ -451,14 +482,15 @@ class _Recurrence(torch.autograd.Function):
         engine = slot.engine
         lstm = engine.cell == "lstm"
         u = engine.units
+        T = ctx.steps
         try:
-            slot.dout.copy_(dout)
+            slot.dout[:, :T].copy_(dout)
             slot.dhT.copy_(dh_t)
             if lstm:
                 slot.dcT.copy_(dc_t)
-            slot.run_backward()
+            slot.run_backward(T)
             x_dt, u_dt, h_dt, c_dt = ctx.dtypes
-            dxn = slot.dz.to(x_dt, copy=True)
+            dxn = slot.dz[:, :T].to(x_dt, copy=True)
             dU = slot.dU.to(u_dt, copy=True)
             dh0 = slot.dH * slot.rdm if engine.rdrop else slot.dH
             if engine.carry:
@@ -556,7 +588,7 @@ def run(
     else:
         zoneout_mode, zoneout_rate = 0, 0.0
     engine = _engine(
-        spec.cell, device, B, T, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
+        spec.cell, device, B, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
         activation_name(spec.activation),
         activation_name(spec.recurrent_activation) if spec.cell != "simple" else None,
         mask is not None, zoneout_mode, zoneout_rate,
