@@ -36,6 +36,10 @@ CASES = {
     "lstm gelu": (LSTM, dict(activation="gelu"), False, "fused"),
     "gru left-padded": (GRU, {}, True, "triton"),
     "simple rnn left-padded": (SimpleRNN, {}, True, "triton"),
+    # cuDNN, named: what auto picks above 512 units (and where Triton is missing)
+    "lstm on cuDNN": (LSTM, dict(backend="vendor"), False, "vendor"),
+    "gru left-padded on cuDNN": (GRU, dict(backend="vendor"), True, "vendor"),
+    "simple rnn on cuDNN": (SimpleRNN, dict(backend="vendor"), False, "vendor"),
     "gru": (GRU, {}, False, "triton"),
     "gru layer norm + dropouts": (
         GRU, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
