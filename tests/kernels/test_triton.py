@@ -51,6 +51,21 @@ def test_supports_nothing_on_cpu():
     assert "CUDA" in triton_rnn.unsupported_reason(RecurrenceSpec("lstm", 4), "cpu")
 
 
+def test_older_gpus_are_left_to_cudnn(monkeypatch):
+    # Pretend to be a CUDA machine with Triton; only the GPU's generation differs.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(triton_rnn, "triton_available", lambda: True)
+    spec = RecurrenceSpec("lstm", 8)
+    capability = {"value": (6, 1)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability["value"])
+    assert "compute capability 7.0" in triton_rnn.unsupported_reason(spec, "cuda")
+    capability["value"] = (7, 5)
+    assert triton_rnn.supports(spec, "cuda", dtype=torch.float32)
+    assert "bfloat16" in triton_rnn.unsupported_reason(spec, "cuda", dtype=torch.bfloat16)
+    capability["value"] = (9, 0)
+    assert triton_rnn.supports(spec, "cuda", dtype=torch.bfloat16)
+
+
 def test_run_rejects_unsupported_configuration():
     spec = RecurrenceSpec("gru", 4, reset_after=False)
     w = RecurrentWeights(torch.zeros(3, 12), torch.zeros(4, 12), None)

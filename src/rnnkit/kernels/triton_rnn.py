@@ -94,6 +94,11 @@ def unsupported_reason(
         return "the triton backend needs a CUDA device"
     if not triton_available():
         return "the triton backend needs Triton installed"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 7:  # Triton compiles for Volta (7.0) and newer
+        return f"Triton needs a GPU of compute capability 7.0 or newer (this one: {major}.{minor})"
+    if dtype == torch.bfloat16 and major < 8:
+        return f"bfloat16 needs compute capability 8.0 or newer (this GPU: {major}.{minor})"
     if spec.cell not in GATES:
         return f"unknown cell {spec.cell!r}"
     if spec.cell == "gru" and not spec.reset_after:
