@@ -85,3 +85,29 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # not buildable here: torch's kernel
     assert dispatch.select(RecurrenceSpec("gru", U), **f32) == "vendor"
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
+
+
+def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):
+    import types
+
+    from rnnkit.kernels.spec import BackendUnavailable
+
+    broken = []
+
+    def run(*args, **kwargs):
+        broken.append(True)
+        raise BackendUnavailable("its toolchain failed")
+
+    fake = types.SimpleNamespace(run=run, supports=lambda spec, **options: not broken)
+    monkeypatch.setitem(dispatch._REGISTRY, "vendor", fake)
+    spec = RecurrenceSpec("lstm", U)
+    torch.manual_seed(0)
+    w = RecurrentWeights(torch.randn(3, 4 * U), torch.randn(U, 4 * U), torch.randn(4 * U))
+    x, state = torch.randn(2, 5, 3), (torch.zeros(2, U), torch.zeros(2, U))
+    with pytest.warns(RuntimeWarning, match="vendor backend cannot run on this machine"):
+        out, _ = dispatch.run(spec, w, x, state)
+    torch.testing.assert_close(out, reference.run(spec, w, x, state)[0])
+    assert dispatch.select(spec, device=torch.device("cpu"), dtype=torch.float32) != "vendor"
+    with pytest.raises(BackendUnavailable):  # a backend named explicitly is not replaced
+        broken.clear()
+        dispatch.run(spec, w, x, state, backend="vendor")

@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from rnnkit.kernels import reference, triton_rnn
-from rnnkit.kernels.spec import LayerNormWeights, RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels.spec import (
+    BackendUnavailable,
+    LayerNormWeights,
+    RecurrenceSpec,
+    RecurrentWeights,
+)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_GPU = torch.cuda.is_available() and HAS_TRITON
@@ -49,6 +54,47 @@ def test_importing_the_backend_does_not_import_triton():
 def test_supports_nothing_on_cpu():
     assert not triton_rnn.supports(RecurrenceSpec("lstm", 4), "cpu")
     assert "CUDA" in triton_rnn.unsupported_reason(RecurrenceSpec("lstm", 4), "cpu")
+
+
+def _raise_from(module: str, message: str):
+    """Raise RuntimeError(message) from a frame that belongs to ``module``."""
+    scope = {"__name__": module}
+    exec("def fail(message):\n    raise RuntimeError(message)\n", scope)
+    scope["fail"](message)
+
+
+def test_failures_inside_triton_are_told_apart_from_others():
+    with pytest.raises(RuntimeError) as inside:
+        _raise_from("triton.runtime.build", "Failed to find C compiler")
+    assert triton_rnn._raised_by_triton(inside.value)
+    with pytest.raises(RuntimeError) as outside:
+        torch.empty(2, 3) @ torch.empty(4, 5)  # a shape error from torch
+    assert not triton_rnn._raised_by_triton(outside.value)
+
+
+@gpu
+@pytest.mark.gpu
+def test_a_triton_toolchain_failure_turns_the_backend_off(monkeypatch):
+    monkeypatch.setattr(triton_rnn, "_BROKEN", [])
+    monkeypatch.setattr(triton_rnn, "_ENGINES", {})
+    from rnnkit.kernels import _triton_steps
+
+    class Broken:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: _raise_from("triton.runtime.build", "no C compiler")
+
+    monkeypatch.setattr(_triton_steps, "lstm_forward_step", Broken())
+    p, _, _ = problem(2, 3, 4, 8, torch.float32, False, 3)
+    dev = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in p.items()}
+    with pytest.raises(BackendUnavailable, match="no C compiler"):
+        call(triton_rnn.run, dev, False, {}, cuda_graphs=HAS_GPU)
+    assert triton_rnn._BROKEN == ["RuntimeError: no C compiler"]
+    if HAS_GPU:  # auto warns once and runs the call on cuDNN instead
+        from rnnkit.kernels import dispatch
+
+        spec = RecurrenceSpec("lstm", 8)
+        assert "failed on this machine" in triton_rnn.unsupported_reason(spec, "cuda")
+        assert dispatch.select(spec, device=torch.device("cuda"), dtype=torch.float32) == "vendor"
 
 
 def test_older_gpus_are_left_to_cudnn(monkeypatch):

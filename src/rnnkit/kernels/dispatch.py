@@ -25,12 +25,13 @@ True
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 import torch
 
 from rnnkit.kernels import cpu_ext, reference, vendor
-from rnnkit.kernels.spec import RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels.spec import BackendUnavailable, RecurrenceSpec, RecurrentWeights
 
 AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # On the CPU, torch's kernels run packed (masked) sequences without oneDNN, several times slower
@@ -180,4 +181,16 @@ def run(
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
     name = select(spec, backend=backend, device=inputs.device, dtype=inputs.dtype, **options)
-    return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
+    try:
+        return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
+    except BackendUnavailable as err:
+        if backend != "auto":
+            raise
+        fallback = select(spec, device=inputs.device, dtype=inputs.dtype, **options)
+        warnings.warn(
+            f"rnnkit: the {name} backend cannot run on this machine ({err}); "
+            f"using {fallback} from now on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _REGISTRY[fallback].run(spec, weights, inputs, tuple(initial_state), **options)

@@ -32,6 +32,10 @@ with
   sequence;
 - ``outputs``: ``(B, T, units)``; ``final_state``: tuple like ``initial_state``.
 
+A backend that finds it cannot work on this machine at all (its compiler toolchain fails, say)
+raises :class:`BackendUnavailable` and declines every later call in ``supports``; ``auto`` then
+warns once and runs the call on the next backend.
+
 With ``spec.layer_norm`` the input and recurrent projections (and the LSTM cell state) are layer
 normalised; ``weights.layer_norm`` then holds the :class:`LayerNormWeights`; the equations are in
 :mod:`rnnkit.kernels.steps`.
@@ -57,6 +61,10 @@ import torch
 CellType = Literal["lstm", "gru", "simple"]
 
 GATES: dict[str, int] = {"lstm": 4, "gru": 3, "simple": 1}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run on this machine (and will decline further calls)."""
 
 
 @dataclass(frozen=True)

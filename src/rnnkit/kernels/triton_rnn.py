@@ -52,7 +52,13 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
+from rnnkit.kernels.spec import (
+    GATES,
+    LAYER_NORM_EPS,
+    BackendUnavailable,
+    RecurrenceSpec,
+    RecurrentWeights,
+)
 
 DTYPES = (torch.float32, torch.bfloat16)
 # Activation names the step kernels implement (their codes: _triton_steps.ACTIVATION_CODES).
@@ -64,7 +70,7 @@ _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
 # float32) and a pair of graphs per sequence length.
 MAX_ENGINES = 8
 MAX_GRAPHS = 64  # per slot: the sequence lengths whose captured graphs are kept
-GATES = {"lstm": 4, "gru": 3, "simple": 1}
+_BROKEN: list[str] = []  # why Triton failed on this machine, once it has
 
 
 def activation_name(activation) -> str | None:
@@ -94,6 +100,8 @@ def unsupported_reason(
         return "the triton backend needs a CUDA device"
     if not triton_available():
         return "the triton backend needs Triton installed"
+    if _BROKEN:
+        return f"Triton failed on this machine: {_BROKEN[0]}"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 7:  # Triton compiles for Volta (7.0) and newer
         return f"Triton needs a GPU of compute capability 7.0 or newer (this one: {major}.{minor})"
@@ -410,6 +418,17 @@ def _release(slot: _Slot) -> None:
     slot.busy = False
 
 
+def _raised_by_triton(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside Triton's own code (compiling a kernel, building its
+    launcher: a missing C compiler or Python headers, an unsupported driver), not by a kernel's
+    inputs or by torch (shapes, out of memory)."""
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    module = last.tb_frame.f_globals.get("__name__", "") if last is not None else ""
+    return module.split(".")[0] == "triton"
+
+
 class _Lease:
     """Holds a slot from forward to backward; frees it when the autograd graph is dropped."""
 
@@ -461,7 +480,13 @@ class _Recurrence(torch.autograd.Function):
                 slot.ln[1].copy_(bh)
             elif not lstm:
                 slot.ln[1].zero_()
-            slot.run_forward(T)
+            try:
+                slot.run_forward(T)
+            except Exception as err:
+                if not _raised_by_triton(err):
+                    raise
+                _BROKEN.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
+                raise BackendUnavailable(f"Triton failed on this machine: {_BROKEN[0]}") from err
             out = slot.H[1 : T + 1].transpose(0, 1).contiguous()  # (B, T, u)
             h_t = slot.H[T].clone()
             c_t = slot.C[T].to(c0.dtype, copy=True) if lstm else None
