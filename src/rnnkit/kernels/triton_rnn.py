@@ -47,6 +47,7 @@ Nothing here imports Triton or touches CUDA until a GPU call is made.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -80,8 +81,9 @@ def activation_name(activation) -> str | None:
     return _CALLABLES.get(activation)
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether Triton is installed (without importing it)."""
+    """Whether Triton is installed (without importing it; looked up once per process)."""
     return importlib.util.find_spec("triton") is not None
 
 
