@@ -279,6 +279,45 @@ def shapes_table(reps):
     return rows
 
 
+def varying_lengths_table(rounds):
+    """Length-bucketed batches, as text classification feeds them: an LSTM layer (64 rows,
+    128 -> 256, right-padded masks) over 8 batch lengths between 40 and 110 steps, in a fixed
+    cycle. Rows ``(backend, first cycle ms, median ms per batch afterwards)``: the first cycle
+    includes Triton's one-off graph captures."""
+    import rnnkit.layers as layers
+
+    B, I, u = 64, 128, 256
+    lengths = [40, 110, 55, 95, 70, 80, 60, 100]
+    batches = []
+    for T in lengths:
+        x = torch.randn(B, T, I, device=DEV, requires_grad=True)
+        valid = torch.randint(T // 2, T + 1, (B,), device=DEV)
+        mask = torch.arange(T, device=DEV) < valid[:, None]
+        batches.append((x, mask, torch.randn(B, T, u, device=DEV)))
+    rows = []
+    for backend in ("auto", "vendor"):
+        layer = layers.LSTM(u, return_sequences=True, backend=backend).to(DEV)
+        layer.build(I, DEV, torch.float32)
+
+        def step(x, mask, g, layer=layer):
+            layer(x, mask=mask).backward(g)
+
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for batch in batches:
+            step(*batch)
+        torch.cuda.synchronize()
+        first = (time.perf_counter() - t0) * 1e3
+        times = []
+        for _ in range(rounds):
+            for batch in batches:
+                times.append(timed(lambda batch=batch: step(*batch), 1, warmup=0)[0])
+        rows.append((backend, first, statistics.median(times)))
+        print(f"varying lengths, backend={backend}: first cycle {first:.1f} ms, then "
+              f"{statistics.median(times):.3f} ms per batch", flush=True)  # fmt: skip
+    return rows
+
+
 def layers_report(report, quick):
     """Measure the layer and shape tables into ``report``; returns a function printing them."""
     B, T, I, u = 64, 100, 512, 512
@@ -286,6 +325,10 @@ def layers_report(report, quick):
     torch.backends.cuda.matmul.allow_tf32 = False
     layer_rows = layer_table(B, T, I, u, 5 if quick else 20)
     shape_rows = shapes_table(5 if quick else 20)
+    varying_rows = varying_lengths_table(2 if quick else 5)
+    report["varying_lengths"] = [
+        dict(zip(("backend", "first_cycle_ms", "median_ms"), r, strict=True)) for r in varying_rows
+    ]
     report["shapes"] = [
         dict(zip(("cell", "shape", "torch_nn_ms", "vendor_ms", "triton_ms"), r, strict=True))
         for r in shape_rows
@@ -311,6 +354,9 @@ def layers_report(report, quick):
         for cell, (B_, T_, I_, u_), ref_ms, vendor_ms, triton_ms in shape_rows:
             print(f"{f'{cell}, {B_} x {T_}, {I_} -> {u_}':34s} {ref_ms:10.3f} "
                   f"{ref_ms / vendor_ms:14.2f} {ref_ms / triton_ms:14.2f}")  # fmt: skip
+        print("\nlength-bucketed LSTM batches (64 x 40..110 steps, 128 -> 256, masked, 8 lengths)")
+        for backend, first, med in varying_rows:
+            print(f"  backend={backend:7s} first cycle {first:8.1f} ms, then {med:.3f} ms/batch")
 
     return show
 

@@ -351,6 +351,15 @@ def test_sequences_of_varying_length_share_one_engine(monkeypatch):
         assert sorted(engine.slots[0].graphs) == [4, 9]
 
 
+def test_clear_cache_drops_every_engine(monkeypatch):
+    monkeypatch.setattr(triton_rnn, "_ENGINES", {})
+    config = (torch.float32, False, False, True, "tanh", "sigmoid", False, 0, 0.0)
+    triton_rnn._engine("gru", "cuda:0", 4, 8, *config)
+    assert len(triton_rnn._ENGINES) == 1
+    triton_rnn.clear_cache()
+    assert triton_rnn._ENGINES == {}
+
+
 def test_engine_cache_keeps_the_most_recently_used(monkeypatch):
     monkeypatch.setattr(triton_rnn, "_ENGINES", {})
     config = (torch.float32, False, False, True, "tanh", "sigmoid", False, 0, 0.0)

@@ -416,6 +416,12 @@ def _engine(*key) -> _Engine:
     return engine
 
 
+def clear_cache() -> None:
+    """Drop every engine: their buffers and graphs go once no autograd graph holds a slot
+    (then ``torch.cuda.empty_cache()`` returns the memory to the device)."""
+    _ENGINES.clear()
+
+
 def _release(slot: _Slot) -> None:
     slot.busy = False
 
