@@ -225,47 +225,90 @@ class _Slot:
             return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
         return self.rhat, self.rstd, self.C[t + 1], self.cstd
 
-    # The two loops over T steps; both are captured as graphs unless the engine runs eagerly.
-    def forward_loop(self, T: int) -> None:
+    # One step's kernel launch per cell (grid: one program per batch row).
+    def _launch(self, kernel, *args) -> None:
+        e = self.engine
+        kernel[(e.batch,)](
+            *args, U=e.units, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
+            num_warps=e.num_warps,
+        )  # fmt: skip
+
+    def _lstm_forward(self, t: int) -> None:
+        from rnnkit.kernels import _triton_steps as k
+
+        e, u = self.engine, self.engine.units
+        self._launch(
+            k.lstm_forward_step, self.xn[:, t], self.xn.stride(0),
+            self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
+            self.act[t], *self._ln_saved(t),
+            self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
+            self.H[t], self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+        )  # fmt: skip
+
+    def _lstm_backward(self, t: int) -> None:
+        from rnnkit.kernels import _triton_steps as k
+
+        e, u = self.engine, self.engine.units
+        self._launch(
+            k.lstm_backward_step, self.dout[:, t], self.dout.stride(0),
+            self.dH, self.rdm, self.dC, self.act[t], self.C[t], *self._ln_saved(t),
+            self.ln[0], self.ln[2, :u], self.ln[3, :u],
+            self.dz[:, t], self.dz.stride(0), self.dR[t],
+            self.acc[0], self.acc[1], self.acc_c[0], self.acc_c[1],
+            self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+        )  # fmt: skip
+
+    def _gru_forward(self, t: int) -> None:
         from rnnkit.kernels import _triton_steps as k
 
         e = self.engine
-        u = e.units
-        for t in range(T):
-            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, G)
-            if e.cell == "gru":
-                k.gru_forward_step[(e.batch,)](
-                    self.xn[:, t], self.xn.stride(0), self.R, self.H[t], self.H[t + 1],
-                    self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
-                    self.ln[0], self.ln[1],
-                    self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
-                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                    num_warps=e.num_warps,
-                )  # fmt: skip
-                continue
-            if e.cell == "simple":
-                k.simple_forward_step[(e.batch,)](
-                    self.xn[:, t], self.xn.stride(0), self.R, self.H[t], self.H[t + 1],
-                    self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t), self.ln[0],
-                    self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
-                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                    num_warps=e.num_warps,
-                )  # fmt: skip
-                continue
-            k.lstm_forward_step[(e.batch,)](
-                self.xn[:, t], self.xn.stride(0),
-                self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
-                self.act[t], *self._ln_saved(t),
-                self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
-                self.H[t], self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
-                e.eps,
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                num_warps=e.num_warps,
-            )  # fmt: skip
+        self._launch(
+            k.gru_forward_step, self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
+            self.H[t + 1], self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
+            self.ln[0], self.ln[1],
+            self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+        )  # fmt: skip
 
-    def backward_loop(self, T: int) -> None:
+    def _gru_backward(self, t: int) -> None:
         from rnnkit.kernels import _triton_steps as k
 
+        e = self.engine
+        self._launch(
+            k.gru_backward_step, self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
+            self.act[t], self.H[t], *self._ln_rows(t), self.ln[0],
+            self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.acc[1],
+            self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+        )  # fmt: skip
+
+    def _simple_forward(self, t: int) -> None:
+        from rnnkit.kernels import _triton_steps as k
+
+        e = self.engine
+        self._launch(
+            k.simple_forward_step, self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
+            self.H[t + 1], self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
+            self.ln[0], self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+        )  # fmt: skip
+
+    def _simple_backward(self, t: int) -> None:
+        from rnnkit.kernels import _triton_steps as k
+
+        e = self.engine
+        self._launch(
+            k.simple_backward_step, self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
+            self.act[t], *self._ln_rows(t), self.ln[0], self.dz[:, t], self.dz.stride(0),
+            self.dR[t], self.acc[0], self.carry, self._at(self.valid, t), self._at(self.zm, t),
+            e.zoneout_rate,
+        )  # fmt: skip
+
+    # The two loops over T steps; both are captured as graphs unless the engine runs eagerly.
+    def forward_loop(self, T: int) -> None:
+        step = getattr(self, f"_{self.engine.cell}_forward")
+        for t in range(T):
+            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, G)
+            step(t)
+
+    def backward_loop(self, T: int) -> None:
         e = self.engine
         u, G = e.units, e.gates * e.units
         # d h_T joins the last step's output gradient (it does not pass the dropout mask).
@@ -277,41 +320,10 @@ class _Slot:
         if e.cell == "lstm":
             self.dC.copy_(self.dcT)
             self.acc_c.zero_()
+        step = getattr(self, f"_{e.cell}_backward")
         Ut = self.U.t()
         for t in range(T - 1, -1, -1):
-            if e.cell == "gru":
-                k.gru_backward_step[(e.batch,)](
-                    self.dout[:, t], self.dout.stride(0), self.dH, self.rdm, self.act[t],
-                    self.H[t], *self._ln_rows(t), self.ln[0],
-                    self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.acc[1],
-                    self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
-                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                    num_warps=e.num_warps,
-                )  # fmt: skip
-                torch.mm(self.dR[t], Ut, out=self.dH)
-                continue
-            if e.cell == "simple":
-                k.simple_backward_step[(e.batch,)](
-                    self.dout[:, t], self.dout.stride(0), self.dH, self.rdm, self.act[t],
-                    *self._ln_rows(t), self.ln[0], self.dz[:, t], self.dz.stride(0), self.dR[t],
-                    self.acc[0], self.carry, self._at(self.valid, t), self._at(self.zm, t),
-                    e.zoneout_rate,
-                    U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                    num_warps=e.num_warps,
-                )  # fmt: skip
-                torch.mm(self.dR[t], Ut, out=self.dH)
-                continue
-            k.lstm_backward_step[(e.batch,)](
-                self.dout[:, t], self.dout.stride(0),
-                self.dH, self.rdm, self.dC, self.act[t], self.C[t],
-                *self._ln_saved(t),
-                self.ln[0], self.ln[2, :u], self.ln[3, :u],
-                self.dz[:, t], self.dz.stride(0), self.dR[t],
-                self.acc[0], self.acc[1], self.acc_c[0], self.acc_c[1],
-                self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
-                U=u, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-                num_warps=e.num_warps,
-            )  # fmt: skip
+            step(t)
             torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
         # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
         TB = T * e.batch
