@@ -3,7 +3,7 @@ reference loop computes (outputs, final states, gradients of inputs and every pa
 
 Skipped without CUDA. On a GPU, every recurrence of up to 512 units (LSTM, GRU with
 ``reset_after=True``, SimpleRNN) goes to Triton in every configuration (standard, layer norm,
-dropouts, DropConnect, zoneout, masks, eight activations); what it cannot do exactly (GRU
+dropouts, DropConnect, zoneout, masks, nine activations); what it cannot do exactly (GRU
 ``reset_after=False``, a GELU activation) to the fused recurrence running on the GPU.
 """
 

@@ -423,10 +423,13 @@ def test_every_step_kernel_compiles_for_hopper(flags_on):
                "dz_ptr", "dr_ptr"}  # fmt: skip
     kernels = [k.lstm_forward_step, k.lstm_backward_step, k.gru_forward_step,
                k.gru_backward_step, k.simple_forward_step, k.simple_backward_step]  # fmt: skip
-    for kernel, dtype in [(f, d) for f in kernels for d in ("fp32", "bf16")]:
+    cases = [(f, d, 2, 1) for f in kernels for d in ("fp32", "bf16")]
+    if not flags_on:  # every activation code, as activation and as recurrent activation
+        cases += [(f, "fp32", c, c) for f in kernels[:2] for c in k.ACTIVATION_CODES.values()]
+    for kernel, dtype, act, ract in cases:
         names = list(inspect.signature(kernel.fn).parameters)
-        flags = {"U": 96, "BLOCK": 128, "LAYER_NORM": flags_on, "RDROP": flags_on, "ACT": 2,
-                 "RACT": 1, "MASKED": flags_on, "ZONEOUT": 1 if flags_on else 0,
+        flags = {"U": 96, "BLOCK": 128, "LAYER_NORM": flags_on, "RDROP": flags_on, "ACT": act,
+                 "RACT": ract, "MASKED": flags_on, "ZONEOUT": 1 if flags_on else 0,
                  "CARRY": flags_on}  # fmt: skip
         flags = {n: v for n, v in flags.items() if n in names}
         signature = {

@@ -42,6 +42,7 @@ ACTIVATION_CODES = {
     "softsign": 5,
     "elu": 6,
     "softplus": 7,
+    "selu": 8,
 }
 
 
@@ -69,6 +70,10 @@ def _act(x, CODE: tl.constexpr):
         y = tl.where(x > 0.0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0)
     if CODE == 7:  # torch's softplus: linear above 20
         y = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    if CODE == 8:  # torch's selu constants (a jit function reads no Python globals)
+        y = 1.0507009873554805 * tl.where(
+            x > 0.0, x, 1.6732632423543772 * (tl.exp(tl.minimum(x, 0.0)) - 1.0)
+        )
     return y
 
 
@@ -90,6 +95,8 @@ def _dact(y, CODE: tl.constexpr):
         d = tl.where(y > 0.0, 1.0, y + 1.0)
     if CODE == 7:
         d = 1.0 - tl.exp(-y)
+    if CODE == 8:  # scale, or y + scale * alpha
+        d = tl.where(y > 0.0, 1.0507009873554805, y + 1.7580993408473766)
     return d
 
 

@@ -64,7 +64,8 @@ from rnnkit.kernels.spec import (
 DTYPES = (torch.float32, torch.bfloat16)
 # Activation names the step kernels implement (their codes: _triton_steps.ACTIVATION_CODES).
 # (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
-ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus")
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus",
+               "selu")  # fmt: skip
 _CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
 # An engine (one cell configuration and batch size) holds its slots' buffers (about
 # 10 x B x T x G values for the longest T seen; 190 MiB for an LSTM at 64 x 100, 512 units,
