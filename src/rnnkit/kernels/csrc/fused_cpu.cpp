@@ -308,6 +308,18 @@ inline void for_unit_parts(int64_t u, int64_t chunk, const F& f) {
   });
 }
 
+// A backward step's per-row gradients, f(b0, b1, j0, j1): split by batch rows with layer norm
+// (its statistics need whole rows), else by hidden units like the forward steps.
+template <typename F>
+inline void for_backward_parts(bool ln, int64_t B, int64_t grain, int64_t u, int64_t chunk,
+                               const F& f) {
+  if (ln) {
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { f(b0, b1, int64_t(0), u); });
+  } else {
+    for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) { f(int64_t(0), B, j0, j1); });
+  }
+}
+
 // Scratch rows of n values, one per thread of the loops' parallel regions, allocated once per
 // call (zeroed: also per-thread accumulators, summed by the caller after the loop).
 template <typename T>
@@ -640,17 +652,12 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
         std::copy(tmp, tmp + G4, mrow);
       }
     };
-    if (ln) {
-      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        T *y = y_rows.mine(), *tmp = tmp_rows.mine(), *dgh = dgh_rows.mine();
-        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, y, tmp, dgh);
-      });
-    } else {
-      for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
-        T* y = y_rows.mine();
-        for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, y, nullptr, nullptr);
-      });
-    }
+    for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+      T* y = y_rows.mine();
+      T* tmp = ln ? tmp_rows.mine() : nullptr;
+      T* dgh = ln ? dgh_rows.mine() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh);
+    });
     previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
                        dhn_all, r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
@@ -1047,17 +1054,11 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
         std::copy(tmp, tmp + u, mrow);
       }
     };
-    if (ln) {
-      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        T *tmp = tmp_rows.mine(), *dgh = dgh_rows.mine();
-        for (int64_t b = b0; b < b1; ++b) grads(b, 0, u, tmp, dgh);
-      });
-    } else {
-      for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
-        T* tmp = tmp_rows.mine();
-        for (int64_t b = 0; b < B; ++b) grads(b, j0, j1, tmp, nullptr);
-      });
-    }
+    for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+      T* tmp = tmp_rows.mine();
+      T* dgh = ln ? dgh_rows.mine() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, tmp, dgh);
+    });
     previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
                        dhn_all, r_scratch.data(), dh2.data_ptr<T>());
     std::swap(dh, dh2);
