@@ -45,7 +45,6 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # figures from before the gate-blocked weight layout), so torch's kernel is the choice that is
 # never far behind.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
-MASKED_CPU_ORDER = FUSED_FIRST_ORDER
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step

@@ -127,17 +127,21 @@ def _call(spec, params, x, state, batch_sizes=None, training=False):
         hx = (state[0].unsqueeze(0), state[1].unsqueeze(0))
     else:
         hx = state[0].unsqueeze(0)
+
+    def call(params):
+        if batch_sizes is None:
+            return fn(x, hx, params, has_bias, 1, 0.0, training, False, True)
+        return fn(x, batch_sizes, hx, params, has_bias, 1, 0.0, training, False)
+
     if x.is_cuda:
         # cuDNN views each weight as a flat matrix: the transposed Keras-layout views must be
         # copied first. It then copies them once more into its own weight buffer, which it
         # warns about; both copies are tiny next to the recurrence (4 MB at 512 -> 512).
-        params = [p.contiguous() for p in params]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
-        if batch_sizes is None:
-            res = fn(x, hx, params, has_bias, 1, 0.0, training, False, True)
-        else:
-            res = fn(x, batch_sizes, hx, params, has_bias, 1, 0.0, training, False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
+            res = call([p.contiguous() for p in params])
+    else:
+        res = call(params)
     y = res[0]
     final = tuple(s.squeeze(0) for s in res[1:])
     return y, final
