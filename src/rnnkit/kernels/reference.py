@@ -27,14 +27,16 @@ def input_projection(
 ) -> torch.Tensor:
     """``inputs @ kernel + input bias`` for all steps at once: ``(B, T, I) -> (B, T, G*u)``.
 
-    With ``spec.layer_norm``: ``LN(inputs @ kernel; input_gamma) + input bias``.
+    With ``spec.layer_norm``: ``LN(inputs @ kernel; input_gamma) + input bias`` (the bias as the
+    LayerNorm's beta: one op).
     """
     xw = inputs @ weights.kernel
+    bias = weights.bias
+    if bias is not None and bias.dim() == 2:  # GRU reset_after: row 0 is the input bias
+        bias = bias[0]
     if spec.layer_norm:
-        xw = layer_norm(xw, _layer_norm_weights(weights).input_gamma)
-    if weights.bias is not None:
-        xw = xw + (weights.bias[0] if weights.bias.dim() == 2 else weights.bias)
-    return xw
+        return layer_norm(xw, _layer_norm_weights(weights).input_gamma, bias)
+    return xw if bias is None else xw + bias
 
 
 def _layer_norm_weights(weights: RecurrentWeights):

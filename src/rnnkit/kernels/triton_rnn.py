@@ -51,8 +51,8 @@ import functools
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 
+from rnnkit.kernels.reference import input_projection
 from rnnkit.kernels.spec import (
     GATES,
     LAYER_NORM_EPS,
@@ -191,13 +191,11 @@ class _Slot:
         self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
         self.zm = buf(T, B, u) if e.zoneout_mode == 1 else self.ln  # zoneout: 1 keeps h_{t-1}
         self.carry = buf(B, u) if e.carry else self.ln  # d h that bypasses a step's gates
-        if e.layer_norm:
-            self.rhat = buf(T, B, G)
-            self.rstd = buf(T, B)
-            self.chat = buf(T, B, u) if lstm else None
-            self.cstd = buf(T, B) if lstm else None
-        else:  # never touched by the kernels; the LSTM's cell state is read from C instead
-            self.rhat, self.rstd, self.chat, self.cstd = self.R, self.R[:, 0], None, self.dcT
+        # Saved by the layer norms (without them the kernels get placeholders: _ln_rows).
+        self.rhat = buf(T, B, G) if e.layer_norm else None
+        self.rstd = buf(T, B) if e.layer_norm else None
+        self.chat = buf(T, B, u) if e.layer_norm and lstm else None
+        self.cstd = buf(T, B) if e.layer_norm and lstm else None
         # Backward outputs and work buffers.
         self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
         # d xn: for the LSTM and SimpleRNN without the recurrent layer norm it equals dR
@@ -222,24 +220,25 @@ class _Slot:
         return self.R, self.R
 
     def _ln_saved(self, t: int) -> tuple[torch.Tensor, ...]:
+        """The LSTM's: both layer norms' saved rows; without them the cell state is read from C."""
         if self.engine.layer_norm:
             return self.rhat[t], self.rstd[t], self.chat[t], self.cstd[t]
-        return self.rhat, self.rstd, self.C[t + 1], self.cstd
+        return self.R, self.R, self.C[t + 1], self.dcT
 
     # One step's kernel launch per cell (grid: one program per batch row).
-    def _launch(self, kernel, *args) -> None:
+    def _launch(self, kernel: str, *args) -> None:
+        from rnnkit.kernels import _triton_steps  # imports Triton: only once a GPU call runs
+
         e = self.engine
-        kernel[(e.batch,)](
+        getattr(_triton_steps, kernel)[(e.batch,)](
             *args, U=e.units, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
             num_warps=e.num_warps,
         )  # fmt: skip
 
     def _lstm_forward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e, u = self.engine, self.engine.units
         self._launch(
-            k.lstm_forward_step, self.xn[:, t], self.xn.stride(0),
+            "lstm_forward_step", self.xn[:, t], self.xn.stride(0),
             self.R, self.C[t], self.C[t + 1], self.H[t + 1], self.Hin[t + 1], self.rdm,
             self.act[t], *self._ln_saved(t),
             self.ln[0], self.ln[1], self.ln[2, :u], self.ln[3, :u],
@@ -247,11 +246,9 @@ class _Slot:
         )  # fmt: skip
 
     def _lstm_backward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e, u = self.engine, self.engine.units
         self._launch(
-            k.lstm_backward_step, self.dout[:, t], self.dout.stride(0),
+            "lstm_backward_step", self.dout[:, t], self.dout.stride(0),
             self.dH, self.rdm, self.dC, self.act[t], self.C[t], *self._ln_saved(t),
             self.ln[0], self.ln[2, :u], self.ln[3, :u],
             self.dz[:, t], self.dz.stride(0), self.dR[t],
@@ -260,43 +257,35 @@ class _Slot:
         )  # fmt: skip
 
     def _gru_forward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e = self.engine
         self._launch(
-            k.gru_forward_step, self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
+            "gru_forward_step", self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
             self.H[t + 1], self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
             self.ln[0], self.ln[1],
             self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
         )  # fmt: skip
 
     def _gru_backward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e = self.engine
         self._launch(
-            k.gru_backward_step, self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
+            "gru_backward_step", self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
             self.act[t], self.H[t], *self._ln_rows(t), self.ln[0],
             self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.acc[1],
             self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
         )  # fmt: skip
 
     def _simple_forward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e = self.engine
         self._launch(
-            k.simple_forward_step, self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
+            "simple_forward_step", self.xn[:, t], self.xn.stride(0), self.R, self.H[t],
             self.H[t + 1], self.Hin[t + 1], self.rdm, self.act[t], *self._ln_rows(t),
             self.ln[0], self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
         )  # fmt: skip
 
     def _simple_backward(self, t: int) -> None:
-        from rnnkit.kernels import _triton_steps as k
-
         e = self.engine
         self._launch(
-            k.simple_backward_step, self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
+            "simple_backward_step", self.dout[:, t], self.dout.stride(0), self.dH, self.rdm,
             self.act[t], *self._ln_rows(t), self.ln[0], self.dz[:, t], self.dz.stride(0),
             self.dR[t], self.acc[0], self.carry, self._at(self.valid, t), self._at(self.zm, t),
             e.zoneout_rate,
@@ -607,27 +596,17 @@ def run(
     U = weights.recurrent_kernel
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask  # DropConnect, fixed for the sequence
-    bias, rec_bias = weights.bias, None
-    if bias is not None and bias.dim() == 2:  # GRU (reset_after): input and recurrent bias rows
-        bias, rec_bias = bias[0], bias[1]
-    xw = inputs @ weights.kernel  # (B, T, G)
+    xn = input_projection(spec, weights, inputs)  # LN(x W; gamma_x) + input bias: (B, T, G)
     gh = bh = gc = bc = None
     if spec.layer_norm:
         ln = weights.layer_norm
-        if ln is None:
-            raise ValueError(
-                "spec.layer_norm=True needs weights.layer_norm (LayerNormWeights); received None"
-            )
-        xn = F.layer_norm(xw, (G,), ln.input_gamma, bias, LAYER_NORM_EPS)  # LN(xW) + b
         gh = ln.recurrent_gamma
-    else:
-        xn = xw if bias is None else xw + bias
     if lstm and spec.layer_norm:
-        bh = xw.new_zeros(G)  # the recurrent LayerNorm has no beta (spec.LayerNormWeights)
-        gc = ln.cell_gamma if ln.cell_gamma is not None else xw.new_ones(u)
-        bc = ln.cell_beta if ln.cell_beta is not None else xw.new_zeros(u)
-    elif not lstm:
-        bh = rec_bias
+        bh = xn.new_zeros(G)  # the recurrent LayerNorm has no beta (spec.LayerNormWeights)
+        gc = ln.cell_gamma if ln.cell_gamma is not None else xn.new_ones(u)
+        bc = ln.cell_beta if ln.cell_beta is not None else xn.new_zeros(u)
+    elif not lstm and weights.bias is not None and weights.bias.dim() == 2:
+        bh = weights.bias[1]  # the GRU's recurrent bias
     device = inputs.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
