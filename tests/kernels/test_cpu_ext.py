@@ -62,12 +62,25 @@ CASES = {
     "go_backwards+mask": ({}, {"mask": LEFT, "go_backwards": True}),
     "hard_sigmoid+relu": ({"recurrent_activation": "hard_sigmoid", "activation": "relu"}, {}),
     "linear+no_bias": ({"activation": "linear", "use_bias": False}, {}),
+    "softsign+elu": ({"recurrent_activation": "softsign", "activation": "elu"}, {}),
+    "selu": ({"activation": "selu"}, {}),
+    "softplus+mask": ({"activation": "softplus"}, {"mask": LEFT}),
+    # SiLU and GELU: the derivatives read the pre-activations (P; G itself for a plain SimpleRNN)
+    "silu+gelu": ({"recurrent_activation": "silu", "activation": "gelu"}, {}),
+    "silu+gelu+mask": ({"recurrent_activation": "silu", "activation": "gelu"}, {"mask": LEFT}),
+    "gelu+layer_norm+zoneout": (
+        {"recurrent_activation": "gelu", "activation": "silu", "layer_norm": True},
+        {"zoneout_mask": "zo"},
+    ),
     "layer_norm": ({"layer_norm": True}, {}),
     "layer_norm+mask": ({"layer_norm": True}, {"mask": LEFT}),
     "recurrent_dropout": ({}, {"recurrent_dropout_mask": "rd"}),
     "zoneout+mask": ({}, {"zoneout_mask": "zo", "mask": LEFT}),
     "zoneout_eval": ({"zoneout": 0.25}, {}),
 }
+
+
+TAMED = {"elu", "selu", "softsign", "softplus", "silu", "gelu"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -78,7 +91,8 @@ def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "layer_norm"]
+    "case",
+    ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "layer_norm", "silu+gelu+mask"],
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch):
@@ -107,6 +121,13 @@ def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     }
     kw = {k: masks.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
     w = _weights(spec, dtype)
+    # unbounded activations (gates, too) at the default scale give gradients of 100s, where
+    # float32 rounding alone exceeds the tolerance: a tamer problem
+    if {spec_kw.get("activation"), spec_kw.get("recurrent_activation")} & TAMED:
+        with torch.no_grad():
+            for p in (w.kernel, w.recurrent_kernel, *(w.layer_norm or ())):
+                if p is not None:
+                    p.mul_(0.3 * (U / units) ** 0.5)
     compiled = _run(spec, w, kw, dtype, batch)
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
     tanh = fused._ACTS["tanh"]
@@ -125,10 +146,9 @@ def test_calls_outside_the_compiled_set_use_the_python_loops():
     _compiled_available()
     act, x = fused._ACTS, torch.zeros(1)
     assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x) is not None
-    assert fused._compiled_ops("lstm", True, act["elu"], act["sigmoid"], x) is None
     assert fused._compiled_ops("gru", False, act["tanh"], act["sigmoid"], x) is None  # reset_before
-    assert fused._compiled_ops("simple", True, act["relu"], act["relu"], x) is not None
-    assert fused._compiled_ops("simple", True, act["elu"], act["elu"], x) is None
+    for name in act:  # every named activation
+        assert fused._compiled_ops("lstm", True, act[name], act[name], x) is not None, name
     assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x.half()) is None
 
 

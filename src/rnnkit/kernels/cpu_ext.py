@@ -31,7 +31,20 @@ import torch
 SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
 ENV_SWITCH = "RNNKIT_CPU_EXT"
 # Activation ids understood by the C++ loops (enum Act in fused_cpu.cpp).
-ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "hard_sigmoid": 3, "relu": 4}
+ACTIVATION_IDS = {
+    "linear": 0,
+    "sigmoid": 1,
+    "tanh": 2,
+    "hard_sigmoid": 3,
+    "relu": 4,
+    "elu": 5,
+    "selu": 6,
+    "softsign": 7,
+    "softplus": 8,
+    "exponential": 9,
+    "silu": 10,
+    "gelu": 11,
+}
 
 
 def covers(cell: str, reset_after: bool = True) -> bool:

@@ -269,17 +269,15 @@ _ACTS: dict[str, _Act] = {
         lambda y, x: torch.where(y > 0, _SELU_SCALE, y + _SELU_SCALE * _SELU_ALPHA),
     ),
     "exponential": _Act("exponential", torch.exp_, lambda y, x: y.clone(), out_fn=torch.exp),
+    # softsign' = 1 / (1 + |x|)^2 = (1 - |y|)^2; softplus' = sigmoid(x) = 1 - exp(-y) (torch's
+    # threshold: x above 20 passes through, derivative 1)
     "softsign": _Act(
-        "softsign",
-        lambda x: x.div_(x.abs() + 1.0),
-        lambda y, x: (x.abs() + 1.0).pow_(-2),
-        needs_input=True,
+        "softsign", lambda x: x.div_(x.abs() + 1.0), lambda y, x: (1.0 - y.abs()).square_()
     ),
     "softplus": _Act(
         "softplus",
         lambda x: x.copy_(F.softplus(x)),
-        lambda y, x: torch.where(x > 20.0, 1.0, torch.sigmoid(x)),
-        needs_input=True,
+        lambda y, x: torch.where(y > 20.0, 1.0, torch.expm1(-y).neg_()),
     ),
     "silu": _Act("silu", lambda x: F.silu(x, inplace=True), _silu_deriv, needs_input=True),
     "gelu": _Act("gelu", lambda x: x.copy_(F.gelu(x)), _gelu_deriv, needs_input=True),
@@ -444,7 +442,7 @@ class _LSTMFunction(torch.autograd.Function):
         mU = _Right(U, B) if ext is None else None
         if ln:
             M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
-            CY = xw.new_empty(T, B, u) if save and act.needs_input else None
+            CY = xw.new_empty(T, B, u) if save and act.needs_input and ext is None else None
             if save:  # per-step LayerNorm statistics, for the backward pass only
                 MU_h, RS_h = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
                 MU_c, RS_c = xw.new_empty(T, B, 1), xw.new_empty(T, B, 1)
@@ -455,7 +453,7 @@ class _LSTMFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
-                g_h, g_c, b_c, _EPS,
+                g_h, g_c, b_c, P, _EPS,
             )  # fmt: skip
         for t in range(T if ext is None else 0):
             s = t if save else 0
@@ -540,7 +538,7 @@ class _LSTMFunction(torch.autograd.Function):
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
-                db,
+                db, P,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
@@ -654,7 +652,7 @@ class _GRUFunction(torch.autograd.Function):
             ext.gru_forward(
                 G, *_step_weight(ext, U, B, gate_blocks=3), H, R, b_rec, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
-                _EPS,
+                P, _EPS,
             )  # fmt: skip
         for t in range(T if ext is None else 0):
             s = t if save else 0
@@ -705,7 +703,7 @@ class _GRUFunction(torch.autograd.Function):
             DM = torch.empty_like(M) if ln else None
             ext.gru_backward(
                 G, *_step_weight(ext, U.t(), B), H, R, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
             dU = _tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
@@ -935,7 +933,7 @@ class _SimpleFunction(torch.autograd.Function):
         if ext is not None:
             ext.simple_forward(
                 G, *_step_weight(ext, U, B), H, Hin, rd, a, valid, _ACT_IDS[act.name],
-                _MODES[cfg.mode], save, M, MU, RS, g_h, _EPS,
+                _MODES[cfg.mode], save, M, MU, RS, g_h, P, _EPS,
             )  # fmt: skip
         for t in range(T if ext is None else 0):
             s = t if save else 0
@@ -980,7 +978,7 @@ class _SimpleFunction(torch.autograd.Function):
             dg_h = G.new_zeros(u) if ln else None
             ext.simple_backward(
                 G, *_step_weight(ext, U.t(), B), H, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h,
+                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P,
             )  # fmt: skip
             dU = _tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
             return None, G, dU, dh, dg_h, None, None, None

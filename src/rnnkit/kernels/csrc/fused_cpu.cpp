@@ -32,13 +32,39 @@
 
 namespace {
 
-// Activations: the ids are fixed by rnnkit/kernels/cpu_ext.py (ACTIVATION_IDS).
-enum Act : int64_t { kLinear = 0, kSigmoid = 1, kTanh = 2, kHardSigmoid = 3, kRelu = 4 };
+// Activations: the ids are fixed by rnnkit/kernels/cpu_ext.py (ACTIVATION_IDS). SiLU and GELU
+// are the two whose derivative needs the input (they are not monotonic or not invertible in
+// closed form): the loops then keep the pre-activations in a buffer P; every other derivative
+// comes from the output.
+enum Act : int64_t {
+  kLinear = 0,
+  kSigmoid = 1,
+  kTanh = 2,
+  kHardSigmoid = 3,
+  kRelu = 4,
+  kElu = 5,
+  kSelu = 6,
+  kSoftsign = 7,
+  kSoftplus = 8,
+  kExponential = 9,
+  kSilu = 10,
+  kGelu = 11,
+};
+
+constexpr bool needs_input(int64_t kind) { return kind == kSilu || kind == kGelu; }
+
+// The scalar functions below must be inlined into the loops for them to vectorise; with a dozen
+// call sites GCC's inlining budget no longer does that by itself (measured: the LSTM training step
+// 59 -> 75 ms when the activations were added), hence the attribute.
+#define RNNKIT_INLINE inline __attribute__((always_inline))
+
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
 
 // exp(x) for float in plain arithmetic (Cephes' polynomial, ~1 ulp), so that the loops
 // vectorise (with -fno-trapping-math, which lets the compiler turn the clamps and the floor into
 // vector selects); inputs are clamped to the range where the result is a normal float.
-inline float exp_approx(float x) {
+RNNKIT_INLINE float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float fn = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
@@ -57,11 +83,47 @@ inline float exp_approx(float x) {
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
 }
-inline double exp_approx(double x) { return std::exp(x); }
+RNNKIT_INLINE double exp_approx(double x) { return std::exp(x); }
+
+// log(1 + t) for 0 <= t <= 1 in plain arithmetic: 2 atanh(s) with s = t / (2 + t) <= 1/3, the
+// odd series to s^15 (truncation below 1e-8 relative); no cancellation for small t.
+RNNKIT_INLINE float log1p_unit(float t) {
+  const float s = t / (2.0f + t), z = s * s;
+  float p = 1.0f / 15.0f;
+  p = p * z + 1.0f / 13.0f;
+  p = p * z + 1.0f / 11.0f;
+  p = p * z + 1.0f / 9.0f;
+  p = p * z + 1.0f / 7.0f;
+  p = p * z + 1.0f / 5.0f;
+  p = p * z + 1.0f / 3.0f;
+  p = p * z + 1.0f;
+  return 2.0f * s * p;
+}
+RNNKIT_INLINE double log1p_unit(double t) { return std::log1p(t); }
+
+// erf(x) for float in plain arithmetic: Abramowitz & Stegun 7.1.26 (absolute error below
+// 1.5e-7, about 2 float ulps of 1), odd in x.
+RNNKIT_INLINE float erf_approx(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float y = 1.0f - p * t * exp_approx(-ax * ax);
+  return x < 0.0f ? -y : y;
+}
+RNNKIT_INLINE double erf_approx(double x) { return std::erf(x); }
 
 template <typename T>
-inline T sigmoid(T x) {
+RNNKIT_INLINE T sigmoid(T x) {
   return T(1) / (T(1) + exp_approx(-x));
+}
+
+template <typename T>
+RNNKIT_INLINE T gelu_cdf(T x) {  // Phi(x), the standard normal distribution function
+  return T(0.5) * (T(1) + erf_approx(x * T(0.70710678118654752440)));
 }
 
 template <typename T>
@@ -79,6 +141,33 @@ void act_inplace(int64_t kind, T* x, int64_t n) {
     case kRelu:
       for (int64_t j = 0; j < n; ++j) x[j] = std::max(x[j], T(0));
       break;
+    case kElu:
+      for (int64_t j = 0; j < n; ++j) x[j] = x[j] > T(0) ? x[j] : exp_approx(x[j]) - T(1);
+      break;
+    case kSelu:
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = x[j] > T(0) ? x[j] : T(kSeluAlpha) * (exp_approx(x[j]) - T(1));
+        x[j] = T(kSeluScale) * v;
+      }
+      break;
+    case kSoftsign:
+      for (int64_t j = 0; j < n; ++j) x[j] = x[j] / (T(1) + std::abs(x[j]));
+      break;
+    case kSoftplus:  // max(x, 0) + log(1 + exp(-|x|)); x above 20: x (torch's threshold)
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = std::max(x[j], T(0)) + log1p_unit(exp_approx(-std::abs(x[j])));
+        x[j] = x[j] > T(20) ? x[j] : v;
+      }
+      break;
+    case kExponential:
+      for (int64_t j = 0; j < n; ++j) x[j] = exp_approx(x[j]);
+      break;
+    case kSilu:
+      for (int64_t j = 0; j < n; ++j) x[j] = x[j] * sigmoid(x[j]);
+      break;
+    case kGelu:
+      for (int64_t j = 0; j < n; ++j) x[j] = x[j] * gelu_cdf(x[j]);
+      break;
     default:
       break;
   }
@@ -90,9 +179,10 @@ void act_out(int64_t kind, const T* x, T* y, int64_t n) {
   act_inplace(kind, y, n);
 }
 
-// g[j] *= f'(y[j]) for j < n.
+// g[j] *= f'(x[j]) for j < n, from the output y (and the input x where the activation needs it,
+// needs_input(kind); x may be null otherwise).
 template <typename T>
-void mul_deriv(int64_t kind, const T* y, T* g, int64_t n) {
+void mul_deriv(int64_t kind, const T* y, const T* x, T* g, int64_t n) {
   switch (kind) {
     case kSigmoid:
       for (int64_t j = 0; j < n; ++j) g[j] *= y[j] * (T(1) - y[j]);
@@ -105,6 +195,38 @@ void mul_deriv(int64_t kind, const T* y, T* g, int64_t n) {
       break;
     case kRelu:
       for (int64_t j = 0; j < n; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
+      break;
+    case kElu:  // y + 1 = exp(x) where x <= 0
+      for (int64_t j = 0; j < n; ++j) g[j] *= y[j] > T(0) ? T(1) : y[j] + T(1);
+      break;
+    case kSelu:
+      for (int64_t j = 0; j < n; ++j) {
+        g[j] *= y[j] > T(0) ? T(kSeluScale) : y[j] + T(kSeluScale * kSeluAlpha);
+      }
+      break;
+    case kSoftsign:  // 1 / (1 + |x|)^2 = (1 - |y|)^2
+      for (int64_t j = 0; j < n; ++j) {
+        const T r = T(1) - std::abs(y[j]);
+        g[j] *= r * r;
+      }
+      break;
+    case kSoftplus:  // sigmoid(x) = 1 - exp(-y); 1 above the threshold
+      for (int64_t j = 0; j < n; ++j) g[j] *= y[j] > T(20) ? T(1) : T(1) - exp_approx(-y[j]);
+      break;
+    case kExponential:
+      for (int64_t j = 0; j < n; ++j) g[j] *= y[j];
+      break;
+    case kSilu:
+      for (int64_t j = 0; j < n; ++j) {
+        const T s = sigmoid(x[j]);
+        g[j] *= s * (T(1) + x[j] * (T(1) - s));
+      }
+      break;
+    case kGelu:  // Phi(x) + x phi(x)
+      for (int64_t j = 0; j < n; ++j) {
+        const T density = exp_approx(T(-0.5) * x[j] * x[j]) * T(0.39894228040143267794);
+        g[j] *= gelu_cdf(x[j]) + x[j] * density;
+      }
       break;
     default:
       break;
@@ -242,6 +364,15 @@ T* ptr(const std::optional<at::Tensor>& x) {
 
 void check_contiguous(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_contiguous(), "rnnkit fused_cpu: ", name, " must be contiguous");
+}
+
+// P: the gates' pre-activations (the shape of G), needed by the derivatives of SiLU and GELU
+// when the forward pass saves for the backward pass; ignored otherwise.
+void check_pre_activations(const std::optional<at::Tensor>& P, const at::Tensor& G, bool save,
+                           int64_t act, int64_t ract) {
+  if (!save || !(needs_input(act) || needs_input(ract))) return;
+  TORCH_CHECK(P.has_value() && P->is_contiguous() && P->sizes() == G.sizes(),
+              "rnnkit fused_cpu: SiLU and GELU need P, a contiguous buffer shaped like G");
 }
 
 // LayerNorm of one row, as torch.native_layer_norm: mean and 1 / sqrt(biased variance + eps).
@@ -400,11 +531,13 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
                        const std::optional<at::Tensor>& MU_h, const std::optional<at::Tensor>& RS_h,
                        const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
-                       const std::optional<at::Tensor>& b_c, double eps) {
+                       const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& P,
+                       double eps) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
   T* g_all = G.data_ptr<T>();
+  T* p_all = save ? ptr<T>(P) : nullptr;  // the gates' pre-activations (SiLU, GELU)
   T* h_all = H.data_ptr<T>();
   T* c_all = C.data_ptr<T>();
   T* cn_all = ptr<T>(CN);
@@ -453,6 +586,10 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
         for (int64_t k = 0; k < 4; ++k) {
           for (int64_t j = j0; j < j1; ++j) g[k * u + j] += mm[k * u + j];
         }
+      }
+      if (p_all != nullptr) {
+        T* p = p_all + (t * B + b) * G4;
+        for (int64_t k = 0; k < 4; ++k) std::copy(g + k * u + j0, g + k * u + j1, p + k * u + j0);
       }
       act_inplace(ract, g + j0, n);          // i
       act_inplace(ract, g + u + j0, n);      // f
@@ -529,15 +666,16 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                   const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
                   const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                   const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
-                  double eps) {
+                  const std::optional<at::Tensor>& P, double eps) {
   for (const auto* x : {&G, &H, &C, &TC}) check_contiguous(*x, "G/H/C/TC");
+  check_pre_activations(P, G, save, act, ract);
   TORCH_CHECK(!g_h.has_value() || (g_c.has_value() && b_c.has_value()),
               "rnnkit fused_cpu: a layer-norm LSTM needs g_h, g_c and b_c");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_forward", [&] {
     lstm_forward_impl<scalar_t>(G, W, onednn, H, C, CN, TC, Hin, rd, a, valid, act, ract, mode,
-                                save, M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, eps);
+                                save, M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, P, eps);
   });
 }
 
@@ -561,8 +699,9 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
                         const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& DY,
                         const std::optional<at::Tensor>& dg_h,
-                        const std::optional<at::Tensor>& db) {
+                        const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
+  const T* p_all = ptr<T>(P);
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
   T* g_all = G.data_ptr<T>();
@@ -581,6 +720,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   T* dc_p = dc.data_ptr<T>();
   const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
   const T* gc = ln ? g_c->data_ptr<T>() : nullptr;
+  const T* bc = ln ? b_c->data_ptr<T>() : nullptr;
   const T* mu_h = ln ? MU_h->data_ptr<T>() : nullptr;
   const T* rs_h = ln ? RS_h->data_ptr<T>() : nullptr;
   const T* mu_c = ln ? MU_c->data_ptr<T>() : nullptr;
@@ -592,7 +732,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
-  ThreadRows<T> y_rows(G4), tmp_rows(ln ? G4 : 0), dgh_rows(ln ? G4 : 0);
+  ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
@@ -612,9 +752,16 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       weight_grad(dh_p + b * u + j0, wa, t, b, n, dhn + j0, j0);
       T* d = dpc_t + b * u;
       for (int64_t j = j0; j < j1; ++j) d[j] = dhn[j] * g[3 * u + j];  // times o
-      mul_deriv(act, tc + j0, d + j0, n);
+      const T* c_raw = craw_t + b * u;
+      const T* xc = c_raw;  // the cell activation's input: c', or LN(c') recomputed into tmp
+      if (ln && needs_input(act)) {
+        const T mu = mu_c[t * B + b], rs = rs_c[t * B + b];
+        for (int64_t j = 0; j < u; ++j) tmp[j] = (c_raw[j] - mu) * rs * gc[j] + bc[j];
+        xc = tmp;
+      }
+      mul_deriv(act, tc + j0, xc + j0, d + j0, n);
       if (ln) {  // through the cell LayerNorm
-        row_layer_norm_backward(d, craw_t + b * u, gc, mu_c[t * B + b], rs_c[t * B + b], u, tmp,
+        row_layer_norm_backward(d, c_raw, gc, mu_c[t * B + b], rs_c[t * B + b], u, tmp,
                                 static_cast<T*>(nullptr));
         for (int64_t j = 0; j < u; ++j) dcb[j] += tmp[j];
       } else {
@@ -637,10 +784,11 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       } else {  // a masked step: no gate gradient; the carried c passes dc through
         for (int64_t k = 0; k < 3; ++k) std::fill(g + k * u + j0, g + k * u + j1, T(0));
       }
-      mul_deriv(ract, i + j0, g + j0, n);
-      mul_deriv(ract, f + j0, g + u + j0, n);
-      mul_deriv(act, gg + j0, g + 2 * u + j0, n);
-      mul_deriv(ract, o + j0, g + 3 * u + j0, n);
+      const T* p = p_all != nullptr ? p_all + (t * B + b) * G4 : nullptr;  // pre-activations
+      mul_deriv(ract, i + j0, p != nullptr ? p + j0 : p, g + j0, n);
+      mul_deriv(ract, f + j0, p != nullptr ? p + u + j0 : p, g + u + j0, n);
+      mul_deriv(act, gg + j0, p != nullptr ? p + 2 * u + j0 : p, g + 2 * u + j0, n);
+      mul_deriv(ract, o + j0, p != nullptr ? p + 3 * u + j0 : p, g + 3 * u + j0, n);
       if (db_p != nullptr) {  // unit split: this thread owns these columns of db
         for (int64_t k = 0; k < 4; ++k) {
           for (int64_t j = j0; j < j1; ++j) db_p[k * u + j] += g[k * u + j];
@@ -654,7 +802,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     };
     for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
       T* y = y_rows.mine();
-      T* tmp = ln ? tmp_rows.mine() : nullptr;
+      T* tmp = ln || needs_input(act) ? tmp_rows.mine() : nullptr;
       T* dgh = ln ? dgh_rows.mine() : nullptr;
       for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh);
     });
@@ -676,14 +824,15 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                    const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
                    const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h,
-                   const std::optional<at::Tensor>& db) {
+                   const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
+  check_pre_activations(P, G, true, act, ract);
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
-                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h, db);
+                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h, db, P);
   });
 }
 
@@ -699,10 +848,11 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
                       int64_t act, int64_t ract, int64_t mode, bool save,
                       const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU,
                       const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
-                      double eps) {
+                      const std::optional<at::Tensor>& P, double eps) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
   const bool ln = g_h.has_value();
   T* g_all = G.data_ptr<T>();
+  T* p_all = save ? ptr<T>(P) : nullptr;  // the gates' pre-activations (SiLU, GELU)
   T* h_all = H.data_ptr<T>();
   T* r_all = R.data_ptr<T>();
   const T* bias = (!ln && b_rec.has_value()) ? b_rec->data_ptr<T>() : nullptr;
@@ -743,9 +893,12 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
           std::copy(mm, mm + G3, rr);
         }
         for (int64_t k = 0; k < 2 * u; ++k) g[u + k] += rr[k];
+        T* p = p_all != nullptr ? p_all + (t * B + b) * G3 : nullptr;
+        if (p != nullptr) std::copy(g + u, g + G3, p + u);
         act_inplace(ract, g + u, 2 * u);
         const T *z = g + u, *r = g + 2 * u, *rh = rr + 2 * u;
         for (int64_t j = 0; j < u; ++j) g[j] += r[j] * rh[j];
+        if (p != nullptr) std::copy(g, g + u, p);
         act_inplace(act, g, u);
         const T* hp = h_prev + b * u;
         T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
@@ -764,13 +917,14 @@ void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at
                  int64_t act, int64_t ract, int64_t mode, bool save,
                  const std::optional<at::Tensor>& M, const std::optional<at::Tensor>& MU,
                  const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
-                 double eps) {
+                 const std::optional<at::Tensor>& P, double eps) {
   for (const auto* x : {&G, &H, &R}) check_contiguous(*x, "G/H/R");
+  check_pre_activations(P, G, save, act, ract);
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_forward", [&] {
     gru_forward_impl<scalar_t>(G, W, onednn, H, R, b_rec, Hin, rd, a, valid, act, ract, mode, save,
-                               M, MU, RS, g_h, eps);
+                               M, MU, RS, g_h, P, eps);
   });
 }
 
@@ -784,8 +938,9 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
                        int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                        const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
-                       const std::optional<at::Tensor>& DM) {
+                       const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
+  const T* p_all = ptr<T>(P);
   const bool ln = g_h.has_value();
   T* g_all = G.data_ptr<T>();
   T* r_all = R.data_ptr<T>();
@@ -828,14 +983,15 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
           g[j] = (T(1) - z[j]) * dhn[j];  // d h~
           g[u + j] = (hp[j] - hh[j]) * dhn[j];  // d z
         }
-        mul_deriv(act, hh, g, u);        // d pre_h
-        mul_deriv(ract, z, g + u, u);    // d pre_z
+        const T* p = p_all != nullptr ? p_all + (t * B + b) * G3 : nullptr;  // pre-activations
+        mul_deriv(act, hh, p, g, u);                                  // d pre_h
+        mul_deriv(ract, z, p != nullptr ? p + u : p, g + u, u);       // d pre_z
         for (int64_t j = 0; j < u; ++j) {
           g[2 * u + j] = g[j] * rr[2 * u + j];  // d r (pre-activation below)
           rr[2 * u + j] = g[j] * r[j];           // d of the recurrent h column
           rr[j] = g[u + j];                      // d z column
         }
-        mul_deriv(ract, r, g + 2 * u, u);
+        mul_deriv(ract, r, p != nullptr ? p + 2 * u : p, g + 2 * u, u);
         std::copy(g + 2 * u, g + 3 * u, rr + u);  // d r column
       }
     });
@@ -878,13 +1034,14 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
                   int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                   const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                   const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
-                  const std::optional<at::Tensor>& DM) {
+                  const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P) {
   for (const auto* x : {&G, &H, &R, &dY, &dh}) check_contiguous(*x, "G/H/R/dY/dh");
+  check_pre_activations(P, G, true, act, ract);
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_backward", [&] {
     gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dY, dh, rd, a, act, ract, M, MU, RS, g_h,
-                                b_rec, DM);
+                                b_rec, DM, P);
   });
 }
 
@@ -901,10 +1058,13 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
                          const std::optional<at::Tensor>& valid, int64_t act, int64_t mode,
                          bool save, const std::optional<at::Tensor>& M,
                          const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
-                         const std::optional<at::Tensor>& g_h, double eps) {
+                         const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& P,
+                         double eps) {
   const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
   const bool ln = g_h.has_value();
   T* g_all = G.data_ptr<T>();
+  // the pre-activations (SiLU, GELU) where G becomes h' (mode 0 keeps them in G)
+  T* p_all = save && mode != 0 ? ptr<T>(P) : nullptr;
   T* h_all = H.data_ptr<T>();
   const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
   const Weight<T> wa(a);
@@ -925,6 +1085,7 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
       if (mode == 0) {
         act_out(act, g + j0, h_next + o, n);
       } else {
+        if (p_all != nullptr) std::copy(g + j0, g + j1, p_all + t * B * u + o);
         act_inplace(act, g + j0, n);
         const bool ok = mode == 1 ? v_all[t * B + b] : true;
         set_h(mode, ok, g + j0, h_prev + o, wa, t, b, n, h_next + o, j0);
@@ -990,15 +1151,17 @@ void simple_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const
                     const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& valid,
                     int64_t act, int64_t mode, bool save, const std::optional<at::Tensor>& M,
                     const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
-                    const std::optional<at::Tensor>& g_h, double eps) {
+                    const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& P,
+                    double eps) {
   for (const auto* x : {&G, &H}) check_contiguous(*x, "G/H");
+  check_pre_activations(P, G, save && mode != 0, act, act);
   TORCH_CHECK(!g_h.has_value() || (MU.has_value() && RS.has_value()),
               "rnnkit fused_cpu: a layer-norm SimpleRNN needs MU and RS");
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_simple_forward", [&] {
     simple_forward_impl<scalar_t>(G, W, onednn, H, Hin, rd, a, valid, act, mode, save, M, MU, RS,
-                                  g_h, eps);
+                                  g_h, P, eps);
   });
 }
 
@@ -1009,8 +1172,9 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
                           int64_t act, bool direct, const std::optional<at::Tensor>& M,
                           const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                           const std::optional<at::Tensor>& g_h,
-                          const std::optional<at::Tensor>& dg_h) {
+                          const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P) {
   const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
+  const T* p_all = direct ? nullptr : ptr<T>(P);
   const bool ln = g_h.has_value();
   T* g_all = G.data_ptr<T>();
   const T* h_all = H.data_ptr<T>();
@@ -1028,7 +1192,8 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
   const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> r_scratch(brg ? B * u : 0);
-  ThreadRows<T> tmp_rows(u), dgh_rows(ln ? u : 0);  // per thread: a scratch row, gamma gradient
+  // per thread: a scratch row, the pre-activations of a row (SiLU, GELU), the gamma gradient
+  ThreadRows<T> tmp_rows(u), x_rows(needs_input(act) ? u : 0), dgh_rows(ln ? u : 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * u;
     const T* y_t = direct ? h_all + (t + 1) * B * u : g_t;  // the activations h'
@@ -1036,7 +1201,7 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
     T* m_t = ln ? M->data_ptr<T>() + t * B * u : nullptr;
     // d pre-activation = a dh f'(h') for row b, units [j0, j1) (layer norm: whole rows, then
     // through the LayerNorm into M[t]); tmp: a scratch row of u
-    auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* tmp, T* dgh) {
+    auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* tmp, T* xrow, T* dgh) {
       const int64_t n = j1 - j0, o = b * u;
       T* g = g_t + o;
       T* dhn = dhn_all + o;
@@ -1046,8 +1211,13 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
         std::copy(y + j0, y + j1, tmp + j0);
         y = tmp;
       }
+      const T* x = nullptr;  // the pre-activations: P's row, or G's (direct) kept in xrow
+      if (needs_input(act)) {
+        if (direct) std::copy(g + j0, g + j1, xrow + j0);
+        x = direct ? xrow : p_all + t * B * u + o;
+      }
       std::copy(dhn + j0, dhn + j1, g + j0);
-      mul_deriv(act, y + j0, g + j0, n);
+      mul_deriv(act, y + j0, x != nullptr ? x + j0 : x, g + j0, n);
       if (ln) {
         T* mrow = m_t + o;
         row_layer_norm_backward(g, mrow, gh, mu_all[t * B + b], rs_all[t * B + b], u, tmp, dgh);
@@ -1056,8 +1226,9 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
     };
     for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
       T* tmp = tmp_rows.mine();
+      T* xrow = needs_input(act) ? x_rows.mine() : nullptr;
       T* dgh = ln ? dgh_rows.mine() : nullptr;
-      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, tmp, dgh);
+      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, tmp, xrow, dgh);
     });
     previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
                        dhn_all, r_scratch.data(), dh2.data_ptr<T>());
@@ -1072,15 +1243,17 @@ void simple_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, con
                      const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
                      int64_t act, bool direct, const std::optional<at::Tensor>& M,
                      const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
-                     const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& dg_h) {
+                     const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& dg_h,
+                     const std::optional<at::Tensor>& P) {
   for (const auto* x : {&G, &H, &dY, &dh}) check_contiguous(*x, "G/H/dY/dh");
+  check_pre_activations(P, G, !direct, act, act);
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   TORCH_CHECK(!g_h.has_value() || (M.has_value() && dg_h.has_value()),
               "rnnkit fused_cpu: a layer-norm SimpleRNN backward needs M and dg_h");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_simple_backward", [&] {
     simple_backward_impl<scalar_t>(G, WT, onednn, H, dY, dh, rd, a, act, direct, M, MU, RS, g_h,
-                                   dg_h);
+                                   dg_h, P);
   });
 }
 
@@ -1132,30 +1305,30 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor(d!)? CN, Tensor(e!) TC, Tensor(f!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, "
       "int act, int ract, int mode, bool save, Tensor(g!)? M, Tensor(h!)? MU_h, "
       "Tensor(i!)? RS_h, Tensor(j!)? MU_c, Tensor(k!)? RS_c, Tensor? g_h, Tensor? g_c, "
-      "Tensor? b_c, float eps) -> ()");
+      "Tensor? b_c, Tensor(l!)? P, float eps) -> ()");
   m.def(
       "lstm_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor C, Tensor? CN, "
       "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
-      "Tensor(f!)? dg_h, Tensor(g!)? db) -> ()");
+      "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P) -> ()");
   m.def(
       "gru_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) R, "
       "Tensor? b_rec, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
       "int mode, bool save, Tensor(e!)? M, Tensor(f!)? MU, Tensor(g!)? RS, Tensor? g_h, "
-      "float eps) -> ()");
+      "Tensor(h!)? P, float eps) -> ()");
   m.def(
       "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dY, "
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
-      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM) -> ()");
+      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P) -> ()");
   m.def(
       "simple_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!)? Hin, "
       "Tensor? rd, Tensor? a, Tensor? valid, int act, int mode, bool save, Tensor(d!)? M, "
-      "Tensor(e!)? MU, Tensor(f!)? RS, Tensor? g_h, float eps) -> ()");
+      "Tensor(e!)? MU, Tensor(f!)? RS, Tensor? g_h, Tensor(g!)? P, float eps) -> ()");
   m.def(
       "simple_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor dY, Tensor(b!) dh, "
       "Tensor? rd, Tensor? a, int act, bool direct, Tensor(c!)? M, Tensor? MU, Tensor? RS, "
-      "Tensor? g_h, Tensor(d!)? dg_h) -> ()");
+      "Tensor? g_h, Tensor(d!)? dg_h, Tensor? P) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
   m.def("has_brgemm() -> bool", &has_brgemm);  // no tensors: a catch-all kernel
 }
