@@ -163,6 +163,8 @@ LAYER_CASES = {
     "LSTM DropConnect 0.25": ("LSTM", {"recurrent_weight_dropout": 0.25}, False),
     "LSTM zoneout 0.1": ("LSTM", {"zoneout": 0.1}, False),
     "LSTM hard_sigmoid": ("LSTM", {"recurrent_activation": "hard_sigmoid"}, False),
+    "LSTM gelu (saves pre-activations)": ("LSTM", {"activation": "gelu"}, False),
+    "LSTM gelu, backend=fused": ("LSTM", {"activation": "gelu", "backend": "fused"}, False),
     "GRU standard": ("GRU", {}, False),
     "GRU standard, backend=vendor": ("GRU", {"backend": "vendor"}, False),
     "GRU left-padded": ("GRU", {}, True),

@@ -33,7 +33,10 @@ CASES = {
     "lstm zoneout": (LSTM, dict(zoneout=0.2), False, "triton"),
     "lstm hard_sigmoid": (LSTM, dict(recurrent_activation="hard_sigmoid"), False, "triton"),
     "lstm layer norm, masked": (LSTM, dict(layer_norm=True), True, "triton"),
-    "lstm gelu": (LSTM, dict(activation="gelu"), False, "fused"),
+    "lstm gelu": (LSTM, dict(activation="gelu"), False, "triton"),
+    "lstm silu gates": (LSTM, dict(recurrent_activation="silu"), False, "triton"),
+    "lstm callable activation": (LSTM, dict(activation=lambda x: torch.tanh(x) * 0.5), False,
+                                 "reference"),
     "gru left-padded": (GRU, {}, True, "triton"),
     "simple rnn left-padded": (SimpleRNN, {}, True, "triton"),
     # cuDNN, named: what auto picks above 512 units (and where Triton is missing)
@@ -48,7 +51,7 @@ CASES = {
     "simple rnn": (SimpleRNN, {}, False, "triton"),
     "simple rnn layer norm + dropouts": (
         SimpleRNN, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
-    "simple rnn gelu": (SimpleRNN, dict(activation="gelu"), False, "fused"),
+    "simple rnn gelu": (SimpleRNN, dict(activation="gelu"), False, "triton"),
 }  # fmt: skip
 
 

@@ -9,8 +9,11 @@ pieces every cell shares (zoneout and mask blending, the state store, the incomi
 fraction of ``h_t`` that is ``h_{t-1}``) are jit helpers. All gate math is float32 whatever the
 storage dtype.
 
-Activations are compile-time codes (:data:`ACTIVATION_CODES`); the backward pass takes each
-derivative from the activation's output, which determines it for these monotone functions.
+Activations are compile-time codes (:data:`ACTIVATION_CODES`). The forward step saves each
+activation's output for the backward step, which takes the derivative from it (it determines
+the derivative for the monotone functions), except for SiLU and GELU (codes from
+:data:`FIRST_INPUT_CODE` on), whose derivative needs the input: for them the forward step saves
+the pre-activation and the backward step recomputes the output (:func:`_saved`, :func:`_out`).
 
 This module imports Triton only when it is installed; on a machine without it the kernels are
 plain (never called) functions, so collecting doctests or importing :mod:`rnnkit` never needs it.
@@ -43,7 +46,12 @@ ACTIVATION_CODES = {
     "elu": 6,
     "softplus": 7,
     "selu": 8,
+    "exponential": 9,
+    "silu": 10,
+    "swish": 10,
+    "gelu": 11,
 }
+FIRST_INPUT_CODE = 10  # codes from here on: the derivative needs the input (SiLU, GELU)
 
 
 @_jit
@@ -74,12 +82,19 @@ def _act(x, CODE: tl.constexpr):
         y = 1.0507009873554805 * tl.where(
             x > 0.0, x, 1.6732632423543772 * (tl.exp(tl.minimum(x, 0.0)) - 1.0)
         )
+    if CODE == 9:
+        y = tl.exp(x)
+    if CODE == 10:
+        y = x * tl.sigmoid(x)
+    if CODE == 11:  # exact GELU: x Phi(x)
+        y = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
     return y
 
 
 @_jit
 def _dact(y, CODE: tl.constexpr):
-    """The derivative of activation ``CODE`` where its output is ``y``."""
+    """The derivative of activation ``CODE`` from the saved value ``y``: its output, or its input
+    for SiLU and GELU."""
     d = y * 0.0 + 1.0  # linear (4)
     if CODE == 0:
         d = 1.0 - y * y
@@ -97,7 +112,33 @@ def _dact(y, CODE: tl.constexpr):
         d = 1.0 - tl.exp(-y)
     if CODE == 8:  # scale, or y + scale * alpha
         d = tl.where(y > 0.0, 1.0507009873554805, y + 1.7580993408473766)
+    if CODE == 9:
+        d = y
+    if CODE == 10:  # y is the input x: sigma(x) (1 + x (1 - sigma(x)))
+        s = tl.sigmoid(y)
+        d = s * (1.0 + y * (1.0 - s))
+    if CODE == 11:  # y is the input x: Phi(x) + x phi(x)
+        d = (
+            0.5 * (1.0 + tl.erf(y * 0.7071067811865476))
+            + y * tl.exp(-0.5 * y * y) * 0.3989422804014327
+        )
     return d
+
+
+@_jit
+def _saved(x, y, CODE: tl.constexpr):
+    """What the forward step saves of an activation with input ``x`` and output ``y``."""
+    if CODE >= 10:  # FIRST_INPUT_CODE
+        y = x
+    return y
+
+
+@_jit
+def _out(v, CODE: tl.constexpr):
+    """The activation's output from its saved value ``v`` (:func:`_saved`)."""
+    if CODE >= 10:  # FIRST_INPUT_CODE
+        v = _act(v, CODE)
+    return v
 
 
 @_jit
@@ -158,7 +199,7 @@ def lstm_forward_step(
     h_ptr,  # (B, u) storage dtype, written
     hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h * mask, the next GEMM's operand
     rdm_ptr,  # (B, u) float32 recurrent dropout mask
-    act_ptr,  # (B, 4u) float32, written: sigma(i), sigma(f), phi(g), sigma(o)
+    act_ptr,  # (B, 4u) float32, written: sigma(i), sigma(f), phi(g), sigma(o) (_saved)
     rhat_ptr,  # (B, 4u) float32, written (layer norm): normalised recurrent projection
     rstd_ptr,  # (B,) float32, written (layer norm): 1 / std of the recurrent projection
     chat_ptr,  # (B, u) float32, written (layer norm): normalised cell state
@@ -229,10 +270,14 @@ def lstm_forward_step(
         ro = ro * tl.load(gh_ptr + 3 * U + offs, mask=m, other=0.0).to(tl.float32) + tl.load(
             bh_ptr + 3 * U + offs, mask=m, other=0.0
         ).to(tl.float32)
-    i = _act(xi + ri, RACT)
-    f = _act(xf + rf, RACT)
-    g = _act(xg + rg, ACT)
-    o = _act(xo + ro, RACT)
+    xi += ri
+    xf += rf
+    xg += rg
+    xo += ro
+    i = _act(xi, RACT)
+    f = _act(xf, RACT)
+    g = _act(xg, ACT)
+    o = _act(xo, RACT)
     c = f * c_prev + i * g
     if LAYER_NORM:
         cmean = tl.sum(tl.where(m, c, 0.0), 0) / U
@@ -255,10 +300,10 @@ def lstm_forward_step(
         c = tl.where(tl.load(valid_ptr + b) > 0.5, c, c_prev)
     tl.store(c_ptr + urow, c, mask=m)
     _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
-    tl.store(arow + offs, i, mask=m)
-    tl.store(arow + U + offs, f, mask=m)
-    tl.store(arow + 2 * U + offs, g, mask=m)
-    tl.store(arow + 3 * U + offs, o, mask=m)
+    tl.store(arow + offs, _saved(xi, i, RACT), mask=m)
+    tl.store(arow + U + offs, _saved(xf, f, RACT), mask=m)
+    tl.store(arow + 2 * U + offs, _saved(xg, g, ACT), mask=m)
+    tl.store(arow + 3 * U + offs, _saved(xo, o, RACT), mask=m)
 
 
 @_jit
@@ -314,10 +359,14 @@ def lstm_backward_step(
     if MASKED:
         real = tl.load(valid_ptr + b) > 0.5
         dc_next = tl.where(real, dc_next, 0.0)  # a padded step passes d c_t on unchanged
-    i = tl.load(arow + offs, mask=m, other=0.0)
-    f = tl.load(arow + U + offs, mask=m, other=0.0)
-    g = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
-    o = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
+    si = tl.load(arow + offs, mask=m, other=0.0)  # saved values (_saved)
+    sf = tl.load(arow + U + offs, mask=m, other=0.0)
+    sg = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    so = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
+    i = _out(si, RACT)
+    f = _out(sf, RACT)
+    g = _out(sg, ACT)
+    o = _out(so, RACT)
     c_prev = tl.load(c_prev_ptr + urow, mask=m, other=0.0)
     chat = tl.load(chat_ptr + urow, mask=m, other=0.0)
     if LAYER_NORM:
@@ -326,8 +375,8 @@ def lstm_backward_step(
     else:
         cn = chat
     tc = _act(cn, ACT)
-    dzo = dh * tc * _dact(o, RACT)
-    dcn = dh * o * _dact(tc, ACT)
+    dzo = dh * tc * _dact(so, RACT)
+    dcn = dh * o * _dact(_saved(cn, tc, ACT), ACT)
     if LAYER_NORM:
         tl.store(dgc_ptr + urow, tl.load(dgc_ptr + urow, mask=m, other=0.0) + dcn * chat, mask=m)
         tl.store(dbc_ptr + urow, tl.load(dbc_ptr + urow, mask=m, other=0.0) + dcn, mask=m)
@@ -339,9 +388,9 @@ def lstm_backward_step(
     else:
         dc = dcn
     dc += dc_next
-    dzi = dc * g * _dact(i, RACT)
-    dzf = dc * c_prev * _dact(f, RACT)
-    dzg = dc * i * _dact(g, ACT)
+    dzi = dc * g * _dact(si, RACT)
+    dzf = dc * c_prev * _dact(sf, RACT)
+    dzg = dc * i * _dact(sg, ACT)
     dc_prev = dc * f
     if MASKED:
         dc_prev = tl.where(real, dc_prev, tl.load(dc_ptr + urow, mask=m, other=0.0))
@@ -400,7 +449,7 @@ def gru_forward_step(
     h_ptr,  # (B, u) storage dtype, written: h_t
     hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h_t * mask
     rdm_ptr,  # (B, u) float32 recurrent dropout mask
-    act_ptr,  # (B, 4u) float32, written: z, r, n and the recurrent candidate term (r_h + b_rh)
+    act_ptr,  # (B, 4u) float32, written: z, r, n (_saved) and the recurrent candidate term r_h
     rhat_ptr,  # (B, 3u) float32, written (layer norm): normalised recurrent projection
     rstd_ptr,  # (B,) float32, written (layer norm)
     gh_ptr,  # (3u,) gamma of the recurrent layer norm
@@ -450,18 +499,21 @@ def gru_forward_step(
     rz += tl.load(brec_ptr + offs, mask=m, other=0.0).to(tl.float32)
     rr += tl.load(brec_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
     rh += tl.load(brec_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
-    z = _act(tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32) + rz, RACT)
-    r = _act(tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32) + rr, RACT)
-    n = _act(tl.load(xrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r * rh, ACT)
+    xz = tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32) + rz
+    xr = tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32) + rr
+    z = _act(xz, RACT)
+    r = _act(xr, RACT)
+    xh = tl.load(xrow + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r * rh
+    n = _act(xh, ACT)
     urow = b * U + offs
     h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
     h = z * h_prev + (1.0 - z) * n
     h = _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
     _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
     arow = act_ptr + b * 4 * U
-    tl.store(arow + offs, z, mask=m)
-    tl.store(arow + U + offs, r, mask=m)
-    tl.store(arow + 2 * U + offs, n, mask=m)
+    tl.store(arow + offs, _saved(xz, z, RACT), mask=m)
+    tl.store(arow + U + offs, _saved(xr, r, RACT), mask=m)
+    tl.store(arow + 2 * U + offs, _saved(xh, n, ACT), mask=m)
     tl.store(arow + 3 * U + offs, rh, mask=m)
 
 
@@ -503,15 +555,18 @@ def gru_backward_step(
     keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
     dhn = dh * (1.0 - keep)  # d of the GRU's own new state
     arow = act_ptr + b * 4 * U
-    z = tl.load(arow + offs, mask=m, other=0.0)
-    r = tl.load(arow + U + offs, mask=m, other=0.0)
-    n = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    sz = tl.load(arow + offs, mask=m, other=0.0)  # saved values (_saved)
+    sr = tl.load(arow + U + offs, mask=m, other=0.0)
+    sn = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
     rh = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
+    z = _out(sz, RACT)
+    r = _out(sr, RACT)
+    n = _out(sn, ACT)
     h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
     tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
-    dzz = dhn * (h_prev - n) * _dact(z, RACT)
-    dzn = dhn * (1.0 - z) * _dact(n, ACT)
-    dzr = dzn * rh * _dact(r, RACT)
+    dzz = dhn * (h_prev - n) * _dact(sz, RACT)
+    dzn = dhn * (1.0 - z) * _dact(sn, ACT)
+    dzr = dzn * rh * _dact(sr, RACT)
     zrow = dz_ptr + b * dz_stride
     ty = dz_ptr.dtype.element_ty
     tl.store(zrow + offs, dzz.to(ty), mask=m)
@@ -563,7 +618,7 @@ def simple_forward_step(
     h_ptr,  # (B, u) storage dtype, written: h_t
     hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h_t * mask
     rdm_ptr,  # (B, u) float32 recurrent dropout mask
-    act_ptr,  # (B, u) float32, written: the activation's output y
+    act_ptr,  # (B, u) float32, written: the activation's output y (_saved)
     rhat_ptr,  # (B, u) float32, written (layer norm)
     rstd_ptr,  # (B,) float32, written (layer norm)
     gh_ptr,  # (u,) gamma of the recurrent layer norm
@@ -593,9 +648,9 @@ def simple_forward_step(
         tl.store(rhat_ptr + b * U + offs, r, mask=m)
         tl.store(rstd_ptr + b, rstd)
         r = r * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(xn_ptr + b * xn_stride + offs, mask=m, other=0.0).to(tl.float32)
-    y = _act(x + r, ACT)
-    tl.store(act_ptr + b * U + offs, y, mask=m)
+    x = tl.load(xn_ptr + b * xn_stride + offs, mask=m, other=0.0).to(tl.float32) + r
+    y = _act(x, ACT)
+    tl.store(act_ptr + b * U + offs, _saved(x, y, ACT), mask=m)
     h = y
     urow = b * U + offs
     if CARRY:
@@ -610,7 +665,7 @@ def simple_backward_step(
     dout_stride,
     dhrec_ptr,  # (B, u) contiguous: dR_{t+1} @ U^T
     rdm_ptr,  # (B, u) float32 recurrent dropout mask
-    act_ptr,  # (B, u) float32 saved: y
+    act_ptr,  # (B, u) float32 saved: y (_saved)
     rhat_ptr,  # (B, u) float32 saved (layer norm)
     rstd_ptr,  # (B,) float32 saved (layer norm)
     gh_ptr,  # (u,)

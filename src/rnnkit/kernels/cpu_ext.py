@@ -4,8 +4,8 @@ The fused backend's per-step loops (:mod:`rnnkit.kernels.fused`) cost, in Python
 microseconds per tensor operation: at batch 32 and 256 units about 55 us per LSTM step against
 89 us for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops (LSTM, GRU in its
 ``reset_after`` form, SimpleRNN) in C++ (same buffers, same numbers up to float rounding): the
-step's product on oneDNN's brgemm kernel, the element-wise gate math in one pass, the work of a
-step split between threads by hidden units.
+step's product on oneDNN's brgemm kernel, the element-wise gate math in one pass (every named
+activation), the work of a step split between threads by hidden units.
 
 It is compiled once per machine with :func:`torch.utils.cpp_extension.load` (the system C++
 compiler and ``ninja``, about 15 s) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``,

@@ -52,6 +52,7 @@ import importlib.util
 
 import torch
 
+from rnnkit.kernels.activations import ACTIVATIONS as LIBRARY_ACTIVATIONS
 from rnnkit.kernels.reference import input_projection
 from rnnkit.kernels.spec import (
     GATES,
@@ -63,10 +64,10 @@ from rnnkit.kernels.spec import (
 
 DTYPES = (torch.float32, torch.bfloat16)
 # Activation names the step kernels implement (their codes: _triton_steps.ACTIVATION_CODES).
-# (Not "exponential": exp(c) overflows float32 where the float64 reference does not.)
 ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus",
-               "selu")  # fmt: skip
-_CALLABLES = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu"}
+               "selu", "exponential", "silu", "swish", "gelu")  # fmt: skip
+# the library functions of rnnkit.kernels.activations, by identity
+_CALLABLES = {id(fn): name for name, fn in LIBRARY_ACTIVATIONS.items() if name in ACTIVATIONS}
 # An engine (one cell configuration and batch size) holds its slots' buffers (about
 # 10 x B x T x G values for the longest T seen; 190 MiB for an LSTM at 64 x 100, 512 units,
 # float32) and a pair of graphs per sequence length.
@@ -79,7 +80,7 @@ def activation_name(activation) -> str | None:
     """The name of ``activation`` if the step kernels implement it, else ``None``."""
     if isinstance(activation, str):
         return activation if activation in ACTIVATIONS else None
-    return _CALLABLES.get(activation)
+    return _CALLABLES.get(id(activation))
 
 
 @functools.cache
