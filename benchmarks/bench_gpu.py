@@ -170,6 +170,8 @@ LAYER_CASES = {
     "GRU left-padded": ("GRU", {}, True),
     "GRU recurrent dropout 0.25": ("GRU", {"recurrent_dropout": 0.25}, False),
     "GRU layer norm": ("GRU", {"layer_norm": True}, False),
+    "GRU reset_after=False": ("GRU", {"reset_after": False}, False),
+    "GRU reset_after=False, fused": ("GRU", {"reset_after": False, "backend": "fused"}, False),
     "SimpleRNN standard": ("SimpleRNN", {}, False),
     "SimpleRNN standard, backend=vendor": ("SimpleRNN", {"backend": "vendor"}, False),
     "SimpleRNN left-padded": ("SimpleRNN", {}, True),

@@ -47,7 +47,9 @@ CASES = {
     "gru layer norm + dropouts": (
         GRU, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),
     "gru zoneout": (GRU, dict(zoneout=0.2), False, "triton"),
-    "gru reset_after=False": (GRU, dict(reset_after=False), False, "fused"),
+    "gru reset_after=False": (GRU, dict(reset_after=False), False, "triton"),
+    "gru reset_after=False, left-padded, layer norm": (
+        GRU, dict(reset_after=False, layer_norm=True), True, "triton"),
     "simple rnn": (SimpleRNN, {}, False, "triton"),
     "simple rnn layer norm + dropouts": (
         SimpleRNN, dict(layer_norm=True, dropout=0.2, recurrent_dropout=0.3), False, "triton"),

@@ -291,8 +291,9 @@ def cell_compare(cell, dtype=torch.float32, ln=False, bias=True, options=(), see
         return (torch.randn(*shape, generator=g) * scale + shift).to(dtype).double()
 
     p = dict(x=r(B, T, I), W=r(I, G, scale=I**-0.5), U=r(u, G, scale=u**-0.5), h0=r(B, u))
-    if bias:  # GRU: input and recurrent bias rows
-        p["b"] = r(2, G, scale=0.1) if cell == "gru" else r(G, scale=0.1)
+    if bias:  # GRU (reset_after): input and recurrent bias rows
+        two = cell == "gru" and spec.get("reset_after", True)
+        p["b"] = r(2, G, scale=0.1) if two else r(G, scale=0.1)
     if ln:
         p.update(gx=r(G, scale=0.1, shift=1.0), gh=r(G, scale=0.05, shift=0.5))
     opts = call_options(g, B, T, I, u, G, options)
@@ -335,11 +336,36 @@ def test_gru_and_simple_rnn_without_bias_bfloat16_and_other_activations(cell):
     cell_compare(cell, zoneout=0.3, seed=25)  # inference: the constant mix
 
 
-def test_gru_reset_before_is_not_supported():
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options",
+    [(), ("random_mask", "zero_output", "go_backwards"), ("zoneout_mask", "dropouts"),
+     ("left_padded", "zoneout_mask", "dropouts", "go_backwards")],
+    ids=lambda o: "+".join(o) or "plain",
+)  # fmt: skip
+@pytest.mark.parametrize("ln", [False, True])
+def test_gru_reset_before(options, ln):
+    # two products per step (the reset gate scales h_{t-1} before the candidate's)
+    cell_compare("gru", ln=ln, options=options, seed=31, reset_after=False)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gru_reset_before_other_settings():
+    cell_compare("gru", bias=False, seed=32, reset_after=False)
+    cell_compare("gru", activation="gelu", recurrent_activation="hard_sigmoid", seed=33,
+                 reset_after=False)  # fmt: skip
+    cell_compare("gru", zoneout=0.3, seed=34, reset_after=False)
+    opts = ("random_mask", "dropouts")
+    cell_compare("gru", torch.bfloat16, ln=True, options=opts, seed=35, reset_after=False)
+
+
+def test_gru_reset_before_is_supported_on_cuda_only():
     spec = RecurrenceSpec("gru", 4, reset_after=False)
-    if torch.cuda.is_available():
-        assert "reset_after=True" in triton_rnn.unsupported_reason(spec, "cuda")
     assert not triton_rnn.supports(spec, "cpu")
+    if torch.cuda.is_available() and HAS_TRITON:
+        assert triton_rnn.supports(spec, "cuda")
 
 
 @gpu
@@ -425,9 +451,12 @@ def test_every_step_kernel_compiles_for_hopper(flags_on):
     from rnnkit.kernels import _triton_steps as k
 
     storage = {"xn_ptr", "r_ptr", "h_ptr", "hin_ptr", "h_prev_ptr", "dout_ptr", "dhrec_ptr",
-               "dz_ptr", "dr_ptr"}  # fmt: skip
+               "dz_ptr", "dr_ptr", "rh_ptr", "r2_ptr", "dr2_ptr", "drh_ptr",
+               "dhin_ptr"}  # fmt: skip
     kernels = [k.lstm_forward_step, k.lstm_backward_step, k.gru_forward_step,
-               k.gru_backward_step, k.simple_forward_step, k.simple_backward_step]  # fmt: skip
+               k.gru_backward_step, k.simple_forward_step, k.simple_backward_step,
+               k.gru_rb_gates_step, k.gru_rb_state_step, k.gru_rb_state_backward_step,
+               k.gru_rb_gates_backward_step]  # fmt: skip
     cases = [(f, d, 2, 1) for f in kernels for d in ("fp32", "bf16")]
     if not flags_on:  # every activation code, as activation and as recurrent activation
         codes = sorted(set(k.ACTIVATION_CODES.values()))

@@ -1,5 +1,6 @@
-"""Triton kernels for one time step (forward and backward) of the LSTM, the GRU
-(``reset_after=True``) and the SimpleRNN, used by :mod:`triton_rnn`.
+"""Triton kernels for one time step (forward and backward) of the LSTM, the GRU (both forms;
+``reset_after=False`` has two kernels each way, at the end of this module) and the SimpleRNN,
+used by :mod:`triton_rnn`.
 
 One program handles one batch row: it reads the row's ``G = gates * u`` recurrent projection,
 does the optional layer normalisation over ``G``, the gate math (and for the LSTM the optional
@@ -707,3 +708,226 @@ def simple_backward_step(
         mean2 = tl.sum(d * rhat, 0) / U
         d = tl.load(rstd_ptr + b) * (d - mean1 - rhat * mean2)
     tl.store(dr_ptr + urow, d.to(dr_ptr.dtype.element_ty), mask=m)
+
+
+# GRU with reset_after=False (Keras' original form): the reset gate scales h_{t-1} *before* the
+# candidate's recurrent product, so a step has two products and two kernels each way:
+#   forward:  R = h_in U_zr -> gru_rb_gates_step (z, r, RH = r h_in) -> R2 = RH U_h
+#             -> gru_rb_state_step (n, h);
+#   backward: gru_rb_state_backward_step (d z, d n, dR2) -> dRH = dR2 U_h^T
+#             -> gru_rb_gates_backward_step (d r, dR_zr, d h_in = dRH r) -> d h_in += dR_zr U_zr^T.
+# Layer norm: LN over the 2u columns of h_in U_zr (gamma_h[:2u]) and over the u columns of
+# RH U_h (gamma_h[2u:]); rstd keeps both per row.
+
+
+@_jit
+def gru_rb_gates_step(
+    xn_ptr,  # step t of the input projection (+ bias), row b at xn_ptr + b * xn_stride, (3u,)
+    xn_stride,
+    r_ptr,  # (B, 2u) contiguous: h_in_{t-1} @ U_zr
+    hin_ptr,  # (B, u) storage dtype: h_in_{t-1}
+    rh_ptr,  # (B, u) storage dtype, written: r * h_in_{t-1}, the candidate product's operand
+    act_ptr,  # (B, 4u) float32, written: z, r (_saved) in columns [0, 2u)
+    rhat_ptr,  # (B, 3u) float32, written (layer norm): columns [0, 2u)
+    rstd_ptr,  # (B, 2) float32, written (layer norm): column 0
+    gh_ptr,  # (3u,) gamma of the recurrent layer norms
+    eps,
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RACT: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    rrow = r_ptr + b * 2 * U
+    rz = tl.load(rrow + offs, mask=m, other=0.0).to(tl.float32)
+    rr = tl.load(rrow + U + offs, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        mean = (tl.sum(rz, 0) + tl.sum(rr, 0)) / (2 * U)
+        rz = tl.where(m, rz - mean, 0.0)
+        rr = tl.where(m, rr - mean, 0.0)
+        rstd = 1.0 / tl.sqrt((tl.sum(rz * rz, 0) + tl.sum(rr * rr, 0)) / (2 * U) + eps)
+        rz = rz * rstd
+        rr = rr * rstd
+        tl.store(rhat_ptr + b * 3 * U + offs, rz, mask=m)
+        tl.store(rhat_ptr + b * 3 * U + U + offs, rr, mask=m)
+        tl.store(rstd_ptr + b * 2, rstd)
+        rz = rz * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        rr = rr * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+    xrow = xn_ptr + b * xn_stride
+    xz = tl.load(xrow + offs, mask=m, other=0.0).to(tl.float32) + rz
+    xr = tl.load(xrow + U + offs, mask=m, other=0.0).to(tl.float32) + rr
+    z = _act(xz, RACT)
+    r = _act(xr, RACT)
+    urow = b * U + offs
+    h_in = tl.load(hin_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    tl.store(rh_ptr + urow, (r * h_in).to(rh_ptr.dtype.element_ty), mask=m)
+    arow = act_ptr + b * 4 * U
+    tl.store(arow + offs, _saved(xz, z, RACT), mask=m)
+    tl.store(arow + U + offs, _saved(xr, r, RACT), mask=m)
+
+
+@_jit
+def gru_rb_state_step(
+    xn_ptr,  # step t of the input projection (+ bias), row b at xn_ptr + b * xn_stride, (3u,)
+    xn_stride,
+    r2_ptr,  # (B, u) contiguous: RH @ U_h
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1}
+    h_ptr,  # (B, u) storage dtype, written: h_t
+    hin_ptr,  # (B, u) storage dtype, written (recurrent dropout): h_t * mask
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, 4u) float32: z read from column block 0; n (_saved) written to block 2
+    rhat_ptr,  # (B, 3u) float32, written (layer norm): columns [2u, 3u)
+    rstd_ptr,  # (B, 2) float32, written (layer norm): column 1
+    gh_ptr,  # (3u,) gamma of the recurrent layer norms
+    valid_ptr,  # (B,) float32: 1 where step t is real (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    eps,
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+):
+    """``n = φ(x_h + LN(RH U_h; γ_h[2u:]))``, ``h = z h_{t-1} + (1 - z) n``."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    r2 = tl.load(r2_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        mean = tl.sum(r2, 0) / U
+        r2 = tl.where(m, r2 - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(r2 * r2, 0) / U + eps)
+        r2 = r2 * rstd
+        tl.store(rhat_ptr + b * 3 * U + 2 * U + offs, r2, mask=m)
+        tl.store(rstd_ptr + b * 2 + 1, rstd)
+        r2 = r2 * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    xh = tl.load(xn_ptr + b * xn_stride + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r2
+    n = _act(xh, ACT)
+    arow = act_ptr + b * 4 * U
+    z = _out(tl.load(arow + offs, mask=m, other=0.0), RACT)
+    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    h = z * h_prev + (1.0 - z) * n
+    h = _keep_previous(h, h_prev, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    _store_state(h, h_ptr, hin_ptr, rdm_ptr, urow, m, RDROP)
+    tl.store(arow + 2 * U + offs, _saved(xh, n, ACT), mask=m)
+
+
+@_jit
+def gru_rb_state_backward_step(
+    dout_ptr,  # step t of d(outputs), row b at dout_ptr + b * dout_stride, (u,)
+    dout_stride,
+    dhrec_ptr,  # (B, u) contiguous: d h_in_t through step t+1's products
+    rdm_ptr,  # (B, u) float32 recurrent dropout mask
+    act_ptr,  # (B, 4u) float32 saved: z, r, n
+    h_prev_ptr,  # (B, u) storage dtype: h_{t-1}
+    rhat_ptr,  # (B, 3u) float32 saved (layer norm)
+    rstd_ptr,  # (B, 2) float32 saved (layer norm)
+    gh_ptr,  # (3u,)
+    dz_ptr,  # d(xn) at step t, row b at dz_ptr + b * dz_stride: z and h columns written
+    dz_stride,
+    dr2_ptr,  # (B, u) contiguous, written: d(RH @ U_h)
+    dgh_ptr,  # (B, 3u) float32 accumulators over time: sum d(rec) * rhat (columns [2u, 3u))
+    carry_ptr,  # (B, u) float32: d h_t that bypasses step t+1's gates, read; d h_{t-1}'s, written
+    valid_ptr,  # (B,) float32 (masks)
+    zm_ptr,  # (B, u) float32 zoneout mask at step t (ZONEOUT == 1)
+    zoneout,  # constant zoneout rate (ZONEOUT == 2)
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RDROP: tl.constexpr,
+    ACT: tl.constexpr,
+    RACT: tl.constexpr,
+    MASKED: tl.constexpr,
+    ZONEOUT: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
+    dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
+    keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    dhn = dh * (1.0 - keep)  # d of the GRU's own new state
+    arow = act_ptr + b * 4 * U
+    sz = tl.load(arow + offs, mask=m, other=0.0)
+    sn = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    z = _out(sz, RACT)
+    n = _out(sn, ACT)
+    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
+    dzz = dhn * (h_prev - n) * _dact(sz, RACT)
+    dzn = dhn * (1.0 - z) * _dact(sn, ACT)
+    zrow = dz_ptr + b * dz_stride
+    ty = dz_ptr.dtype.element_ty
+    tl.store(zrow + offs, dzz.to(ty), mask=m)
+    tl.store(zrow + 2 * U + offs, dzn.to(ty), mask=m)
+    d = dzn
+    if LAYER_NORM:
+        rhat = tl.load(rhat_ptr + b * 3 * U + 2 * U + offs, mask=m, other=0.0)
+        grow = b * 3 * U + 2 * U + offs
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + d * rhat, mask=m)
+        d = d * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+        mean1 = tl.sum(d, 0) / U
+        mean2 = tl.sum(d * rhat, 0) / U
+        d = tl.load(rstd_ptr + b * 2 + 1) * (d - mean1 - rhat * mean2)
+    tl.store(dr2_ptr + urow, d.to(dr2_ptr.dtype.element_ty), mask=m)
+
+
+@_jit
+def gru_rb_gates_backward_step(
+    drh_ptr,  # (B, u) contiguous: d RH = dR2 @ U_h^T
+    hin_ptr,  # (B, u) storage dtype: h_in_{t-1}
+    act_ptr,  # (B, 4u) float32 saved: z, r
+    rhat_ptr,  # (B, 3u) float32 saved (layer norm)
+    rstd_ptr,  # (B, 2) float32 saved (layer norm)
+    gh_ptr,  # (3u,)
+    dz_ptr,  # d(xn) at step t, row b at dz_ptr + b * dz_stride: z read, r written
+    dz_stride,
+    dr_ptr,  # (B, 3u) row stride 3u, written in columns [0, 2u): d(h_in @ U_zr)
+    dgh_ptr,  # (B, 3u) float32 accumulators: sum d(rec) * rhat (columns [0, 2u))
+    dhin_ptr,  # (B, u) contiguous, written: d h_in_{t-1} through RH (= d RH * r)
+    U: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    RACT: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < U
+    urow = b * U + offs
+    drh = tl.load(drh_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    h_in = tl.load(hin_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    sr = tl.load(act_ptr + b * 4 * U + U + offs, mask=m, other=0.0)
+    r = _out(sr, RACT)
+    dzr = drh * h_in * _dact(sr, RACT)
+    zrow = dz_ptr + b * dz_stride
+    tl.store(zrow + U + offs, dzr.to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(dhin_ptr + urow, (drh * r).to(dhin_ptr.dtype.element_ty), mask=m)
+    dzz = tl.load(zrow + offs, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:
+        hrow = rhat_ptr + b * 3 * U
+        hz = tl.load(hrow + offs, mask=m, other=0.0)
+        hr = tl.load(hrow + U + offs, mask=m, other=0.0)
+        grow = b * 3 * U + offs
+        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + dzz * hz, mask=m)
+        tl.store(
+            dgh_ptr + grow + U, tl.load(dgh_ptr + grow + U, mask=m, other=0.0) + dzr * hr, mask=m
+        )
+        dz_ = dzz * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        dr_ = dzr * tl.load(gh_ptr + U + offs, mask=m, other=0.0).to(tl.float32)
+        mean1 = (tl.sum(dz_, 0) + tl.sum(dr_, 0)) / (2 * U)
+        mean2 = (tl.sum(dz_ * hz, 0) + tl.sum(dr_ * hr, 0)) / (2 * U)
+        rstd = tl.load(rstd_ptr + b * 2)
+        dzz = rstd * (dz_ - mean1 - hz * mean2)
+        dzr = rstd * (dr_ - mean1 - hr * mean2)
+    rrow = dr_ptr + b * 3 * U
+    ty = dr_ptr.dtype.element_ty
+    tl.store(rrow + offs, dzz.to(ty), mask=m)
+    tl.store(rrow + U + offs, dzr.to(ty), mask=m)

@@ -1,8 +1,9 @@
 r"""LSTM, GRU and SimpleRNN on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
 
 Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
-:func:`supports` accepts: LSTM, GRU with ``reset_after=True`` (Keras' default, cuDNN's form) and
-SimpleRNN, with any activation and recurrent activation among :data:`ACTIVATIONS`; with or
+:func:`supports` accepts: LSTM, GRU in both forms (``reset_after=True``, Keras' default and
+cuDNN's form; ``reset_after=False``, whose candidate product ``(r h_{t-1}) U_h`` needs the reset
+gate first: two products and two step kernels each way) and SimpleRNN, with any activation and recurrent activation among :data:`ACTIVATIONS`; with or
 without bias; optional layer normalisation (``spec.layer_norm``), input and recurrent dropout,
 DropConnect on the recurrent kernel, zoneout (training masks or the inference-time constant),
 masks with any padding, ``zero_output_for_mask``, ``go_backwards``, initial states; float32 and
@@ -113,8 +114,6 @@ def unsupported_reason(
         return f"bfloat16 needs compute capability 8.0 or newer (this GPU: {major}.{minor})"
     if spec.cell not in GATES:
         return f"unknown cell {spec.cell!r}"
-    if spec.cell == "gru" and not spec.reset_after:
-        return "the GRU needs reset_after=True (one recurrent product per step)"
     activations = [("activation", spec.activation)]
     if spec.cell != "simple":
         activations.append(("recurrent_activation", spec.recurrent_activation))
@@ -166,7 +165,7 @@ class _Slot:
     def _allocate(self, T: int) -> None:
         e = self.engine
         B, u, G = e.batch, e.units, e.gates * e.units
-        lstm = e.cell == "lstm"
+        lstm, rb = e.cell == "lstm", e.cell == "gru_rb"
         dev, dt, f32 = e.device, e.dtype, torch.float32
 
         def buf(*shape, dtype=f32):
@@ -186,7 +185,10 @@ class _Slot:
         self.H = buf(T + 1, B, u, dtype=dt)  # H[0] = h0, H[t + 1] = h_t
         self.Hin = buf(T + 1, B, u, dtype=dt) if e.rdrop else self.H  # GEMM operands h * mask
         self.C = buf(T + 1, B, u) if lstm else None  # C[0] = c0, C[t + 1] = c_t
-        self.R = buf(B, G, dtype=dt)  # h_{t-1} @ U for the current step
+        self.R = buf(B, 2 * u if rb else G, dtype=dt)  # h_{t-1} @ U (GRU_rb: U_zr), this step
+        if rb:  # the reset-before GRU's candidate product: its operand r h_in and its result
+            self.RH = buf(T, B, u, dtype=dt)
+            self.R2 = buf(B, u, dtype=dt)
         # LSTM: i, f, g, o; GRU: z, r, n, r_h; SimpleRNN: the activation's output.
         self.act = buf(T, B, u if e.cell == "simple" else 4 * u)
         self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
@@ -194,18 +196,21 @@ class _Slot:
         self.carry = buf(B, u) if e.carry else self.ln  # d h that bypasses a step's gates
         # Saved by the layer norms (without them the kernels get placeholders: _ln_rows).
         self.rhat = buf(T, B, G) if e.layer_norm else None
-        self.rstd = buf(T, B) if e.layer_norm else None
+        self.rstd = (buf(T, B, 2) if rb else buf(T, B)) if e.layer_norm else None
         self.chat = buf(T, B, u) if e.layer_norm and lstm else None
         self.cstd = buf(T, B) if e.layer_norm and lstm else None
         # Backward outputs and work buffers.
         self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
         # d xn: for the LSTM and SimpleRNN without the recurrent layer norm it equals dR
         # (z = xn + r), so dR serves as both.
-        shared = e.cell != "gru" and not e.layer_norm
+        shared = not e.cell.startswith("gru") and not e.layer_norm
         self.dz = self.dR.transpose(0, 1) if shared else buf(B, T, G, dtype=dt)
         self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
         self.dC = buf(B, u) if lstm else None
         self.dU = buf(u, G, dtype=dt)
+        if rb:  # d(RH U_h), d RH
+            self.dR2 = buf(T, B, u, dtype=dt)
+            self.dRH = buf(B, u, dtype=dt)
         self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h (GRU: d b_rec)
         self.acc_c = buf(2, B, u) if lstm else None  # dgamma_c, dbeta_c
         self.dln = buf(4, G)
@@ -227,14 +232,17 @@ class _Slot:
         return self.R, self.R, self.C[t + 1], self.dcT
 
     # One step's kernel launch per cell (grid: one program per batch row).
-    def _launch(self, kernel: str, *args) -> None:
+    def _launch(self, kernel: str, *args, gates_only: bool = False) -> None:
         from rnnkit.kernels import _triton_steps  # imports Triton: only once a GPU call runs
 
         e = self.engine
+        if gates_only:  # the reset-before GRU's gate kernels: no state, no activation of n
+            flags = {"LAYER_NORM": e.layer_norm, "RACT": e.flags["RACT"]}
+        else:
+            flags = {"LAYER_NORM": e.layer_norm, "RDROP": e.rdrop, **e.flags}
         getattr(_triton_steps, kernel)[(e.batch,)](
-            *args, U=e.units, BLOCK=e.block, LAYER_NORM=e.layer_norm, RDROP=e.rdrop, **e.flags,
-            num_warps=e.num_warps,
-        )  # fmt: skip
+            *args, U=e.units, BLOCK=e.block, **flags, num_warps=e.num_warps
+        )
 
     def _lstm_forward(self, t: int) -> None:
         e, u = self.engine, self.engine.units
@@ -275,6 +283,36 @@ class _Slot:
             self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
         )  # fmt: skip
 
+    def _gru_rb_forward(self, t: int) -> None:
+        e, u = self.engine, self.engine.units
+        rhat, rstd = self._ln_rows(t)
+        self._launch(
+            "gru_rb_gates_step", self.xn[:, t], self.xn.stride(0), self.R, self.Hin[t],
+            self.RH[t], self.act[t], rhat, rstd, self.ln[0], e.eps, gates_only=True,
+        )  # fmt: skip
+        torch.mm(self.RH[t], self.U[:, 2 * u :], out=self.R2)
+        self._launch(
+            "gru_rb_state_step", self.xn[:, t], self.xn.stride(0), self.R2, self.H[t],
+            self.H[t + 1], self.Hin[t + 1], self.rdm, self.act[t], rhat, rstd, self.ln[0],
+            self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate, e.eps,
+        )  # fmt: skip
+
+    def _gru_rb_backward(self, t: int) -> None:
+        e, u = self.engine, self.engine.units
+        rhat, rstd = self._ln_rows(t)
+        self._launch(
+            "gru_rb_state_backward_step", self.dout[:, t], self.dout.stride(0), self.dH,
+            self.rdm, self.act[t], self.H[t], rhat, rstd, self.ln[0],
+            self.dz[:, t], self.dz.stride(0), self.dR2[t], self.acc[0],
+            self.carry, self._at(self.valid, t), self._at(self.zm, t), e.zoneout_rate,
+        )  # fmt: skip
+        torch.mm(self.dR2[t], self.U[:, 2 * u :].t(), out=self.dRH)
+        self._launch(
+            "gru_rb_gates_backward_step", self.dRH, self.Hin[t], self.act[t], rhat, rstd,
+            self.ln[0], self.dz[:, t], self.dz.stride(0), self.dR[t], self.acc[0], self.dH,
+            gates_only=True,
+        )  # fmt: skip
+
     def _simple_forward(self, t: int) -> None:
         e = self.engine
         self._launch(
@@ -294,9 +332,11 @@ class _Slot:
 
     # The two loops over T steps; both are captured as graphs unless the engine runs eagerly.
     def forward_loop(self, T: int) -> None:
-        step = getattr(self, f"_{self.engine.cell}_forward")
+        e = self.engine
+        step = getattr(self, f"_{e.cell}_forward")
+        U = self.U[:, : 2 * e.units] if e.cell == "gru_rb" else self.U  # GRU_rb: U_zr first
         for t in range(T):
-            torch.mm(self.Hin[t], self.U, out=self.R)  # (B, G)
+            torch.mm(self.Hin[t], U, out=self.R)  # (B, G)
             step(t)
 
     def backward_loop(self, T: int) -> None:
@@ -312,14 +352,23 @@ class _Slot:
             self.dC.copy_(self.dcT)
             self.acc_c.zero_()
         step = getattr(self, f"_{e.cell}_backward")
-        Ut = self.U.t()
+        rb = e.cell == "gru_rb"
+        Ut = self.U[:, : 2 * u].t() if rb else self.U.t()
         for t in range(T - 1, -1, -1):
             step(t)
-            torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
+            if rb:  # d h_in_{t-1}: the step wrote d RH * r, the z, r product adds to it
+                self.dH.addmm_(self.dR[t][:, : 2 * u], Ut)
+            else:
+                torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
         # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
         TB = T * e.batch
-        torch.mm(self.Hin[:T].reshape(TB, u).t(), self.dR[:T].reshape(TB, G), out=self.dU)
-        if e.layer_norm or e.cell == "gru":
+        h_in = self.Hin[:T].reshape(TB, u).t()
+        if rb:  # U_zr from h_in and dR_zr, U_h from RH and dR2
+            self.dU[:, : 2 * u].copy_(h_in @ self.dR[:T].reshape(TB, G)[:, : 2 * u])
+            self.dU[:, 2 * u :].copy_(self.RH[:T].reshape(TB, u).t() @ self.dR2[:T].reshape(TB, u))
+        else:
+            torch.mm(h_in, self.dR[:T].reshape(TB, G), out=self.dU)
+        if e.layer_norm or e.cell.startswith("gru"):
             torch.sum(self.acc, dim=1, out=self.dln[:2])
         if e.layer_norm and e.cell == "lstm":
             torch.sum(self.acc_c, dim=1, out=self.dln[2:, :u])
@@ -372,17 +421,18 @@ class _Engine:
     ):  # fmt: skip
         from rnnkit.kernels._triton_steps import ACTIVATION_CODES
 
-        self.cell, self.gates = cell, GATES[cell]
+        self.cell, self.gates = cell, GATES["gru" if cell == "gru_rb" else cell]
         self.device, self.batch, self.units = device, batch, units
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
         self.use_graphs = use_graphs
         self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
         # d h_t that bypasses the gates: padded steps, zoneout; the GRU's z h_{t-1} always.
-        self.carry = masked or zoneout_mode != 0 or cell == "gru"
+        gru = cell.startswith("gru")
+        self.carry = masked or zoneout_mode != 0 or gru
         self.flags = {"ACT": ACTIVATION_CODES[act], "MASKED": masked, "ZONEOUT": zoneout_mode}
         if cell != "simple":
             self.flags["RACT"] = ACTIVATION_CODES[ract]
-        if cell != "gru":
+        if not gru:
             self.flags["CARRY"] = self.carry
         self.eps = LAYER_NORM_EPS
         self.block = _pow2(units)
@@ -618,8 +668,9 @@ def run(
         zoneout_mode, zoneout_rate = 2, float(spec.zoneout)
     else:
         zoneout_mode, zoneout_rate = 0, 0.0
+    cell = "gru_rb" if spec.cell == "gru" and not spec.reset_after else spec.cell
     engine = _engine(
-        spec.cell, device, B, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
+        cell, device, B, u, inputs.dtype, bool(spec.layer_norm), rdrop, cuda_graphs,
         activation_name(spec.activation),
         activation_name(spec.recurrent_activation) if spec.cell != "simple" else None,
         mask is not None, zoneout_mode, zoneout_rate,
