@@ -34,8 +34,16 @@ def _weights(spec, dtype, seed=0):
         )
     bias = None
     if spec.use_bias:
-        bias = rnd(G, scale=0.3) if lstm else rnd(2, G, scale=0.3)  # GRU: input and recurrent
+        two = spec.cell == "gru" and spec.reset_after  # GRU: input and recurrent rows
+        bias = rnd(2, G, scale=0.3) if two else rnd(G, scale=0.3)
     return RecurrentWeights(rnd(I, G), rnd(U, G), bias, ln)
+
+
+def _spec(cell, units, **kw):
+    """``gru_rb``: the GRU with ``reset_after=False``."""
+    if cell == "gru_rb":
+        return RecurrenceSpec("gru", units, reset_after=False, **kw)
+    return RecurrenceSpec(cell, units, **kw)
 
 
 def _run(spec, w, kw, dtype, batch=B):
@@ -85,7 +93,7 @@ TAMED = {"elu", "selu", "softsign", "softplus", "silu", "gelu"}
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rb", "simple"])
 def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     _check_against_python_loops(cell, case, dtype, U, monkeypatch)
 
@@ -94,7 +102,7 @@ def test_compiled_loops_equal_python_loops(cell, case, dtype, monkeypatch):
     "case",
     ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "layer_norm", "silu+gelu+mask"],
 )
-@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rb", "simple"])
 def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch):
     # 40 units and 2 threads: the loops give the threads units 0-31 and 32-39 (layer norm: batch
     # rows in chunks of at least 8192 / (gates * units), each thread with its own accumulator of
@@ -113,7 +121,7 @@ def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch)
 def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     _compiled_available()
     spec_kw, kw = CASES[case]
-    spec = RecurrenceSpec(cell, units, **spec_kw)
+    spec = _spec(cell, units, **spec_kw)
     g = torch.Generator().manual_seed(5)
     masks = {
         "rd": (torch.rand(batch, units, generator=g) > 0.3).to(dtype) / 0.7,
@@ -131,7 +139,7 @@ def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     compiled = _run(spec, w, kw, dtype, batch)
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
     tanh = fused._ACTS["tanh"]
-    assert fused._compiled_ops(cell, True, tanh, tanh, w.kernel) is None
+    assert fused._compiled_ops(spec.cell, tanh, tanh, w.kernel) is None
     python = _run(spec, w, kw, dtype, batch)
     tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     (o1, s1, g1), (o2, s2, g2) = compiled, python
@@ -142,14 +150,14 @@ def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
 
 
-def test_calls_outside_the_compiled_set_use_the_python_loops():
+def test_which_calls_the_compiled_loops_run():
     _compiled_available()
     act, x = fused._ACTS, torch.zeros(1)
-    assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x) is not None
-    assert fused._compiled_ops("gru", False, act["tanh"], act["sigmoid"], x) is None  # reset_before
+    for cell in ("lstm", "gru", "simple"):  # GRU: both forms
+        assert fused._compiled_ops(cell, act["tanh"], act["sigmoid"], x) is not None
     for name in act:  # every named activation
-        assert fused._compiled_ops("lstm", True, act[name], act[name], x) is not None, name
-    assert fused._compiled_ops("lstm", True, act["tanh"], act["sigmoid"], x.half()) is None
+        assert fused._compiled_ops("lstm", act[name], act[name], x) is not None, name
+    assert fused._compiled_ops("lstm", act["tanh"], act["sigmoid"], x.half()) is None
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):
@@ -183,7 +191,7 @@ def test_build_name_depends_on_the_source():
 
 
 @pytest.mark.parametrize("case", ["plain", "layer_norm", "zoneout+mask"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rb", "simple"])
 def test_loops_without_brgemm_use_the_packed_onednn_product(cell, case, monkeypatch):
     # torch builds without a float32 brgemm (older than this one): oneDNN's linear, packed weight
     monkeypatch.setattr(cpu_ext, "has_brgemm", lambda ops: False)

@@ -2,8 +2,8 @@
 
 The fused backend's per-step loops (:mod:`rnnkit.kernels.fused`) cost, in Python, a few
 microseconds per tensor operation: at batch 32 and 256 units about 55 us per LSTM step against
-89 us for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops (LSTM, GRU in its
-``reset_after`` form, SimpleRNN) in C++ (same buffers, same numbers up to float rounding): the
+89 us for the step's matrix product. ``csrc/fused_cpu.cpp`` runs the same loops (LSTM, GRU in both
+forms, SimpleRNN) in C++ (same buffers, same numbers up to float rounding): the
 step's product on oneDNN's brgemm kernel, the element-wise gate math in one pass (every named
 activation), the work of a step split between threads by hidden units.
 
@@ -47,10 +47,9 @@ ACTIVATION_IDS = {
 }
 
 
-def covers(cell: str, reset_after: bool = True) -> bool:
-    """Whether the compiled loops implement this cell (LSTM, SimpleRNN; GRU in its
-    ``reset_after`` form)."""
-    return cell in ("lstm", "simple") or (cell == "gru" and reset_after)
+def covers(cell: str) -> bool:
+    """Whether the compiled loops implement this cell (LSTM, GRU in both forms, SimpleRNN)."""
+    return cell in ("lstm", "gru", "simple")
 
 
 _lock = threading.Lock()

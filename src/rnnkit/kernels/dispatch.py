@@ -98,7 +98,7 @@ def _fused_is_faster(spec: RecurrenceSpec | None, dtype) -> bool:
         return False
     if spec.cell == "simple":
         return True
-    compiled = cpu_ext.covers(spec.cell, spec.reset_after) and cpu_ext.ops() is not None
+    compiled = cpu_ext.covers(spec.cell) and cpu_ext.ops() is not None
     return spec.cell == "gru" and compiled
 
 

@@ -395,10 +395,10 @@ _ACT_IDS = cpu_ext.ACTIVATION_IDS
 _MODES = {"none": 0, "where": 1, "lerp": 2}
 
 
-def _compiled_ops(cell: str, reset_after: bool, act: _Act, ract: _Act, x: torch.Tensor):
+def _compiled_ops(cell: str, act: _Act, ract: _Act, x: torch.Tensor):
     """The compiled step loops (:mod:`rnnkit.kernels.cpu_ext`) when they cover this call."""
     if (
-        not cpu_ext.covers(cell, reset_after)
+        not cpu_ext.covers(cell)
         or x.device.type != "cpu"
         or x.dtype not in (torch.float32, torch.float64)
         or act.name not in _ACT_IDS
@@ -770,7 +770,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         G = xw
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
-        mUzr, mUh = _Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)
+        ext = cfg.ext
+        mUzr, mUh = (_Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)) if ext is None else (0, 0)
         RH = xw.new_empty(n, B, u)  # r * h_in
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
@@ -780,7 +781,17 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             Mzr, Mh = xw.new_empty(n, B, 2 * u), xw.new_empty(n, B, u)
             MU = xw.new_empty(n, 2, B, 1)  # [zr, h] statistics, each contiguous
             RS = xw.new_empty(n, 2, B, 1)
-        for t in range(T):
+        if ext is not None:
+            (w_zr, packed), (w_h, _) = (
+                _step_weight(ext, U[:, : 2 * u], B),
+                _step_weight(ext, U[:, 2 * u :], B),
+            )
+            ext.gru_rb_forward(
+                G, w_zr, w_h, packed, H, RH, Hin, rd, a, valid, _ACT_IDS[act.name],
+                _ACT_IDS[ract.name], _MODES[cfg.mode], save,
+                *((Mzr, Mh, MU, RS, g_h) if ln else (None,) * 5), P, _EPS,
+            )  # fmt: skip
+        for t in range(T if ext is None else 0):
             s = t if save else 0
             hp, g = H[t], G[t]
             hin = hp if rd is None else torch.mul(hp, rd, out=Hin[s])
@@ -825,12 +836,33 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G3 = G.shape
         u = G3 // 3
+        h_in = Hin if rd is not None else H[:-1]
+        ext = cfg.ext
+        if ext is not None:  # G becomes d xw (h, z, r); DMzr, DMh the products' gradients
+            dh = _last_state_grad(dY, dh_T)
+            Mzr, Mh, MU, RS = ctx.ln_bufs if ln else (None,) * 4
+            DMzr, DMh = (torch.empty_like(Mzr), torch.empty_like(Mh)) if ln else (None, None)
+            dg_h = G.new_zeros(G3) if ln else None
+            (wt_zr, packed), (wt_h, _) = (
+                _step_weight(ext, U[:, : 2 * u].t(), B),
+                _step_weight(ext, U[:, 2 * u :].t(), B),
+            )
+            ext.gru_rb_backward(
+                G, wt_zr, wt_h, packed, H, RH, dY.contiguous(), dh, Hin, rd, a,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], Mzr, Mh, MU, RS, g_h, DMzr, DMh,
+                dg_h, P,
+            )  # fmt: skip
+            zr_all = (DMzr if ln else G[..., u:]).reshape(T * B, 2 * u)
+            h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
+            dU = torch.cat(
+                [_tn(h_in.reshape(T * B, u), b=zr_all), _tn(RH.reshape(T * B, u), b=h_all)], dim=1
+            )
+            return None, G, dU, dh, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
 
         def pre(k):
             return None if P is None else P[..., k * u : (k + 1) * u]
 
-        h_in = Hin if rd is not None else H[:-1]
         K_r = _mul(h_in, ract.deriv(r, pre(2)))  # d pre_r = d(r*h_in) * K_r
         Q = z.clone() if a is None else (z * a).add_(1.0 - a)
         K_z = _scale_(_mul(H[:-1] - hh, ract.deriv(z, pre(1))), a)
@@ -1077,7 +1109,7 @@ def run(
 
     act = _resolve(spec.activation)
     ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
-    ext = _compiled_ops(cell, spec.reset_after, act, ract, inputs)
+    ext = _compiled_ops(cell, act, ract, inputs)
     if ext is not None and cell == "lstm":  # the compiled LSTM loops take Keras' gate order
         idx_in = idx_rec = None
     else:

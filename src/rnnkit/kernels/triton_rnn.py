@@ -3,11 +3,11 @@ r"""LSTM, GRU and SimpleRNN on NVIDIA GPUs: cuBLAS + one Triton kernel per step.
 Implements the backend contract of :mod:`rnnkit.kernels.spec` for the configurations that
 :func:`supports` accepts: LSTM, GRU in both forms (``reset_after=True``, Keras' default and
 cuDNN's form; ``reset_after=False``, whose candidate product ``(r h_{t-1}) U_h`` needs the reset
-gate first: two products and two step kernels each way) and SimpleRNN, with any activation and recurrent activation among :data:`ACTIVATIONS`; with or
-without bias; optional layer normalisation (``spec.layer_norm``), input and recurrent dropout,
-DropConnect on the recurrent kernel, zoneout (training masks or the inference-time constant),
-masks with any padding, ``zero_output_for_mask``, ``go_backwards``, initial states; float32 and
-bfloat16.
+gate first: two products and two step kernels each way) and SimpleRNN, with any activation
+and recurrent activation among :data:`ACTIVATIONS`; with or without bias; optional layer
+normalisation (``spec.layer_norm``), input and recurrent dropout, DropConnect on the recurrent
+kernel, zoneout (training masks or the inference-time constant), masks with any padding,
+``zero_output_for_mask``, ``go_backwards``, initial states; float32 and bfloat16.
 
 The recipe (issue 6):
 

@@ -1045,6 +1045,290 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
   });
 }
 
+// ------------------------------------------------------------------- GRU, reset_after=False
+// fused.py's _GRUResetBeforeFunction: the reset gate scales h_in before the candidate's product,
+// so a step has two products, h_in U_zr (columns z, r) and (r h_in) U_h. G (T, B, 3u) columns
+// h, z, r: pre-activations in, activations h~, z, r out of the forward; the gradients of the
+// pre-activations out of the backward. RH (n, B, u): r h_in. Layer norm: Mzr (n, B, 2u) and
+// Mh (n, B, u) keep the products, MU/RS (n, 2, B, 1) their statistics ([zr, h]), gamma g_h (3u)
+// in Keras' order (z, r | h).
+
+// out (B, N; row stride ld) = x (B, K) @ w (+ out when add): brgemm where the loops use it,
+// else torch's product.
+template <typename T>
+void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out, int64_t ld,
+                  bool add) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_brgemm<T>(onednn)) {
+      brgemm_product(x, w, out, ld, add);
+      return;
+    }
+  }
+  const at::Tensor m = matmul(x, w, onednn);
+  const T* mp = m.data_ptr<T>();
+  const int64_t B = m.size(0), N = m.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < N; ++j) out[b * ld + j] = (add ? out[b * ld + j] : T(0)) + mp[b * N + j];
+  }
+}
+
+template <typename T>
+void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::Tensor& Wh,
+                         bool onednn, const at::Tensor& H, const at::Tensor& RH,
+                         const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                         const std::optional<at::Tensor>& a,
+                         const std::optional<at::Tensor>& valid, int64_t act, int64_t ract,
+                         int64_t mode, bool save, const std::optional<at::Tensor>& Mzr,
+                         const std::optional<at::Tensor>& Mh, const std::optional<at::Tensor>& MU,
+                         const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
+                         const std::optional<at::Tensor>& P, double eps) {
+  const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  T* h_all = H.data_ptr<T>();
+  T* p_all = save ? ptr<T>(P) : nullptr;  // the gates' pre-activations (SiLU, GELU)
+  const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
+  const Weight<T> wa(a);
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  // the products: straight into the gate columns, or (layer norm) into Mzr / Mh or scratch
+  std::vector<T> mzr_scratch(ln && !save ? B * 2 * u : 0), mh_scratch(ln && !save ? B * u : 0);
+  const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t s = save ? t : 0;
+    const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
+    const T* hin_p = hin.data_ptr<T>();
+    T* g_t = g_all + t * B * G3;
+    T* rh_t = RH.data_ptr<T>() + s * B * u;
+    T* mzr = ln ? (save ? Mzr->data_ptr<T>() + s * B * 2 * u : mzr_scratch.data()) : nullptr;
+    T* mh = ln ? (save ? Mh->data_ptr<T>() + s * B * u : mh_scratch.data()) : nullptr;
+    T* mu = ln ? MU->data_ptr<T>() + s * 2 * B : nullptr;
+    T* rs = ln ? RS->data_ptr<T>() + s * 2 * B : nullptr;
+    if (ln) {
+      product_into<T>(hin, Wzr, onednn, mzr, 2 * u, /*add=*/false);
+    } else {
+      product_into<T>(hin, Wzr, onednn, g_t + u, G3, /*add=*/true);
+    }
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        if (ln) {  // g[z, r] += LN(h_in U_zr; gamma[:2u])
+          const T* m = mzr + b * 2 * u;
+          T mean, rstd;
+          row_moments(m, 2 * u, eps, mean, rstd);
+          mu[b] = mean;
+          rs[b] = rstd;
+          for (int64_t k = 0; k < 2 * u; ++k) g[u + k] += (m[k] - mean) * rstd * gh[k];
+        }
+        if (p_all != nullptr) std::copy(g + u, g + G3, p_all + (t * B + b) * G3 + u);
+        act_inplace(ract, g + u, 2 * u);
+        const T *r = g + 2 * u, *hi = hin_p + b * u;
+        T* rh = rh_t + b * u;
+        for (int64_t j = 0; j < u; ++j) rh[j] = r[j] * hi[j];
+      }
+    });
+    const at::Tensor rh_s = RH[s];
+    if (ln) {
+      product_into<T>(rh_s, Wh, onednn, mh, u, /*add=*/false);
+    } else {
+      product_into<T>(rh_s, Wh, onednn, g_t, G3, /*add=*/true);
+    }
+    const T* h_prev = h_all + t * B * u;
+    T* h_next = h_all + (t + 1) * B * u;
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        if (ln) {  // g[h] += LN((r h_in) U_h; gamma[2u:])
+          const T* m = mh + b * u;
+          T mean, rstd;
+          row_moments(m, u, eps, mean, rstd);
+          mu[B + b] = mean;
+          rs[B + b] = rstd;
+          for (int64_t j = 0; j < u; ++j) g[j] += (m[j] - mean) * rstd * gh[2 * u + j];
+        }
+        if (p_all != nullptr) std::copy(g, g + u, p_all + (t * B + b) * G3);
+        act_inplace(act, g, u);
+        const T *z = g + u, *hp = h_prev + b * u;
+        T* hn = mode == 0 ? h_next + b * u : hbuf.data() + b * u;
+        for (int64_t j = 0; j < u; ++j) hn[j] = g[j] + z[j] * (hp[j] - g[j]);
+        const bool ok = mode == 1 ? v_all[t * B + b] : true;
+        set_h(mode, ok, hn, hp, wa, t, b, u, h_next + b * u);
+      }
+    });
+  }
+}
+
+void gru_rb_forward(const at::Tensor& G, const at::Tensor& Wzr, const at::Tensor& Wh, bool onednn,
+                    const at::Tensor& H, const at::Tensor& RH, const std::optional<at::Tensor>& Hin,
+                    const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                    const std::optional<at::Tensor>& valid, int64_t act, int64_t ract,
+                    int64_t mode, bool save, const std::optional<at::Tensor>& Mzr,
+                    const std::optional<at::Tensor>& Mh, const std::optional<at::Tensor>& MU,
+                    const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
+                    const std::optional<at::Tensor>& P, double eps) {
+  for (const auto* x : {&G, &H, &RH}) check_contiguous(*x, "G/H/RH");
+  TORCH_CHECK(!g_h.has_value() || (MU.has_value() && RS.has_value() &&
+                                   (!save || (Mzr.has_value() && Mh.has_value()))),
+              "rnnkit fused_cpu: a layer-norm GRU needs MU, RS (and Mzr, Mh when saving)");
+  check_pre_activations(P, G, save, act, ract);
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (valid.has_value()) check_contiguous(*valid, "valid");
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_rb_forward", [&] {
+    gru_rb_forward_impl<scalar_t>(G, Wzr, Wh, onednn, H, RH, Hin, rd, a, valid, act, ract, mode,
+                                  save, Mzr, Mh, MU, RS, g_h, P, eps);
+  });
+}
+
+// On return G holds the gradients of the pre-activations (h, z, r: the input projection's),
+// DMzr/DMh (layer norm) those of the products before their LayerNorms, dh the gradient of h_0;
+// dg_h accumulates the LayerNorms' gamma gradient (Keras' order z, r | h).
+template <typename T>
+void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at::Tensor& WhT,
+                          bool onednn, const at::Tensor& H, const at::Tensor& RH,
+                          const at::Tensor& dY, const at::Tensor& dh_in,
+                          const std::optional<at::Tensor>& Hin, const std::optional<at::Tensor>& rd,
+                          const std::optional<at::Tensor>& a, int64_t act, int64_t ract,
+                          const std::optional<at::Tensor>& Mzr, const std::optional<at::Tensor>& Mh,
+                          const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
+                          const std::optional<at::Tensor>& g_h,
+                          const std::optional<at::Tensor>& DMzr,
+                          const std::optional<at::Tensor>& DMh,
+                          const std::optional<at::Tensor>& dg_h,
+                          const std::optional<at::Tensor>& P) {
+  const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
+  const bool ln = g_h.has_value();
+  T* g_all = G.data_ptr<T>();
+  const T* h_all = H.data_ptr<T>();
+  const T* dY_all = dY.data_ptr<T>();
+  const T* rd_p = ptr<T>(rd);
+  const T* p_all = ptr<T>(P);
+  const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
+  const Weight<T> wa(a);
+  at::Tensor dh = dh_in;
+  at::Tensor dh2 = at::empty_like(dh);
+  // d pre_h and d pre_{z, r} of the step as contiguous product operands (without layer norm;
+  // with it DMh[t] / DMzr[t]), d(r h_in), d h_in
+  at::Tensor dpre_h = ln ? at::Tensor() : at::empty({B, u}, G.options());
+  at::Tensor dpre_zr = ln ? at::Tensor() : at::empty({B, 2 * u}, G.options());
+  at::Tensor drh_t = at::empty({B, u}, G.options());
+  at::Tensor dhin_t = at::empty({B, u}, G.options());
+  T* drh = drh_t.data_ptr<T>();
+  T* dhin = dhin_t.data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  ThreadRows<T> y_rows(G3), tmp_rows(ln ? 2 * u : 0), dgh_rows(ln ? G3 : 0);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    T* g_t = g_all + t * B * G3;
+    const T* dh_p = dh.data_ptr<T>();
+    const T* h_prev = h_all + t * B * u;
+    const T* hin_p = Hin.has_value() ? Hin->data_ptr<T>() + t * B * u : h_prev;
+    const T* mu = ln ? MU->data_ptr<T>() + t * 2 * B : nullptr;
+    const T* rs = ln ? RS->data_ptr<T>() + t * 2 * B : nullptr;
+    T* dh2_p = dh2.data_ptr<T>();
+    const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
+    at::Tensor src_h = ln ? (*DMh)[t] : dpre_h;
+    at::Tensor src_zr = ln ? (*DMzr)[t] : dpre_zr;
+    T* sh = src_h.data_ptr<T>();
+    T* szr = src_zr.data_ptr<T>();
+    // d pre_h, d pre_z; dh2 = dY[t-1] + (z a + 1 - a) dh (the paths that skip the products)
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      T* y = y_rows.mine();
+      T* tmp = ln ? tmp_rows.mine() : nullptr;
+      T* dgh = ln ? dgh_rows.mine() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        std::copy(g, g + G3, y);  // activations h~, z, r
+        const T *hh = y, *z = y + u, *hp = h_prev + b * u, *dhb = dh_p + b * u;
+        const T* p = p_all != nullptr ? p_all + (t * B + b) * G3 : nullptr;
+        T* dhn = tmp != nullptr ? tmp : dh2_p + b * u;  // scratch for a dh (overwritten below)
+        weight_grad(dhb, wa, t, b, u, dhn);
+        for (int64_t j = 0; j < u; ++j) {
+          g[j] = (T(1) - z[j]) * dhn[j];
+          g[u + j] = (hp[j] - hh[j]) * dhn[j];
+        }
+        mul_deriv(act, hh, p, g, u);
+        mul_deriv(ract, z, p != nullptr ? p + u : p, g + u, u);
+        T* out = dh2_p + b * u;
+        for (int64_t j = 0; j < u; ++j) {
+          const T keep = dhb[j] - dhn[j];  // (1 - a) dh
+          out[j] = (dHt != nullptr ? dHt[b * u + j] : T(0)) + keep + z[j] * dhn[j];
+        }
+        T* shb = sh + b * u;
+        if (ln) {
+          row_layer_norm_backward(g, Mh->data_ptr<T>() + (t * B + b) * u, gh + 2 * u, mu[B + b],
+                                  rs[B + b], u, shb, dgh + 2 * u);
+        } else {
+          std::copy(g, g + u, shb);
+        }
+      }
+    });
+    product_into<T>(src_h, WhT, onednn, drh, u, /*add=*/false);  // d(r h_in)
+    // d pre_r; d h_in = d(r h_in) r, then + d pre_zr U_zr^T
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      T* dgh = ln ? dgh_rows.mine() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) {
+        T* g = g_t + b * G3;
+        const T* p = p_all != nullptr ? p_all + (t * B + b) * G3 : nullptr;
+        T* r = g + 2 * u;  // the activation r, overwritten by its gradient
+        const T *d = drh + b * u, *hi = hin_p + b * u;
+        T* di = dhin + b * u;
+        T* rr = y_rows.mine();
+        std::copy(r, r + u, rr);
+        for (int64_t j = 0; j < u; ++j) {
+          di[j] = d[j] * rr[j];
+          r[j] = d[j] * hi[j];
+        }
+        mul_deriv(ract, rr, p != nullptr ? p + 2 * u : p, r, u);
+        T* szb = szr + b * 2 * u;
+        if (ln) {
+          row_layer_norm_backward(g + u, Mzr->data_ptr<T>() + (t * B + b) * 2 * u, gh, mu[b],
+                                  rs[b], 2 * u, szb, dgh);
+        } else {
+          std::copy(g + u, g + G3, szb);
+        }
+      }
+    });
+    product_into<T>(src_zr, WzrT, onednn, dhin, u, /*add=*/true);
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* out = dh2_p + b * u;
+        const T* di = dhin + b * u;
+        if (rd_p != nullptr) {
+          const T* m = rd_p + b * u;
+          for (int64_t j = 0; j < u; ++j) out[j] += di[j] * m[j];
+        } else {
+          for (int64_t j = 0; j < u; ++j) out[j] += di[j];
+        }
+      }
+    });
+    std::swap(dh, dh2);
+  }
+  if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
+  if (!dh.is_same(dh_in)) dh_in.copy_(dh);
+}
+
+void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tensor& WhT,
+                     bool onednn, const at::Tensor& H, const at::Tensor& RH, const at::Tensor& dY,
+                     const at::Tensor& dh, const std::optional<at::Tensor>& Hin,
+                     const std::optional<at::Tensor>& rd, const std::optional<at::Tensor>& a,
+                     int64_t act, int64_t ract, const std::optional<at::Tensor>& Mzr,
+                     const std::optional<at::Tensor>& Mh, const std::optional<at::Tensor>& MU,
+                     const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
+                     const std::optional<at::Tensor>& DMzr, const std::optional<at::Tensor>& DMh,
+                     const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P) {
+  for (const auto* x : {&G, &H, &RH, &dY, &dh}) check_contiguous(*x, "G/H/RH/dY/dh");
+  if (rd.has_value()) check_contiguous(*rd, "rd");
+  if (a.has_value()) check_contiguous(*a, "a");
+  if (Hin.has_value()) check_contiguous(*Hin, "Hin");
+  TORCH_CHECK(!g_h.has_value() || (Mzr.has_value() && Mh.has_value() && DMzr.has_value() &&
+                                   DMh.has_value() && dg_h.has_value()),
+              "rnnkit fused_cpu: a layer-norm GRU backward needs Mzr, Mh, DMzr, DMh and dg_h");
+  check_pre_activations(P, G, true, act, ract);
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_rb_backward", [&] {
+    gru_rb_backward_impl<scalar_t>(G, WzrT, WhT, onednn, H, RH, dY, dh, Hin, rd, a, act, ract,
+                                   Mzr, Mh, MU, RS, g_h, DMzr, DMh, dg_h, P);
+  });
+}
+
 // -------------------------------------------------------------------------------- SimpleRNN
 // SimpleRNN. G (T, B, u): the input projections in; with mode 0 (h_t = h') the forward writes
 // the activations to H and G keeps the pre-activations, otherwise G becomes the activations h'
@@ -1322,6 +1606,16 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
       "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P) -> ()");
   m.def(
+      "gru_rb_forward(Tensor(a!) G, Tensor Wzr, Tensor Wh, bool onednn, Tensor(b!) H, "
+      "Tensor(c!) RH, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
+      "int mode, bool save, Tensor(e!)? Mzr, Tensor(f!)? Mh, Tensor(g!)? MU, Tensor(h!)? RS, "
+      "Tensor? g_h, Tensor(i!)? P, float eps) -> ()");
+  m.def(
+      "gru_rb_backward(Tensor(a!) G, Tensor WzrT, Tensor WhT, bool onednn, Tensor H, Tensor RH, "
+      "Tensor dY, Tensor(b!) dh, Tensor? Hin, Tensor? rd, Tensor? a, int act, int ract, "
+      "Tensor? Mzr, Tensor? Mh, Tensor? MU, Tensor? RS, Tensor? g_h, Tensor(c!)? DMzr, "
+      "Tensor(d!)? DMh, Tensor(e!)? dg_h, Tensor? P) -> ()");
+  m.def(
       "simple_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!)? Hin, "
       "Tensor? rd, Tensor? a, Tensor? valid, int act, int mode, bool save, Tensor(d!)? M, "
       "Tensor(e!)? MU, Tensor(f!)? RS, Tensor? g_h, Tensor(g!)? P, float eps) -> ()");
@@ -1339,6 +1633,8 @@ TORCH_LIBRARY_IMPL(rnnkit_cpu, CompositeExplicitAutograd, m) {
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+  m.impl("gru_rb_forward", &gru_rb_forward);
+  m.impl("gru_rb_backward", &gru_rb_backward);
   m.impl("simple_forward", &simple_forward);
   m.impl("simple_backward", &simple_backward);
   m.impl("bernoulli_mask_", &bernoulli_mask_);
