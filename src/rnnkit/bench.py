@@ -1,7 +1,8 @@
 """Benchmarks of the recurrent layers and of LM training: the engine behind ``rnnkit bench``.
 
 For each configuration (standard LSTM/GRU/SimpleRNN, masked left-/right-padded, bidirectional,
-recurrent dropout, layer norm, custom activation, zoneout, DropConnect) and each backend that can
+recurrent dropout, layer norm, custom activations (hard-sigmoid gates, GELU), zoneout, DropConnect,
+the GRU with ``reset_after=False``) and each backend that can
 run it (rnnkit ``auto``, ``fused``, ``reference``, ``torch.nn`` where exactly applicable, a naive
 ``nn.LSTMCell``-style loop), this measures tokens per second of a training step (forward +
 backward) and of inference, as the median of :class:`torch.utils.benchmark.Timer` runs, and
@@ -80,10 +81,12 @@ CONFIGS: tuple[Config, ...] = (
     Config("lstm hard_sigmoid gates", "lstm", {"recurrent_activation": "hard_sigmoid"}),
     Config("lstm zoneout=0.1", "lstm", {"zoneout": 0.1}),
     Config("lstm DropConnect=0.3", "lstm", {"recurrent_weight_dropout": 0.3}),
+    Config("lstm gelu", "lstm", {"activation": "gelu"}),
     Config("gru standard", "gru"),
     Config("gru left-padded", "gru", padding="left"),
     Config("gru recurrent_dropout=0.25", "gru", {"recurrent_dropout": 0.25}),
     Config("gru layer_norm", "gru", {"layer_norm": True}),
+    Config("gru reset_after=False", "gru", {"reset_after": False}),
     Config("simple standard", "simple"),
     Config("simple recurrent_dropout=0.25", "simple", {"recurrent_dropout": 0.25}),
 )
