@@ -771,7 +771,9 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         H = xw.new_empty(T + 1, B, u)
         H[0] = h0
         ext = cfg.ext
-        mUzr, mUh = (_Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)) if ext is None else (0, 0)
+        mUzr = mUh = None  # the Python loop's products
+        if ext is None:
+            mUzr, mUh = _Right(U[:, : 2 * u], B), _Right(U[:, 2 * u :], B)
         RH = xw.new_empty(n, B, u)  # r * h_in
         P = xw.new_empty(T, B, G3) if save and (act.needs_input or ract.needs_input) else None
         Hin = xw.new_empty(n, B, u) if rd is not None else None
