@@ -191,6 +191,30 @@ def _kept_fraction(like, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED: tl.cons
 
 
 @_jit
+def _gru_update_grads(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, carry_ptr, act_ptr, h_prev_ptr,
+                      valid_ptr, zm_ptr, zoneout, b, offs, urow, m, U: tl.constexpr,
+                      RDROP: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+                      MASKED: tl.constexpr, ZONEOUT: tl.constexpr):  # fmt: skip
+    """Both GRUs' ``h = z h_{t-1} + (1 - z) n`` backward: the gradients of z's and n's
+    pre-activations (``act`` holds z, r, n as saved); writes the part of ``d h_{t-1}`` that
+    bypasses the gates (``z d h``, padded steps, zoneout) to ``carry``."""
+    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
+    dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
+    keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
+    dhn = dh * (1.0 - keep)  # d of the GRU's own new state
+    arow = act_ptr + b * 4 * U
+    sz = tl.load(arow + offs, mask=m, other=0.0)  # saved values (_saved)
+    sn = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
+    z = _out(sz, RACT)
+    n = _out(sn, ACT)
+    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
+    tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
+    dzz = dhn * (h_prev - n) * _dact(sz, RACT)
+    dzn = dhn * (1.0 - z) * _dact(sn, ACT)
+    return dzz, dzn
+
+
+@_jit
 def lstm_forward_step(
     xn_ptr,  # step t of the normalised input projection, row b at xn_ptr + b * xn_stride, (4u,)
     xn_stride,
@@ -551,22 +575,13 @@ def gru_backward_step(
     offs = tl.arange(0, BLOCK)
     m = offs < U
     urow = b * U + offs
-    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
-    dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
-    keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
-    dhn = dh * (1.0 - keep)  # d of the GRU's own new state
+    dzz, dzn = _gru_update_grads(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, carry_ptr, act_ptr,
+                                 h_prev_ptr, valid_ptr, zm_ptr, zoneout, b, offs, urow, m, U,
+                                 RDROP, ACT, RACT, MASKED, ZONEOUT)  # fmt: skip
     arow = act_ptr + b * 4 * U
-    sz = tl.load(arow + offs, mask=m, other=0.0)  # saved values (_saved)
     sr = tl.load(arow + U + offs, mask=m, other=0.0)
-    sn = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
     rh = tl.load(arow + 3 * U + offs, mask=m, other=0.0)
-    z = _out(sz, RACT)
     r = _out(sr, RACT)
-    n = _out(sn, ACT)
-    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
-    dzz = dhn * (h_prev - n) * _dact(sz, RACT)
-    dzn = dhn * (1.0 - z) * _dact(sn, ACT)
     dzr = dzn * rh * _dact(sr, RACT)
     zrow = dz_ptr + b * dz_stride
     ty = dz_ptr.dtype.element_ty
@@ -851,19 +866,9 @@ def gru_rb_state_backward_step(
     offs = tl.arange(0, BLOCK)
     m = offs < U
     urow = b * U + offs
-    dh = _incoming_dh(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, b, offs, urow, m, RDROP)
-    dh += tl.load(carry_ptr + urow, mask=m, other=0.0)
-    keep = _kept_fraction(dh, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED, ZONEOUT)
-    dhn = dh * (1.0 - keep)  # d of the GRU's own new state
-    arow = act_ptr + b * 4 * U
-    sz = tl.load(arow + offs, mask=m, other=0.0)
-    sn = tl.load(arow + 2 * U + offs, mask=m, other=0.0)
-    z = _out(sz, RACT)
-    n = _out(sn, ACT)
-    h_prev = tl.load(h_prev_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    tl.store(carry_ptr + urow, dh * keep + dhn * z, mask=m)
-    dzz = dhn * (h_prev - n) * _dact(sz, RACT)
-    dzn = dhn * (1.0 - z) * _dact(sn, ACT)
+    dzz, dzn = _gru_update_grads(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, carry_ptr, act_ptr,
+                                 h_prev_ptr, valid_ptr, zm_ptr, zoneout, b, offs, urow, m, U,
+                                 RDROP, ACT, RACT, MASKED, ZONEOUT)  # fmt: skip
     zrow = dz_ptr + b * dz_stride
     ty = dz_ptr.dtype.element_ty
     tl.store(zrow + offs, dzz.to(ty), mask=m)
