@@ -204,20 +204,26 @@ def test_supports_every_implemented_configuration():
     assert not fused.supports(RecurrenceSpec("lstm", U), unroll_twice=True)
 
 
+GELU_SILU = {"activation": "gelu", "recurrent_activation": "silu"}  # derivatives need inputs
 GRADCHECK = [
-    ("lstm", True, False, ()),
-    ("lstm", True, True, ("recurrent_dropout", "zoneout")),
-    ("gru", True, True, ("drop_connect",)),
-    ("gru", False, True, ("recurrent_dropout",)),
-    ("simple", True, True, ("zoneout",)),
+    ("lstm", True, False, (), {}),
+    ("lstm", True, True, ("recurrent_dropout", "zoneout"), {}),
+    ("gru", True, True, ("drop_connect",), {}),
+    ("gru", False, True, ("recurrent_dropout",), {}),
+    ("simple", True, True, ("zoneout",), {}),
+    ("lstm", True, True, ("zoneout",), GELU_SILU),
+    ("gru", True, False, (), {"activation": "selu", "recurrent_activation": "softsign"}),
+    ("gru", False, False, ("zoneout",), GELU_SILU),
+    ("simple", True, False, ("zoneout",), {"activation": "gelu"}),
+    ("simple", True, False, (), {"activation": "softplus"}),
 ]
 
 
-@pytest.mark.parametrize(("cell", "reset_after", "layer_norm", "extra"), GRADCHECK)
-def test_gradcheck(cell, reset_after, layer_norm, extra, monkeypatch):
+@pytest.mark.parametrize(("cell", "reset_after", "layer_norm", "extra", "acts"), GRADCHECK)
+def test_gradcheck(cell, reset_after, layer_norm, extra, acts, monkeypatch):
     """float64 gradcheck of the whole fused run (input projection + hand-written BPTT)."""
     monkeypatch.setattr(fused, "ALLOW_REPEATED_BACKWARD", True)
-    spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm)
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm, **acts)
     w = _weights(spec)
     params = _params(w)
     kw = _options(spec, extra)
