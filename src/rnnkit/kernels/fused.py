@@ -21,10 +21,11 @@ The recipe (CPU)::
 
 The Python loops permute the gate columns once per call so that the element-wise ops run on
 contiguous blocks (LSTM ``o, i, f, g``; GRU input projection ``h, z, r``); the permutation is an
-``index_select`` under autograd, so gradients come back in Keras order. For LSTM, GRU
-(``reset_after``) and SimpleRNN with the activations the C++ code knows, the loops run compiled
-(:mod:`rnnkit.kernels.cpu_ext`: Keras' gate order, brgemm step products, steps split between
-threads by hidden units). The LSTM without layer norm computes its input projection inside its
+``index_select`` under autograd, so gradients come back in Keras order. On the CPU, in float32
+and float64, every cell with any named activation runs compiled loops instead
+(:mod:`rnnkit.kernels.cpu_ext`: brgemm step products, steps split between threads by hidden
+units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
+machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
 Function, so that one product gives dW and dU.
 """
 
