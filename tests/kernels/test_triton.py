@@ -31,7 +31,7 @@ INTERPRET = not HAS_GPU and HAS_TRITON and os.environ.get("TRITON_INTERPRET") ==
 gpu = pytest.mark.skipif(
     not (HAS_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1 and Triton)"
 )
-TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 DEVICE = "cuda" if HAS_GPU else "cpu"
 
 
@@ -216,7 +216,7 @@ def against_reference(run, p, options, cot, dtype, graphs=HAS_GPU):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("ln", [False, True])
 @pytest.mark.parametrize("graphs", [True, False])
 def test_matches_float64_reference(dtype, ln, graphs):
@@ -247,9 +247,10 @@ def test_masks_and_zoneout(options, ln):
 
 @gpu
 @pytest.mark.gpu
-def test_masks_and_zoneout_bfloat16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_masks_and_zoneout_half_precision(dtype):
     options = ("random_mask", "zoneout_mask", "recurrent_dropout")
-    compare(4, 7, 5, 12, torch.bfloat16, True, seed=12, options=options)
+    compare(4, 7, 5, 12, dtype, True, seed=12, options=options)
 
 
 @gpu
@@ -329,6 +330,7 @@ def test_gru_and_simple_rnn(cell, options, ln):
 def test_gru_and_simple_rnn_without_bias_bfloat16_and_other_activations(cell):
     cell_compare(cell, bias=False, seed=22)
     cell_compare(cell, torch.bfloat16, ln=True, options=("random_mask", "dropouts"), seed=23)
+    cell_compare(cell, torch.float16, options=("random_mask", "zoneout_mask"), seed=29)
     cell_compare(cell, activation="softsign", recurrent_activation="hard_sigmoid", seed=24)
     cell_compare(cell, activation="relu", seed=26)
     cell_compare(cell, activation="gelu", recurrent_activation="silu", seed=27)  # saved inputs
@@ -359,6 +361,7 @@ def test_gru_reset_before_other_settings():
     cell_compare("gru", zoneout=0.3, seed=34, reset_after=False)
     opts = ("random_mask", "dropouts")
     cell_compare("gru", torch.bfloat16, ln=True, options=opts, seed=35, reset_after=False)
+    cell_compare("gru", torch.float16, ln=True, options=opts, seed=36, reset_after=False)
 
 
 def test_gru_reset_before_is_supported_on_cuda_only():
@@ -457,7 +460,7 @@ def test_every_step_kernel_compiles_for_hopper(flags_on):
                k.gru_backward_step, k.simple_forward_step, k.simple_backward_step,
                k.gru_rb_gates_step, k.gru_rb_state_step, k.gru_rb_state_backward_step,
                k.gru_rb_gates_backward_step]  # fmt: skip
-    cases = [(f, d, 2, 1) for f in kernels for d in ("fp32", "bf16")]
+    cases = [(f, d, 2, 1) for f in kernels for d in ("fp32", "bf16", "fp16")]
     if not flags_on:  # every activation code, as activation and as recurrent activation
         codes = sorted(set(k.ACTIVATION_CODES.values()))
         cases += [(f, "fp32", c, c) for f in kernels for c in codes]
@@ -469,7 +472,7 @@ def test_every_step_kernel_compiles_for_hopper(flags_on):
         flags = {n: v for n, v in flags.items() if n in names}
         signature = {
             n: "constexpr" if n in flags
-            else ("*bf16" if dtype == "bf16" and n in storage else "*fp32") if n.endswith("_ptr")
+            else (f"*{dtype}" if n in storage else "*fp32") if n.endswith("_ptr")
             else "fp32" if n in ("eps", "zoneout") else "i32"
             for n in names
         }  # fmt: skip

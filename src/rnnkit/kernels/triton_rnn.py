@@ -7,7 +7,7 @@ gate first: two products and two step kernels each way) and SimpleRNN, with any 
 and recurrent activation among :data:`ACTIVATIONS`; with or without bias; optional layer
 normalisation (``spec.layer_norm``), input and recurrent dropout, DropConnect on the recurrent
 kernel, zoneout (training masks or the inference-time constant), masks with any padding,
-``zero_output_for_mask``, ``go_backwards``, initial states; float32 and bfloat16.
+``zero_output_for_mask``, ``go_backwards``, initial states; float32, bfloat16 and float16.
 
 The recipe (issue 6):
 
@@ -40,8 +40,9 @@ Layer-norm LSTM (haste's ``LayerNormLSTM``, gate order i, f, g, o; as in
     c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \quad
     h_t = \sigma(o) \tanh(\mathrm{LN}(c_t; \gamma_c, \beta_c))
 
-In bfloat16, inputs, weights, ``h`` and the GEMM operands are bfloat16 (cuBLAS accumulates in
-float32); the gate math, the cell state and everything saved for the backward pass are float32.
+In bfloat16 and float16, inputs, weights, ``h`` and the GEMM operands are in that dtype (cuBLAS
+accumulates in float32); the gate math, the cell state and everything saved for the backward
+pass are float32.
 
 Nothing here imports Triton or touches CUDA until a GPU call is made.
 """
@@ -63,7 +64,7 @@ from rnnkit.kernels.spec import (
     RecurrentWeights,
 )
 
-DTYPES = (torch.float32, torch.bfloat16)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Activation names the step kernels implement (their codes: _triton_steps.ACTIVATION_CODES).
 ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "elu", "softplus",
                "selu", "exponential", "silu", "swish", "gelu")  # fmt: skip
@@ -121,7 +122,7 @@ def unsupported_reason(
         if activation_name(value) is None:
             return f"{name} must be one of {list(ACTIVATIONS)} (received {value!r})"
     if dtype is not None and dtype not in DTYPES:
-        return f"dtype must be float32 or bfloat16 (received {dtype})"
+        return f"dtype must be float32, bfloat16 or float16 (received {dtype})"
     return None
 
 
