@@ -282,7 +282,7 @@ def test_activation_names_match_the_kernel_codes():
 
 
 def cell_compare(cell, dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **spec):
-    """The GRU (reset_after=True) or SimpleRNN against the float64 reference, like
+    """The GRU (either form) or SimpleRNN against the float64 reference, like
     :func:`compare`."""
     B, T, I, u = 4, 6, 5, 8
     G = {"gru": 3, "simple": 1}[cell] * u
@@ -307,7 +307,7 @@ def cell_compare(cell, dtype=torch.float32, ln=False, bias=True, options=(), see
         return out, h
 
     cot = [r(B, T, u), r(B, u)]
-    against_reference(call_cell, p, opts, cot, dtype)
+    return against_reference(call_cell, p, opts, cot, dtype)
 
 
 @gpu
