@@ -1,27 +1,33 @@
 """The layers on a CUDA device: which backend ``auto`` picks, and that it computes what the
 reference loop computes (outputs, final states, gradients of inputs and every parameter).
 
-Skipped without CUDA. On a GPU, every recurrence of up to 512 units (LSTM, GRU with
-``reset_after=True``, SimpleRNN) goes to Triton in every configuration (standard, layer norm,
-dropouts, DropConnect, zoneout, masks, nine activations); what it cannot do exactly (GRU
-``reset_after=False``, a GELU activation) to the fused recurrence running on the GPU.
+On a GPU, every recurrence of up to 512 units (LSTM, GRU in both forms, SimpleRNN) goes to
+Triton in every configuration (standard, layer norm, dropouts, DropConnect, zoneout, masks, the
+twelve named activations); an arbitrary activation function to the reference loop. Without CUDA
+the Triton cases run in Triton's interpreter when ``TRITON_INTERPRET=1`` (CPU tensors, routed as
+on a GPU, no CUDA graphs); otherwise everything here is skipped.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 
 import pytest
 import torch
 
-from rnnkit.kernels import dispatch
+from rnnkit.kernels import dispatch, triton_rnn
 from rnnkit.layers import GRU, LSTM, SimpleRNN
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]
-DEVICE = "cuda"
+INTERPRET = not HAS_CUDA and HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA (or TRITON_INTERPRET=1)"),
+]
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 CASES = {
     "lstm": (LSTM, {}, False, "triton"),
@@ -58,6 +64,17 @@ CASES = {
 
 
 @pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    # Triton's interpreter runs the kernels on CPU tensors: route the layers as on a GPU.
+    if not INTERPRET:
+        return
+    monkeypatch.setattr(triton_rnn, "_device_reason", lambda device, dtype: None)
+    monkeypatch.setattr(dispatch, "auto_order", lambda **_: dispatch.TRITON_FIRST_ORDER)
+    run = triton_rnn.run
+    monkeypatch.setattr(triton_rnn, "run", lambda *a, **k: run(*a, **k, cuda_graphs=False))
+
+
+@pytest.fixture(autouse=True)
 def _no_tf32():
     # cuDNN's RNNs use TF32 by default; the comparison is in plain float32.
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -84,6 +101,8 @@ def test_auto_on_cuda_matches_reference(case, monkeypatch):
     layer_cls, options, masked, expected = CASES[case]
     if expected == "triton" and not HAS_TRITON:
         pytest.skip("needs Triton")
+    if INTERPRET and expected == "vendor":
+        pytest.skip("cuDNN: needs CUDA")
     torch.manual_seed(0)
     B, T, I, u = 5, 9, 6, 16
     auto = layer_cls(u, return_sequences=True, return_state=True, **options).to(DEVICE)

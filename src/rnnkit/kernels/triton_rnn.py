@@ -99,6 +99,24 @@ def unsupported_reason(
     **_options: object,
 ) -> str | None:
     """Why :func:`run` cannot compute this call exactly, or ``None`` when it can."""
+    reason = _device_reason(device, dtype)
+    if reason is not None:
+        return reason
+    if spec.cell not in GATES:
+        return f"unknown cell {spec.cell!r}"
+    activations = [("activation", spec.activation)]
+    if spec.cell != "simple":
+        activations.append(("recurrent_activation", spec.recurrent_activation))
+    for name, value in activations:
+        if activation_name(value) is None:
+            return f"{name} must be one of {list(ACTIVATIONS)} (received {value!r})"
+    if dtype is not None and dtype not in DTYPES:
+        return f"dtype must be float32, bfloat16 or float16 (received {dtype})"
+    return None
+
+
+def _device_reason(device: torch.device | str | None, dtype: torch.dtype | None) -> str | None:
+    """Why this device (with Triton on this machine) cannot run the kernels, or ``None``."""
     if device is None:  # a caller that cannot say where the inputs live gets no GPU kernel
         return "the triton backend needs the inputs' device (device=...)"
     device = torch.device(device)
@@ -113,16 +131,6 @@ def unsupported_reason(
         return f"Triton needs a GPU of compute capability 7.0 or newer (this one: {major}.{minor})"
     if dtype == torch.bfloat16 and major < 8:
         return f"bfloat16 needs compute capability 8.0 or newer (this GPU: {major}.{minor})"
-    if spec.cell not in GATES:
-        return f"unknown cell {spec.cell!r}"
-    activations = [("activation", spec.activation)]
-    if spec.cell != "simple":
-        activations.append(("recurrent_activation", spec.recurrent_activation))
-    for name, value in activations:
-        if activation_name(value) is None:
-            return f"{name} must be one of {list(ACTIVATIONS)} (received {value!r})"
-    if dtype is not None and dtype not in DTYPES:
-        return f"dtype must be float32, bfloat16 or float16 (received {dtype})"
     return None
 
 
