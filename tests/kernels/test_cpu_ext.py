@@ -118,6 +118,14 @@ def test_loops_split_between_threads_equal_python_loops(cell, case, monkeypatch)
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("units", [1, 13])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rb", "simple"])
+def test_odd_sizes_equal_python_loops(cell, units, monkeypatch):
+    # fewer units than a cache line of h, and a size that is no multiple of 16 (the loops split
+    # units in parts of 16): float64, layer norm, SiLU/GELU (pre-activations kept), zoneout
+    _check_against_python_loops(cell, "gelu+layer_norm+zoneout", torch.float64, units, monkeypatch)
+
+
 def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     _compiled_available()
     spec_kw, kw = CASES[case]
