@@ -191,6 +191,31 @@ def _kept_fraction(like, zm_ptr, valid_ptr, b, urow, m, zoneout, MASKED: tl.cons
 
 
 @_jit
+def _layer_norm_row(r, m, eps, rhat_row, rstd_at, gamma_row, U: tl.constexpr):
+    """LN of one row of ``U`` values, no beta: saves the normalised row and 1/std for the
+    backward step and returns ``r_hat * gamma``."""
+    mean = tl.sum(r, 0) / U
+    r = tl.where(m, r - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(r * r, 0) / U + eps)
+    r = r * rstd
+    tl.store(rhat_row, r, mask=m)
+    tl.store(rstd_at, rstd)
+    return r * tl.load(gamma_row, mask=m, other=0.0).to(tl.float32)
+
+
+@_jit
+def _layer_norm_row_grad(d, m, rhat_row, rstd_at, gamma_row, dgamma_row, U: tl.constexpr):
+    """The input gradient of :func:`_layer_norm_row` for the output gradient ``d``; adds
+    ``d * r_hat`` to the row's gamma-gradient accumulator."""
+    rhat = tl.load(rhat_row, mask=m, other=0.0)
+    tl.store(dgamma_row, tl.load(dgamma_row, mask=m, other=0.0) + d * rhat, mask=m)
+    d = d * tl.load(gamma_row, mask=m, other=0.0).to(tl.float32)
+    mean1 = tl.sum(d, 0) / U
+    mean2 = tl.sum(d * rhat, 0) / U
+    return tl.load(rstd_at) * (d - mean1 - rhat * mean2)
+
+
+@_jit
 def _gru_update_grads(dout_ptr, dout_stride, dhrec_ptr, rdm_ptr, carry_ptr, act_ptr, h_prev_ptr,
                       valid_ptr, zm_ptr, zoneout, b, offs, urow, m, U: tl.constexpr,
                       RDROP: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
@@ -657,13 +682,7 @@ def simple_forward_step(
     m = offs < U
     r = tl.load(r_ptr + b * U + offs, mask=m, other=0.0).to(tl.float32)
     if LAYER_NORM:
-        mean = tl.sum(r, 0) / U
-        r = tl.where(m, r - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(r * r, 0) / U + eps)
-        r = r * rstd
-        tl.store(rhat_ptr + b * U + offs, r, mask=m)
-        tl.store(rstd_ptr + b, rstd)
-        r = r * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        r = _layer_norm_row(r, m, eps, rhat_ptr + b * U + offs, rstd_ptr + b, gh_ptr + offs, U)
     x = tl.load(xn_ptr + b * xn_stride + offs, mask=m, other=0.0).to(tl.float32) + r
     y = _act(x, ACT)
     tl.store(act_ptr + b * U + offs, _saved(x, y, ACT), mask=m)
@@ -716,12 +735,8 @@ def simple_backward_step(
     ty = dz_ptr.dtype.element_ty
     tl.store(dz_ptr + b * dz_stride + offs, d.to(ty), mask=m)
     if LAYER_NORM:
-        rhat = tl.load(rhat_ptr + urow, mask=m, other=0.0)
-        tl.store(dgh_ptr + urow, tl.load(dgh_ptr + urow, mask=m, other=0.0) + d * rhat, mask=m)
-        d = d * tl.load(gh_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        mean1 = tl.sum(d, 0) / U
-        mean2 = tl.sum(d * rhat, 0) / U
-        d = tl.load(rstd_ptr + b) * (d - mean1 - rhat * mean2)
+        d = _layer_norm_row_grad(d, m, rhat_ptr + urow, rstd_ptr + b, gh_ptr + offs,
+                                 dgh_ptr + urow, U)  # fmt: skip
     tl.store(dr_ptr + urow, d.to(dr_ptr.dtype.element_ty), mask=m)
 
 
@@ -815,14 +830,9 @@ def gru_rb_state_step(
     m = offs < U
     urow = b * U + offs
     r2 = tl.load(r2_ptr + urow, mask=m, other=0.0).to(tl.float32)
-    if LAYER_NORM:
-        mean = tl.sum(r2, 0) / U
-        r2 = tl.where(m, r2 - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(r2 * r2, 0) / U + eps)
-        r2 = r2 * rstd
-        tl.store(rhat_ptr + b * 3 * U + 2 * U + offs, r2, mask=m)
-        tl.store(rstd_ptr + b * 2 + 1, rstd)
-        r2 = r2 * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
+    if LAYER_NORM:  # columns [2u, 3u) of rhat and gamma, rstd column 1
+        r2 = _layer_norm_row(r2, m, eps, rhat_ptr + b * 3 * U + 2 * U + offs, rstd_ptr + b * 2 + 1,
+                             gh_ptr + 2 * U + offs, U)  # fmt: skip
     xh = tl.load(xn_ptr + b * xn_stride + 2 * U + offs, mask=m, other=0.0).to(tl.float32) + r2
     n = _act(xh, ACT)
     arow = act_ptr + b * 4 * U
@@ -875,13 +885,9 @@ def gru_rb_state_backward_step(
     tl.store(zrow + 2 * U + offs, dzn.to(ty), mask=m)
     d = dzn
     if LAYER_NORM:
-        rhat = tl.load(rhat_ptr + b * 3 * U + 2 * U + offs, mask=m, other=0.0)
         grow = b * 3 * U + 2 * U + offs
-        tl.store(dgh_ptr + grow, tl.load(dgh_ptr + grow, mask=m, other=0.0) + d * rhat, mask=m)
-        d = d * tl.load(gh_ptr + 2 * U + offs, mask=m, other=0.0).to(tl.float32)
-        mean1 = tl.sum(d, 0) / U
-        mean2 = tl.sum(d * rhat, 0) / U
-        d = tl.load(rstd_ptr + b * 2 + 1) * (d - mean1 - rhat * mean2)
+        d = _layer_norm_row_grad(d, m, rhat_ptr + grow, rstd_ptr + b * 2 + 1,
+                                 gh_ptr + 2 * U + offs, dgh_ptr + grow, U)  # fmt: skip
     tl.store(dr2_ptr + urow, d.to(dr2_ptr.dtype.element_ty), mask=m)
 
 
