@@ -308,6 +308,43 @@ inline void brgemm_gates(const at::Tensor& x, const at::Tensor& w, int64_t gates
   });
 }
 
+// out (B, N; row stride ld) = x (B, K) @ w (+ out when add): brgemm where the loops use it,
+// else torch's product.
+template <typename T>
+void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out, int64_t ld,
+                  bool add) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_brgemm<T>(onednn)) {
+      brgemm_product(x, w, out, ld, add);
+      return;
+    }
+  }
+  const at::Tensor m = matmul(x, w, onednn);
+  const T* mp = m.data_ptr<T>();
+  const int64_t B = m.size(0), N = m.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < N; ++j) out[b * ld + j] = (add ? out[b * ld + j] : T(0)) + mp[b * N + j];
+  }
+}
+
+// dh[b] += dhin[b] (* rd[b]): the part of d h_{t-1} that reaches it through
+// h_in = h_{t-1} * rd (no recurrent dropout: rd null); rows of u, split between threads.
+template <typename T>
+void add_through_dropout(T* dh, const T* dhin, const T* rd, int64_t B, int64_t u, int64_t grain) {
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* out = dh + b * u;
+      const T* di = dhin + b * u;
+      if (rd != nullptr) {
+        const T* m = rd + b * u;
+        for (int64_t j = 0; j < u; ++j) out[j] += di[j] * m[j];
+      } else {
+        for (int64_t j = 0; j < u; ++j) out[j] += di[j];
+      }
+    }
+  });
+}
+
 // The weight of the new h in h_t = (1 - a) h_{t-1} + a h' (zoneout; the mask as 0/1), with
 // shape (T, B, u), (T, B, 1) or (T, 1, 1): element (t, b, j) without materialising it.
 template <typename T>
@@ -951,8 +988,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   at::Tensor dh = dh_in;
   at::Tensor dh2 = at::empty_like(dh);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
-  const bool brg = use_brgemm<T>(onednn);
-  std::vector<T> rec_scratch(brg ? B * u : 0);  // the recurrent product of the step
+  std::vector<T> rec_scratch(B * u);  // d h_in of the step: the recurrent product
   ThreadRows<T> y_rows(G3), dhn_rows(u);  // per thread: a row's activations, a dh
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
@@ -1002,27 +1038,8 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
       (*DM)[t].copy_(std::get<0>(res));
       src = (*DM)[t];
     }
-    at::Tensor rec;
-    const T* rec_p = rec_scratch.data();
-    if constexpr (std::is_same_v<T, float>) {
-      if (brg) brgemm_product(src, WT, rec_scratch.data(), u, /*add=*/false);
-    }
-    if (!brg) {
-      rec = matmul(src, WT, onednn);
-      rec_p = rec.data_ptr<T>();
-    }
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* out = dh2_p + b * u;
-        const T* q = rec_p + b * u;
-        if (rd_p != nullptr) {
-          const T* m = rd_p + b * u;
-          for (int64_t j = 0; j < u; ++j) out[j] += q[j] * m[j];
-        } else {
-          for (int64_t j = 0; j < u; ++j) out[j] += q[j];
-        }
-      }
-    });
+    product_into<T>(src, WT, onednn, rec_scratch.data(), u, /*add=*/false);
+    add_through_dropout(dh2_p, rec_scratch.data(), rd_p, B, u, grain);
     std::swap(dh, dh2);
   }
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
@@ -1052,25 +1069,6 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
 // pre-activations out of the backward. RH (n, B, u): r h_in. Layer norm: Mzr (n, B, 2u) and
 // Mh (n, B, u) keep the products, MU/RS (n, 2, B, 1) their statistics ([zr, h]), gamma g_h (3u)
 // in Keras' order (z, r | h).
-
-// out (B, N; row stride ld) = x (B, K) @ w (+ out when add): brgemm where the loops use it,
-// else torch's product.
-template <typename T>
-void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out, int64_t ld,
-                  bool add) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_brgemm<T>(onednn)) {
-      brgemm_product(x, w, out, ld, add);
-      return;
-    }
-  }
-  const at::Tensor m = matmul(x, w, onednn);
-  const T* mp = m.data_ptr<T>();
-  const int64_t B = m.size(0), N = m.size(1);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < N; ++j) out[b * ld + j] = (add ? out[b * ld + j] : T(0)) + mp[b * N + j];
-  }
-}
 
 template <typename T>
 void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::Tensor& Wh,
@@ -1236,7 +1234,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
       T* dgh = ln ? dgh_rows.mine() : nullptr;
       for (int64_t b = b0; b < b1; ++b) {
         T* g = g_t + b * G3;
-        std::copy(g, g + G3, y);  // activations h~, z, r
+        std::copy(g, g + 2 * u, y);  // activations h~, z (r stays in g for the next pass)
         const T *hh = y, *z = y + u, *hp = h_prev + b * u, *dhb = dh_p + b * u;
         const T* p = p_all != nullptr ? p_all + (t * B + b) * G3 : nullptr;
         T* dhn = tmp != nullptr ? tmp : dh2_p + b * u;  // scratch for a dh (overwritten below)
@@ -1288,18 +1286,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
       }
     });
     product_into<T>(src_zr, WzrT, onednn, dhin, u, /*add=*/true);
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* out = dh2_p + b * u;
-        const T* di = dhin + b * u;
-        if (rd_p != nullptr) {
-          const T* m = rd_p + b * u;
-          for (int64_t j = 0; j < u; ++j) out[j] += di[j] * m[j];
-        } else {
-          for (int64_t j = 0; j < u; ++j) out[j] += di[j];
-        }
-      }
-    });
+    add_through_dropout(dh2_p, dhin, rd_p, B, u, grain);
     std::swap(dh, dh2);
   }
   if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
