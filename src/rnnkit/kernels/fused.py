@@ -844,7 +844,7 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         if ext is not None:  # G becomes d xw (h, z, r); DMzr, DMh the products' gradients
             dh = _last_state_grad(dY, dh_T)
             Mzr, Mh, MU, RS = ctx.ln_bufs if ln else (None,) * 4
-            DMzr, DMh = (torch.empty_like(Mzr), torch.empty_like(Mh)) if ln else (None, None)
+            DMzr, DMh = G.new_empty(T, B, 2 * u), G.new_empty(T, B, u)
             dg_h = G.new_zeros(G3) if ln else None
             (wt_zr, packed), (wt_h, _) = (
                 _step_weight(ext, U[:, : 2 * u].t(), B),
@@ -855,10 +855,12 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], Mzr, Mh, MU, RS, g_h, DMzr, DMh,
                 dg_h, P,
             )  # fmt: skip
-            zr_all = (DMzr if ln else G[..., u:]).reshape(T * B, 2 * u)
-            h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
             dU = torch.cat(
-                [_tn(h_in.reshape(T * B, u), b=zr_all), _tn(RH.reshape(T * B, u), b=h_all)], dim=1
+                [
+                    _tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
+                    _tn(RH.reshape(T * B, u), b=DMh.view(T * B, u)),
+                ],
+                dim=1,
             )
             return None, G, dU, dh, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]

@@ -323,7 +323,8 @@ void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out,
   const T* mp = m.data_ptr<T>();
   const int64_t B = m.size(0), N = m.size(1);
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < N; ++j) out[b * ld + j] = (add ? out[b * ld + j] : T(0)) + mp[b * N + j];
+    T* o = out + b * ld;
+    for (int64_t j = 0; j < N; ++j) o[j] = (add ? o[j] : T(0)) + mp[b * N + j];
   }
 }
 
@@ -1178,7 +1179,8 @@ void gru_rb_forward(const at::Tensor& G, const at::Tensor& Wzr, const at::Tensor
 }
 
 // On return G holds the gradients of the pre-activations (h, z, r: the input projection's),
-// DMzr/DMh (layer norm) those of the products before their LayerNorms, dh the gradient of h_0;
+// DMzr/DMh those of the products (before their LayerNorms, with layer norm), dh the gradient of
+// h_0;
 // dg_h accumulates the LayerNorms' gamma gradient (Keras' order z, r | h).
 template <typename T>
 void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at::Tensor& WhT,
@@ -1189,8 +1191,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
                           const std::optional<at::Tensor>& Mzr, const std::optional<at::Tensor>& Mh,
                           const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                           const std::optional<at::Tensor>& g_h,
-                          const std::optional<at::Tensor>& DMzr,
-                          const std::optional<at::Tensor>& DMh,
+                          const at::Tensor& DMzr, const at::Tensor& DMh,
                           const std::optional<at::Tensor>& dg_h,
                           const std::optional<at::Tensor>& P) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
@@ -1204,10 +1205,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
   const Weight<T> wa(a);
   at::Tensor dh = dh_in;
   at::Tensor dh2 = at::empty_like(dh);
-  // d pre_h and d pre_{z, r} of the step as contiguous product operands (without layer norm;
-  // with it DMh[t] / DMzr[t]), d(r h_in), d h_in
-  at::Tensor dpre_h = ln ? at::Tensor() : at::empty({B, u}, G.options());
-  at::Tensor dpre_zr = ln ? at::Tensor() : at::empty({B, 2 * u}, G.options());
+  // d(r h_in), d h_in of the step
   at::Tensor drh_t = at::empty({B, u}, G.options());
   at::Tensor dhin_t = at::empty({B, u}, G.options());
   T* drh = drh_t.data_ptr<T>();
@@ -1223,8 +1221,10 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
     const T* rs = ln ? RS->data_ptr<T>() + t * 2 * B : nullptr;
     T* dh2_p = dh2.data_ptr<T>();
     const T* dHt = t > 0 ? dY_all + (t - 1) * B * u : nullptr;  // H[0] is no output
-    at::Tensor src_h = ln ? (*DMh)[t] : dpre_h;
-    at::Tensor src_zr = ln ? (*DMzr)[t] : dpre_zr;
+    // the products' output gradients, contiguous (the operands of this step's products and of
+    // the weight gradients): d pre_h / d pre_{z, r}, through the LayerNorms with layer norm
+    at::Tensor src_h = DMh[t];
+    at::Tensor src_zr = DMzr[t];
     T* sh = src_h.data_ptr<T>();
     T* szr = src_zr.data_ptr<T>();
     // d pre_h, d pre_z; dh2 = dY[t-1] + (z a + 1 - a) dh (the paths that skip the products)
@@ -1300,15 +1300,16 @@ void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tens
                      int64_t act, int64_t ract, const std::optional<at::Tensor>& Mzr,
                      const std::optional<at::Tensor>& Mh, const std::optional<at::Tensor>& MU,
                      const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
-                     const std::optional<at::Tensor>& DMzr, const std::optional<at::Tensor>& DMh,
+                     const at::Tensor& DMzr, const at::Tensor& DMh,
                      const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P) {
   for (const auto* x : {&G, &H, &RH, &dY, &dh}) check_contiguous(*x, "G/H/RH/dY/dh");
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   if (Hin.has_value()) check_contiguous(*Hin, "Hin");
-  TORCH_CHECK(!g_h.has_value() || (Mzr.has_value() && Mh.has_value() && DMzr.has_value() &&
-                                   DMh.has_value() && dg_h.has_value()),
-              "rnnkit fused_cpu: a layer-norm GRU backward needs Mzr, Mh, DMzr, DMh and dg_h");
+  check_contiguous(DMzr, "DMzr");
+  check_contiguous(DMh, "DMh");
+  TORCH_CHECK(!g_h.has_value() || (Mzr.has_value() && Mh.has_value() && dg_h.has_value()),
+              "rnnkit fused_cpu: a layer-norm GRU backward needs Mzr, Mh and dg_h");
   check_pre_activations(P, G, true, act, ract);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_rb_backward", [&] {
     gru_rb_backward_impl<scalar_t>(G, WzrT, WhT, onednn, H, RH, dY, dh, Hin, rd, a, act, ract,
@@ -1443,7 +1444,8 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
                           int64_t act, bool direct, const std::optional<at::Tensor>& M,
                           const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                           const std::optional<at::Tensor>& g_h,
-                          const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P) {
+                          const std::optional<at::Tensor>& dg_h,
+                          const std::optional<at::Tensor>& P) {
   const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
   const T* p_all = direct ? nullptr : ptr<T>(P);
   const bool ln = g_h.has_value();
@@ -1600,8 +1602,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def(
       "gru_rb_backward(Tensor(a!) G, Tensor WzrT, Tensor WhT, bool onednn, Tensor H, Tensor RH, "
       "Tensor dY, Tensor(b!) dh, Tensor? Hin, Tensor? rd, Tensor? a, int act, int ract, "
-      "Tensor? Mzr, Tensor? Mh, Tensor? MU, Tensor? RS, Tensor? g_h, Tensor(c!)? DMzr, "
-      "Tensor(d!)? DMh, Tensor(e!)? dg_h, Tensor? P) -> ()");
+      "Tensor? Mzr, Tensor? Mh, Tensor? MU, Tensor? RS, Tensor? g_h, Tensor(c!) DMzr, "
+      "Tensor(d!) DMh, Tensor(e!)? dg_h, Tensor? P) -> ()");
   m.def(
       "simple_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!)? Hin, "
       "Tensor? rd, Tensor? a, Tensor? valid, int act, int mode, bool save, Tensor(d!)? M, "
