@@ -54,14 +54,49 @@ def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
     mask = torch.ones(2, 3, dtype=torch.bool)
     assert dispatch.auto_order(device=torch.device("cpu"), mask=mask)[0] == "fused"
     assert dispatch.auto_order(device=torch.device("cpu"), mask=None)[0] == "vendor"
-    # CUDA: masked calls and recurrences up to 512 units try Triton first, the rest cuDNN.
     cuda = torch.device("cuda")
     assert dispatch.auto_order(device=cuda, mask=mask)[0] == "triton"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("lstm", 512))[0] == "triton"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("lstm", 1024))[0] == "vendor"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("gru", 8))[0] == "triton"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("simple", 8))[0] == "triton"
-    assert dispatch.auto_order(device=cuda, spec=RecurrenceSpec("gru", 1024))[0] == "vendor"
+
+
+@pytest.mark.parametrize(
+    "cell, batch, units, dtype, first",
+    [  # the H100 sweep's cases on each side of each bound (float32 unless named)
+        ("lstm", 64, 512, torch.float32, "triton"),  # the shape: Triton 1.08x, cuDNN 0.85x
+        ("lstm", 16, 768, torch.float32, "triton"),
+        ("gru", 16, 256, torch.float32, "triton"),
+        ("simple", 16, 1024, torch.float32, "triton"),
+        ("simple", 16, 128, torch.float32, "vendor"),  # tiny: cuDNN's persistent kernels
+        ("simple", 64, 256, torch.float32, "vendor"),
+        ("lstm", 16, 128, torch.float32, "vendor"),
+        ("lstm", 256, 512, torch.float32, "vendor"),  # large products: cuDNN's TF32
+        ("lstm", 16, 1024, torch.float32, "vendor"),
+        ("gru", 64, 768, torch.float32, "vendor"),
+        ("lstm", 256, 512, torch.bfloat16, "triton"),  # both on tensor cores in half precision
+        ("simple", 16, 128, torch.bfloat16, "vendor"),
+    ],
+)
+def test_auto_order_on_cuda_follows_the_measured_bounds(cell, batch, units, dtype, first):
+    spec = RecurrenceSpec(cell, units)
+    order = dispatch.auto_order(device=torch.device("cuda"), spec=spec, dtype=dtype, batch=batch)
+    assert order[0] == first
+    assert set(order) == {"triton", "vendor", "fused", "reference"}
+
+
+def test_select_passes_the_batch_size_to_the_rule(monkeypatch):
+    seen = {}
+
+    def order(**kwargs):
+        seen.update(kwargs)
+        return dispatch.AUTO_ORDER
+
+    monkeypatch.setattr(dispatch, "auto_order", order)
+    spec = RecurrenceSpec("simple", U)
+    w = RecurrentWeights(torch.zeros(4, U), torch.zeros(U, U), None)
+    dispatch.run(spec, w, torch.zeros(3, 5, 4), (torch.zeros(3, U),))
+    assert seen["batch"] == 3
+
+
+def test_triton_backend_is_registered():
     assert "triton" in dispatch.available()  # registered; it accepts CUDA inputs only
 
 

@@ -11,8 +11,9 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU; on CUDA, masked calls and recurrences of up to
-:data:`TRITON_MAX_UNITS` units go ``triton, vendor, fused, reference`` (see :func:`auto_order`);
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU; on CUDA, masked calls and recurrences whose
+per-step product Triton runs faster than cuDNN (measured bounds, see :func:`auto_order`) go
+``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
@@ -48,12 +49,22 @@ FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
-# kernel: 1.35x. Unmasked, the Triton LSTM layer measured 1.29x / 2.23x / 2.51x / 1.36x of
-# torch.nn.LSTM at 20x20 200->200, 20x35 650->650, 32x100 128->256, 64x100 512->512 (rnnkit's
-# layer on cuDNN: 0.67-0.92x) but 0.39x at 128x50 1024->1024, where the products dominate and
-# cuDNN runs them in TF32 (torch's default for cuDNN) against Triton's float32 cuBLAS products.
+# kernel: 1.35x. Unmasked, which is faster depends on the per-step recurrent product (G gate
+# blocks of u units, batch B). benchmarks/gpu_dispatch_sweep.py on an H100 (float32, T=50, I=u,
+# B 16/64/256 x u 128..1536, training step, speed relative to torch.nn; Triton vs rnnkit's layer
+# on cuDNN):
+# - G*u*u < TRITON_MIN_STEP_WEIGHTS: cuDNN's persistent kernels, which keep the recurrent weights
+#   on chip, win (SimpleRNN 16x128 0.14 vs 0.65, 16x256 0.39 vs 0.60; LSTM 16x128 0.29 vs 0.70);
+# - B*G*u*u > TRITON_MAX_STEP_MACS or G*u > TRITON_MAX_GATE_WIDTH: the products dominate and
+#   cuDNN runs them in TF32 (torch's default for cuDNN) against Triton's float32 cuBLAS products
+#   (LSTM 256x512 0.54 vs 1.04, 64x768 0.62 vs 0.79, 16x1024 0.76 vs 0.97; GRU 64x768 0.70 vs 0.79);
+# - between them Triton wins (LSTM 16x768 1.18 vs 0.86, 64x512 1.08 vs 0.85, 256x256 1.03 vs 0.85;
+#   GRU 16x256 2.04 vs 0.79; SimpleRNN 16x1024 1.54 vs 0.99, 64x1024 1.08 vs 0.88).
+# bfloat16 / float16 products run on the tensor cores in both backends: no upper bound there.
 TRITON_FIRST_ORDER = ("triton", "vendor", "fused", "reference")
-TRITON_MAX_UNITS = 512  # unmasked CUDA recurrences up to this size try Triton first
+TRITON_MIN_STEP_WEIGHTS = 2**17
+TRITON_MAX_STEP_MACS = 2**26
+TRITON_MAX_GATE_WIDTH = 3072
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
 
 _REGISTRY: dict[str, ModuleType] = {"vendor": vendor, "reference": reference}
@@ -80,16 +91,31 @@ def auto_order(
     mask: torch.Tensor | None = None,
     spec: RecurrenceSpec | None = None,
     dtype=None,
+    batch: int | None = None,
     **_options,
 ) -> tuple[str, ...]:
-    """The order in which ``auto`` tries the backends for a call."""
+    """The order in which ``auto`` tries the backends for a call (``batch``: its batch size)."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
-        small = spec is not None and spec.units <= TRITON_MAX_UNITS
-        return TRITON_FIRST_ORDER if mask is not None or small else AUTO_ORDER
+        if mask is not None or _triton_is_faster(spec, dtype, batch):
+            return TRITON_FIRST_ORDER
+        return AUTO_ORDER
     if mask is not None or _fused_is_faster(spec, dtype):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
+
+
+def _triton_is_faster(spec: RecurrenceSpec | None, dtype, batch: int | None) -> bool:
+    """Unmasked CUDA calls where Triton beats cuDNN (the H100 sweep above)."""
+    if spec is None:
+        return False
+    width = spec.gates * spec.units  # G * u: the recurrent product's output columns
+    if width * spec.units < TRITON_MIN_STEP_WEIGHTS:
+        return False
+    if dtype in (torch.bfloat16, torch.float16):
+        return True
+    macs = (batch or 1) * width * spec.units
+    return width <= TRITON_MAX_GATE_WIDTH and macs <= TRITON_MAX_STEP_MACS
 
 
 def _fused_is_faster(spec: RecurrenceSpec | None, dtype) -> bool:
@@ -130,15 +156,17 @@ def _reason(name: str, module, spec: RecurrenceSpec, options: dict) -> str | Non
     return None if module.supports(spec, **options) else "it does not support this configuration"
 
 
-def select(spec: RecurrenceSpec, *, backend: str = "auto", **options) -> str:
-    """The backend name that :func:`run` would use for this call.
+def select(
+    spec: RecurrenceSpec, *, backend: str = "auto", batch: int | None = None, **options
+) -> str:
+    """The backend name that :func:`run` would use for this call (``batch``: its batch size).
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
     """
     check_backend_name(backend)
     if backend == "auto":
-        for name in auto_order(spec=spec, **options):
+        for name in auto_order(spec=spec, batch=batch, **options):
             module = _REGISTRY.get(name)
             if module is not None and (name == "reference" or module.supports(spec, **options)):
                 return name
@@ -179,13 +207,22 @@ def run(
         "zoneout_mask": zoneout_mask,
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
-    name = select(spec, backend=backend, device=inputs.device, dtype=inputs.dtype, **options)
+    name = select(
+        spec,
+        backend=backend,
+        batch=inputs.shape[0],
+        device=inputs.device,
+        dtype=inputs.dtype,
+        **options,
+    )
     try:
         return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
     except BackendUnavailable as err:
         if backend != "auto":
             raise
-        fallback = select(spec, device=inputs.device, dtype=inputs.dtype, **options)
+        fallback = select(
+            spec, batch=inputs.shape[0], device=inputs.device, dtype=inputs.dtype, **options
+        )
         warnings.warn(
             f"rnnkit: the {name} backend cannot run on this machine ({err}); "
             f"using {fallback} from now on",

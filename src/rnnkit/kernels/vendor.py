@@ -27,8 +27,6 @@ layout on each call (differentiably), so gradients land on the Keras parameters:
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -119,6 +117,15 @@ def _kernel_fn(spec: RecurrenceSpec):
     return _VF.rnn_relu if _is(spec.activation, _RELU) else _VF.rnn_tanh
 
 
+def _flat_views(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``params`` copied into one contiguous buffer (differentiably), returned as views of it in
+    the order and shapes cuDNN expects (``w_ih, w_hh, b_ih, b_hh`` back to back, as
+    ``torch.nn.LSTM.flatten_parameters`` leaves them)."""
+    flat = torch.cat([p.reshape(-1) for p in params])
+    pieces = flat.split([p.numel() for p in params])
+    return [v.view(p.shape) for v, p in zip(pieces, params, strict=True)]
+
+
 def _call(spec, params, x, state, batch_sizes=None, training=False):
     """Run the vendor kernel; ``state`` is a tuple of ``(B, u)``; returns ``(y, final_state)``."""
     fn = _kernel_fn(spec)
@@ -134,12 +141,10 @@ def _call(spec, params, x, state, batch_sizes=None, training=False):
         return fn(x, batch_sizes, hx, params, has_bias, 1, 0.0, training, False)
 
     if x.is_cuda:
-        # cuDNN views each weight as a flat matrix: the transposed Keras-layout views must be
-        # copied first. It then copies them once more into its own weight buffer, which it
-        # warns about; both copies are tiny next to the recurrence (4 MB at 512 -> 512).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
-            res = call([p.contiguous() for p in params])
+        # cuDNN reads its weights from one flat buffer. Given the Keras-layout views, it would
+        # copy them into one on every call, again in the backward pass, and warn each time;
+        # handed views of a buffer laid out as cuDNN's own, it uses that buffer as it is.
+        res = call(_flat_views(params))
     else:
         res = call(params)
     y = res[0]
