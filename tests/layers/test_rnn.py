@@ -229,6 +229,17 @@ def test_keras_initialisers():
     np.testing.assert_array_equal(bias, np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls", [LSTM, GRU, SimpleRNN])
+def test_layers_build_in_half_precision(cls, dtype):
+    # torch has no QR in half precision: the orthogonal initialiser works in float32 and copies.
+    layer = cls(8)
+    layer.build(5, dtype=dtype)
+    rec = layer.cell.recurrent_kernel
+    assert rec.dtype == dtype
+    rows = rec.float()  # (8, G * 8): orthonormal rows, as in float32
+    torch.testing.assert_close(rows @ rows.T, torch.eye(8), atol=2e-2, rtol=0)
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [

@@ -47,7 +47,12 @@ def glorot_normal_(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def orthogonal_(tensor: torch.Tensor) -> torch.Tensor:
-    """Orthogonal matrix (rows or columns orthonormal, whichever fits), as Keras ``orthogonal``."""
+    """Orthogonal matrix (rows or columns orthonormal, whichever fits), as Keras ``orthogonal``.
+
+    Computed in float32 for half-precision tensors (torch has no QR for them)."""
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        wide = torch.empty_like(tensor, dtype=torch.float32)
+        return tensor.copy_(torch.nn.init.orthogonal_(wide))
     return torch.nn.init.orthogonal_(tensor)
 
 
