@@ -240,6 +240,7 @@ def test_layers_build_in_half_precision(cls, dtype):
     rows = rec.float()  # (8, G * 8): orthonormal rows, as in float32
     torch.testing.assert_close(rows @ rows.T, torch.eye(8), atol=2e-2, rtol=0)
 
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
