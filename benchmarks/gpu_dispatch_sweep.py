@@ -93,11 +93,14 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--tf32", action="store_true", help="let torch.mm use TF32 (Triton's products)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     tag = args.dtype + ("-tf32" if args.tf32 else "")
     batches = (16, 256) if args.quick else (16, 64, 256)
+    if args.batches:
+        batches = tuple(int(b) for b in args.batches.split(","))
     widths = (256, 1024) if args.quick else (128, 256, 512, 768, 1024, 1536)
     reps = 5 if args.quick else 15
     rows = []

@@ -281,10 +281,12 @@ def test_activation_names_match_the_kernel_codes():
     assert triton_rnn.activation_name(lambda x: x) is None
 
 
-def cell_compare(cell, dtype=torch.float32, ln=False, bias=True, options=(), seed=0, **spec):
+def cell_compare(
+    cell, dtype=torch.float32, ln=False, bias=True, options=(), seed=0, batch=4, **spec
+):
     """The GRU (either form) or SimpleRNN against the float64 reference, like
     :func:`compare`."""
-    B, T, I, u = 4, 6, 5, 8
+    B, T, I, u = batch, 6, 5, 8
     G = {"gru": 3, "simple": 1}[cell] * u
     g = torch.Generator().manual_seed(seed)
 
@@ -336,6 +338,29 @@ def test_gru_and_simple_rnn_without_bias_bfloat16_and_other_activations(cell):
     cell_compare(cell, activation="gelu", recurrent_activation="silu", seed=27)  # saved inputs
     cell_compare(cell, activation="silu", ln=True, options=("random_mask", "zoneout_mask"), seed=28)
     cell_compare(cell, zoneout=0.3, seed=25)  # inference: the constant mix
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("ln", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_rb", "simple"])
+def test_small_batches_run_the_products_on_padded_rows(cell, ln):
+    # 5-19 rows in float32 (TF32 off, torch's default): the per-step products run on PAD_ROWS
+    # rows whose extra rows stay zero; the kernels, outputs and gradients see the B real rows.
+    assert not torch.backends.cuda.matmul.allow_tf32
+    triton_rnn.clear_cache()
+    options = ("left_padded", "dropouts", "zoneout_mask")
+    if cell == "lstm":
+        compare(7, 5, 6, 8, torch.float32, ln, seed=41, options=options)
+    else:
+        spec = {"reset_after": False} if cell == "gru_rb" else {}
+        cell_compare(cell[:3] if cell != "simple" else cell, ln=ln, options=options, seed=41,
+                     batch=7, **spec)  # fmt: skip
+    rows = [e.rows for e in triton_rnn._ENGINES.values()]
+    assert rows == [triton_rnn.PAD_ROWS]
+    triton_rnn.clear_cache()
+    compare(3, 5, 6, 8, torch.float32, ln, seed=42)  # 4 rows or fewer: no padding
+    assert [e.rows for e in triton_rnn._ENGINES.values()] == [3]
 
 
 @gpu

@@ -75,6 +75,11 @@ _CALLABLES = {id(fn): name for name, fn in LIBRARY_ACTIVATIONS.items() if name i
 # float32) and a pair of graphs per sequence length.
 MAX_ENGINES = 8
 MAX_GRAPHS = 64  # per slot: the sequence lengths whose captured graphs are kept
+# cuBLAS picks very slow float32 kernels (TF32 off) for the per-step products at 5-19 rows: on an
+# H100, 52 us for (16, 128) @ (128, 128) and for the LSTM's (16, 512) @ (512, 128)^T, 31 us at
+# 256 units, against 5-10 us at 20 rows (docs/gpu-notes.md, "Small batches"). The products'
+# operands get PAD_ROWS rows there (zero rows the step kernels never touch).
+PAD_ROWS = 20
 _BROKEN: list[str] = []  # why Triton failed on this machine, once it has
 
 
@@ -176,10 +181,17 @@ class _Slot:
         B, u, G = e.batch, e.units, e.gates * e.units
         lstm, rb = e.cell == "lstm", e.cell == "gru_rb"
         dev, dt, f32 = e.device, e.dtype, torch.float32
+        P = e.rows  # the products' operands and results: B rows, then zero rows up to P
 
         def buf(*shape, dtype=f32):
             # NaN poison: a value nothing wrote shows up in every check.
             return torch.full(shape, float("nan"), device=dev, dtype=dtype)
+
+        def padded(*shape, dtype=dt):
+            # (..., P, width): rows B.. stay zero (the kernels run over the first B rows only).
+            out = buf(*shape, dtype=dtype)
+            out[..., B:, :] = 0
+            return out
 
         # Inputs, copied in by each call.
         self.xn = buf(B, T, G, dtype=dt)  # (B, T, G) normalised input projection (+ bias)
@@ -191,13 +203,13 @@ class _Slot:
         self.dhT = buf(B, u, dtype=dt)
         self.dcT = buf(B, u) if lstm else self.ln
         # Forward state and what the backward pass needs.
-        self.H = buf(T + 1, B, u, dtype=dt)  # H[0] = h0, H[t + 1] = h_t
-        self.Hin = buf(T + 1, B, u, dtype=dt) if e.rdrop else self.H  # GEMM operands h * mask
+        self.H = padded(T + 1, P, u)  # H[0] = h0, H[t + 1] = h_t
+        self.Hin = padded(T + 1, P, u) if e.rdrop else self.H  # GEMM operands h * mask
         self.C = buf(T + 1, B, u) if lstm else None  # C[0] = c0, C[t + 1] = c_t
-        self.R = buf(B, 2 * u if rb else G, dtype=dt)  # h_{t-1} @ U (GRU_rb: U_zr), this step
+        self.R = padded(P, 2 * u if rb else G)  # h_{t-1} @ U (GRU_rb: U_zr), this step
         if rb:  # the reset-before GRU's candidate product: its operand r h_in and its result
-            self.RH = buf(T, B, u, dtype=dt)
-            self.R2 = buf(B, u, dtype=dt)
+            self.RH = padded(T, P, u)
+            self.R2 = padded(P, u)
         # LSTM: i, f, g, o; GRU: z, r, n, r_h; SimpleRNN: the activation's output.
         self.act = buf(T, B, u if e.cell == "simple" else 4 * u)
         self.valid = buf(T, B) if e.masked else self.ln  # 1 = real step, 0 = padding
@@ -209,17 +221,17 @@ class _Slot:
         self.chat = buf(T, B, u) if e.layer_norm and lstm else None
         self.cstd = buf(T, B) if e.layer_norm and lstm else None
         # Backward outputs and work buffers.
-        self.dR = buf(T, B, G, dtype=dt)  # d(h_{t-1} @ U), time-major for the final dU GEMM
+        self.dR = padded(T, P, G)  # d(h_{t-1} @ U), time-major for the final dU GEMM
         # d xn: for the LSTM and SimpleRNN without the recurrent layer norm it equals dR
-        # (z = xn + r), so dR serves as both.
+        # (z = xn + r), so dR serves as both (its first B rows).
         shared = not e.cell.startswith("gru") and not e.layer_norm
         self.dz = self.dR.transpose(0, 1) if shared else buf(B, T, G, dtype=dt)
-        self.dH = buf(B, u, dtype=dt)  # d h_{t-1} through the recurrence
+        self.dH = padded(P, u)  # d h_{t-1} through the recurrence
         self.dC = buf(B, u) if lstm else None
         self.dU = buf(u, G, dtype=dt)
         if rb:  # d(RH U_h), d RH
-            self.dR2 = buf(T, B, u, dtype=dt)
-            self.dRH = buf(B, u, dtype=dt)
+            self.dR2 = padded(T, P, u)
+            self.dRH = padded(P, u)
         self.acc = buf(2, B, G)  # per-row sums over time: dgamma_h, dbeta_h (GRU: d b_rec)
         self.acc_c = buf(2, B, u) if lstm else None  # dgamma_c, dbeta_c
         self.dln = buf(4, G)
@@ -370,7 +382,7 @@ class _Slot:
             else:
                 torch.mm(self.dR[t], Ut, out=self.dH)  # d h_in_{t-1}
         # Weight gradient: one GEMM over all steps, sum_t h_in_{t-1}^T dR_t.
-        TB = T * e.batch
+        TB = T * e.rows
         h_in = self.Hin[:T].reshape(TB, u).t()
         if rb:  # U_zr from h_in and dR_zr, U_h from RH and dR2
             self.dU[:, : 2 * u].copy_(h_in @ self.dR[:T].reshape(TB, G)[:, : 2 * u])
@@ -432,6 +444,8 @@ class _Engine:
 
         self.cell, self.gates = cell, GATES["gru" if cell == "gru_rb" else cell]
         self.device, self.batch, self.units = device, batch, units
+        strict_f32 = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+        self.rows = PAD_ROWS if strict_f32 and 4 < batch < PAD_ROWS else batch
         self.dtype, self.layer_norm, self.rdrop = dtype, layer_norm, rdrop
         self.use_graphs = use_graphs
         self.masked, self.zoneout_mode, self.zoneout_rate = masked, zoneout_mode, zoneout_rate
@@ -530,12 +544,13 @@ class _Recurrence(torch.autograd.Function):
             u = engine.units
             slot.xn[:, :T].copy_(xn)
             slot.U.copy_(U)
-            slot.H[0].copy_(h0)
+            B = engine.batch
+            slot.H[0, :B].copy_(h0)
             if lstm:
                 slot.C[0].copy_(c0)
             if engine.rdrop:
                 slot.rdm.copy_(rdm)
-                slot.Hin[0].copy_(h0 * rdm)
+                slot.Hin[0, :B].copy_(h0 * rdm)
             if engine.masked:
                 slot.valid[:T].copy_(valid)
             if engine.zoneout_mode == 1:
@@ -557,8 +572,8 @@ class _Recurrence(torch.autograd.Function):
                     raise
                 _BROKEN.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
                 raise BackendUnavailable(f"Triton failed on this machine: {_BROKEN[0]}") from err
-            out = slot.H[1 : T + 1].transpose(0, 1).contiguous()  # (B, T, u)
-            h_t = slot.H[T].clone()
+            out = slot.H[1 : T + 1, :B].transpose(0, 1).contiguous()  # (B, T, u)
+            h_t = slot.H[T, :B].clone()
             c_t = slot.C[T].to(c0.dtype, copy=True) if lstm else None
         except BaseException:
             _release(slot)
@@ -590,9 +605,10 @@ class _Recurrence(torch.autograd.Function):
                 slot.dcT.copy_(dc_t)
             slot.run_backward(T)
             x_dt, u_dt, h_dt, c_dt = ctx.dtypes
-            dxn = slot.dz[:, :T].to(x_dt, copy=True)
+            dxn = slot.dz[: engine.batch, :T].to(x_dt, copy=True)
             dU = slot.dU.to(u_dt, copy=True)
-            dh0 = slot.dH * slot.rdm if engine.rdrop else slot.dH
+            dH = slot.dH[: engine.batch]
+            dh0 = dH * slot.rdm if engine.rdrop else dH
             if engine.carry:
                 dh0 = dh0 + slot.carry
             dh0 = dh0.to(h_dt, copy=True)
