@@ -63,16 +63,17 @@ def test_auto_order_prefers_fused_for_masked_cpu_calls_only():
     [  # the H100 sweep's cases on each side of each bound (float32 unless named)
         ("lstm", 64, 512, torch.float32, "triton"),  # the shape: Triton 1.08x, cuDNN 0.85x
         ("lstm", 16, 768, torch.float32, "triton"),
+        ("lstm", 64, 128, torch.float32, "triton"),
         ("gru", 16, 256, torch.float32, "triton"),
         ("simple", 16, 1024, torch.float32, "triton"),
-        ("simple", 16, 128, torch.float32, "vendor"),  # tiny: cuDNN's persistent kernels
-        ("simple", 64, 256, torch.float32, "vendor"),
-        ("lstm", 16, 128, torch.float32, "vendor"),
+        ("simple", 8, 1536, torch.float32, "triton"),
         ("lstm", 256, 512, torch.float32, "vendor"),  # large products: cuDNN's TF32
+        ("lstm", 8, 1536, torch.float32, "vendor"),
         ("lstm", 16, 1024, torch.float32, "vendor"),
         ("gru", 64, 768, torch.float32, "vendor"),
-        ("lstm", 256, 512, torch.bfloat16, "triton"),  # both on tensor cores in half precision
-        ("simple", 16, 128, torch.bfloat16, "vendor"),
+        ("simple", 64, 1536, torch.float32, "vendor"),
+        ("lstm", 256, 1536, torch.bfloat16, "triton"),  # both on tensor cores in half precision
+        ("gru", 256, 1536, torch.float16, "triton"),
     ],
 )
 def test_auto_order_on_cuda_follows_the_measured_bounds(cell, batch, units, dtype, first):
@@ -80,6 +81,19 @@ def test_auto_order_on_cuda_follows_the_measured_bounds(cell, batch, units, dtyp
     order = dispatch.auto_order(device=torch.device("cuda"), spec=spec, dtype=dtype, batch=batch)
     assert order[0] == first
     assert set(order) == {"triton", "vendor", "fused", "reference"}
+
+
+def test_with_tf32_products_triton_goes_first_at_every_size():
+    spec, cuda = RecurrenceSpec("lstm", 1536), torch.device("cuda")
+    f32 = {"device": cuda, "spec": spec, "dtype": torch.float32, "batch": 256}
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert dispatch.auto_order(**f32)[0] == "vendor"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert dispatch.auto_order(**f32)[0] == "triton"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_select_passes_the_batch_size_to_the_rule(monkeypatch):

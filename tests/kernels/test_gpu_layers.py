@@ -1,9 +1,10 @@
 """The layers on a CUDA device: which backend ``auto`` picks, and that it computes what the
 reference loop computes (outputs, final states, gradients of inputs and every parameter).
 
-On a GPU, every recurrence of up to 512 units (LSTM, GRU in both forms, SimpleRNN) goes to
-Triton in every configuration (standard, layer norm, dropouts, DropConnect, zoneout, masks, the
-twelve named activations); an arbitrary activation function to the reference loop. Without CUDA
+On a GPU, every recurrence of these shapes (16 units, 5 rows: the products run on padded rows;
+LSTM, GRU in both forms, SimpleRNN) goes to Triton in every configuration (standard, layer norm,
+dropouts, DropConnect, zoneout, masks, the twelve named activations); an arbitrary activation
+function to the reference loop. Without CUDA
 the Triton cases run in Triton's interpreter when ``TRITON_INTERPRET=1`` (CPU tensors, routed as
 on a GPU, no CUDA graphs); otherwise everything here is skipped.
 """
@@ -45,7 +46,7 @@ CASES = {
                                  "reference"),
     "gru left-padded": (GRU, {}, True, "triton"),
     "simple rnn left-padded": (SimpleRNN, {}, True, "triton"),
-    # cuDNN, named: what auto picks above 512 units (and where Triton is missing)
+    # cuDNN, named: what auto picks for large products (and where Triton is missing)
     "lstm on cuDNN": (LSTM, dict(backend="vendor"), False, "vendor"),
     "gru left-padded on cuDNN": (GRU, dict(backend="vendor"), True, "vendor"),
     "simple rnn on cuDNN": (SimpleRNN, dict(backend="vendor"), False, "vendor"),

@@ -51,18 +51,19 @@ FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
 # kernel: 1.35x. Unmasked, which is faster depends on the per-step recurrent product (G gate
 # blocks of u units, batch B). benchmarks/gpu_dispatch_sweep.py on an H100 (float32, T=50, I=u,
-# B 16/64/256 x u 128..1536, training step, speed relative to torch.nn; Triton vs rnnkit's layer
+# B 8/16/64/256 x u 128..1536, training step, speed relative to torch.nn; Triton vs rnnkit's layer
 # on cuDNN):
-# - G*u*u < TRITON_MIN_STEP_WEIGHTS: cuDNN's persistent kernels, which keep the recurrent weights
-#   on chip, win (SimpleRNN 16x128 0.14 vs 0.65, 16x256 0.39 vs 0.60; LSTM 16x128 0.29 vs 0.70);
 # - B*G*u*u > TRITON_MAX_STEP_MACS or G*u > TRITON_MAX_GATE_WIDTH: the products dominate and
 #   cuDNN runs them in TF32 (torch's default for cuDNN) against Triton's float32 cuBLAS products
-#   (LSTM 256x512 0.54 vs 1.04, 64x768 0.62 vs 0.79, 16x1024 0.76 vs 0.97; GRU 64x768 0.70 vs 0.79);
-# - between them Triton wins (LSTM 16x768 1.18 vs 0.86, 64x512 1.08 vs 0.85, 256x256 1.03 vs 0.85;
-#   GRU 16x256 2.04 vs 0.79; SimpleRNN 16x1024 1.54 vs 0.99, 64x1024 1.08 vs 0.88).
-# bfloat16 / float16 products run on the tensor cores in both backends: no upper bound there.
+#   (LSTM 256x512 0.59-0.70 vs 0.76-0.89, 64x768 0.62 vs 0.81-0.85, 8x1536 0.67 vs 0.97; GRU
+#   8x1536 0.70 vs 0.83; SimpleRNN 64x1536 0.68-0.71 vs 0.96);
+# - below them Triton wins or ties (LSTM 16x768 1.12-1.54 vs 0.64-0.87, 64x512 1.06-1.09 vs
+#   0.85-0.94, 64x128 1.33 vs 0.70; GRU 16x256 1.81-2.21 vs 0.70-0.85; SimpleRNN 16x1024 1.40-1.86
+#   vs 0.72-0.90); the smallest shapes are host-bound, within noise of each other.
+# With TF32 products (torch.backends.cuda.matmul.allow_tf32) or in bfloat16 / float16, Triton's
+# products run on the tensor cores as cuDNN's do, and Triton won or tied at every shape of the
+# sweep (TF32 LSTM 256x1536 1.05 vs 0.98; bf16 1.1-3.6x of cuDNN): no upper bound there.
 TRITON_FIRST_ORDER = ("triton", "vendor", "fused", "reference")
-TRITON_MIN_STEP_WEIGHTS = 2**17
 TRITON_MAX_STEP_MACS = 2**26
 TRITON_MAX_GATE_WIDTH = 3072
 BACKEND_NAMES = ("auto", *AUTO_ORDER)
@@ -109,11 +110,9 @@ def _triton_is_faster(spec: RecurrenceSpec | None, dtype, batch: int | None) -> 
     """Unmasked CUDA calls where Triton beats cuDNN (the H100 sweep above)."""
     if spec is None:
         return False
-    width = spec.gates * spec.units  # G * u: the recurrent product's output columns
-    if width * spec.units < TRITON_MIN_STEP_WEIGHTS:
-        return False
-    if dtype in (torch.bfloat16, torch.float16):
+    if dtype in (torch.bfloat16, torch.float16) or torch.backends.cuda.matmul.allow_tf32:
         return True
+    width = spec.gates * spec.units  # G * u: the recurrent product's output columns
     macs = (batch or 1) * width * spec.units
     return width <= TRITON_MAX_GATE_WIDTH and macs <= TRITON_MAX_STEP_MACS
 
