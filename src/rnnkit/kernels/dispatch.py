@@ -55,11 +55,11 @@ FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 # on cuDNN):
 # - B*G*u*u > TRITON_MAX_STEP_MACS or G*u > TRITON_MAX_GATE_WIDTH: the products dominate and
 #   cuDNN runs them in TF32 (torch's default for cuDNN) against Triton's float32 cuBLAS products
-#   (LSTM 256x512 0.59-0.70 vs 0.76-0.89, 64x768 0.62 vs 0.81-0.85, 8x1536 0.67 vs 0.97; GRU
-#   8x1536 0.70 vs 0.83; SimpleRNN 64x1536 0.68-0.71 vs 0.96);
+#   (LSTM 256x512 0.54-0.70 vs 0.76-1.04, 64x768 0.62-0.78 vs 0.79-0.85, 8x1536 0.67 vs 0.97;
+#   GRU 8x1536 0.70 vs 0.83; SimpleRNN 64x1536 0.65-0.71 vs 0.96-0.98);
 # - below them Triton wins or ties (LSTM 16x768 1.12-1.54 vs 0.64-0.87, 64x512 1.06-1.09 vs
 #   0.85-0.94, 64x128 1.33 vs 0.70; GRU 16x256 1.81-2.21 vs 0.70-0.85; SimpleRNN 16x1024 1.40-1.86
-#   vs 0.72-0.90); the smallest shapes are host-bound, within noise of each other.
+#   vs 0.72-0.99); the smallest shapes are host-bound, within noise of each other.
 # With TF32 products (torch.backends.cuda.matmul.allow_tf32) or in bfloat16 / float16, Triton's
 # products run on the tensor cores as cuDNN's do, and Triton won or tied at every shape of the
 # sweep (TF32 LSTM 256x1536 1.05 vs 0.98; bf16 1.1-3.6x of cuDNN): no upper bound there.
