@@ -17,32 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 
 import torch
 
 import rnnkit.layers as layers
 from rnnkit.kernels import dispatch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gpu import timed  # noqa: E402  (a sibling script: median, p10, p90 of CUDA events)
+
 DEV = "cuda"
 TORCH_CELLS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "SimpleRNN": torch.nn.RNN}
 GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
-
-
-def timed(fn, reps: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``fn`` between CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    events = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
 def measure(cell: str, B: int, T: int, u: int, reps: int, dtype: torch.dtype) -> dict:
@@ -82,8 +69,8 @@ def measure(cell: str, B: int, T: int, u: int, reps: int, dtype: torch.dtype) ->
             with torch.no_grad():
                 forward()
 
-        row[f"{name}_train_ms"] = timed(train, reps)
-        row[f"{name}_infer_ms"] = timed(infer, reps)
+        row[f"{name}_train_ms"] = timed(train, reps)[0]
+        row[f"{name}_infer_ms"] = timed(infer, reps)[0]
     return row
 
 
