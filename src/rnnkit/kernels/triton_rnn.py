@@ -541,10 +541,9 @@ class _Recurrence(torch.autograd.Function):
         slot = engine.acquire(T)
         lstm = engine.cell == "lstm"
         try:
-            u = engine.units
+            u, B = engine.units, engine.batch  # the slot's product buffers may have more rows
             slot.xn[:, :T].copy_(xn)
             slot.U.copy_(U)
-            B = engine.batch
             slot.H[0, :B].copy_(h0)
             if lstm:
                 slot.C[0].copy_(c0)
@@ -596,7 +595,7 @@ class _Recurrence(torch.autograd.Function):
             )
         engine = slot.engine
         lstm = engine.cell == "lstm"
-        u = engine.units
+        u, B = engine.units, engine.batch  # the slot's product buffers may have more rows
         T = ctx.steps
         try:
             slot.dout[:, :T].copy_(dout)
@@ -605,9 +604,9 @@ class _Recurrence(torch.autograd.Function):
                 slot.dcT.copy_(dc_t)
             slot.run_backward(T)
             x_dt, u_dt, h_dt, c_dt = ctx.dtypes
-            dxn = slot.dz[: engine.batch, :T].to(x_dt, copy=True)
+            dxn = slot.dz[:B, :T].to(x_dt, copy=True)
             dU = slot.dU.to(u_dt, copy=True)
-            dH = slot.dH[: engine.batch]
+            dH = slot.dH[:B]
             dh0 = dH * slot.rdm if engine.rdrop else dH
             if engine.carry:
                 dh0 = dh0 + slot.carry
