@@ -126,7 +126,26 @@ def test_odd_sizes_equal_python_loops(cell, units, monkeypatch):
     _check_against_python_loops(cell, "gelu+layer_norm+zoneout", torch.float64, units, monkeypatch)
 
 
-def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
+@pytest.mark.parametrize("batch", [32, 37])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["plain", "recurrent_dropout", "layer_norm", "silu+gelu"])
+def test_weight_gradient_operands_transposed_in_tiles(case, threads, batch, monkeypatch):
+    # The LSTM's backward loop transposes the gradient rows and [x | h_in] into the (K, T B)
+    # operands of the weight gradients, in 16 x 16 register tiles (float32 with AVX-512), every
+    # ~128 rows: batch 32 (T B = 224, rows 64-byte aligned: streaming stores; flushed after 4
+    # steps, then 3), batch 37 (unaligned stores and 5 edge rows per step); 6 inputs (edges only),
+    # 40 units. The weight gradients sum 7 x 37 rows in float32: atol 5e-5.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_against_python_loops(
+            "lstm", case, torch.float32, 40, monkeypatch, batch=batch, atol=5e-5
+        )
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B, atol=2e-5):
     _compiled_available()
     spec_kw, kw = CASES[case]
     spec = _spec(cell, units, **spec_kw)
@@ -149,7 +168,7 @@ def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B):
     tanh = fused._ACTS["tanh"]
     assert fused._compiled_ops(spec.cell, tanh, tanh, w.kernel) is None
     python = _run(spec, w, kw, dtype, batch)
-    tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    tol = {"rtol": 1e-4, "atol": atol} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     (o1, s1, g1), (o2, s2, g2) = compiled, python
     torch.testing.assert_close(o1, o2, **tol)
     for a, b in zip(s1, s2, strict=True):

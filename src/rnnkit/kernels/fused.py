@@ -532,14 +532,20 @@ class _LSTMFunction(torch.autograd.Function):
             DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
         db = None  # the input bias gradient, summed by the compiled loops when they run
+        h_in = Hin if rd is not None else H[:-1]  # (T, B, u)
+        x2 = ctx.proj[0] if ctx.proj is not None else None
         if ext is not None:
             if ctx.proj is not None and ctx.proj[2]:
                 db = G.new_zeros(G4)
+            # the weight gradients' operands, transposed by the loops: LT = [x2 | h_in]^T and
+            # ST = the gradients entering the products, (4u, T B)
+            LT = G.new_empty((0 if x2 is None else x2.shape[1]) + u, T * B)
+            ST = G.new_empty(G4, T * B)
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
-                db, P,
+                db, P, x2, h_in, LT, ST,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
@@ -594,16 +600,18 @@ class _LSTMFunction(torch.autograd.Function):
             if a is not None:
                 dh2.add_(dh).sub_(dhn)  # (1 - a) dh passes to h_{t-1} where h is kept
             dh, dh2 = dh2, dh
-        src_all = M if ln else G
-        h_in = (Hin if rd is not None else H[:-1]).reshape(T * B, u)
+        src_all = (M if ln else G).view(T * B, G4)
+        h_in = h_in.reshape(T * B, u)
         dW = None
-        if ctx.proj is None:
-            dU = _tn(h_in, b=src_all.view(T * B, G4))
+        if ext is not None:  # [dW; dU] = LT ST^T, both (K, T B) row-major: the fast product
+            dWU = _nt(LT, ST)
+            dW, dU = (None, dWU) if x2 is None else dWU.split([x2.shape[1], u])
+        elif x2 is None:
+            dU = _tn(h_in, b=src_all)
         else:
-            x2, W, has_bias = ctx.proj
-            dW, dU = _tn(x2, h_in, b=G.view(T * B, G4))
-            if has_bias and db is None:
-                db = G.view(T * B, G4).sum(0)
+            dW, dU = _tn(x2, h_in, b=src_all)
+        if ctx.proj is not None and ctx.proj[2] and db is None:
+            db = G.view(T * B, G4).sum(0)
         dg_c = db_c = None
         if not ln:
             dg_h = None
@@ -622,7 +630,7 @@ class _LSTMFunction(torch.autograd.Function):
             )
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
-        dx2 = _nt(G.view(T * B, G4), W) if ctx.needs_input_grad[11] else None
+        dx2 = _nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
         return None, None, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, dx2, dW, db
 
 
