@@ -31,6 +31,7 @@ import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
 
+from rnnkit import allocator
 from rnnkit.layers import GRU, LSTM, Bidirectional, SimpleRNN, lengths_to_mask
 
 LAYERS = {"lstm": LSTM, "gru": GRU, "simple": SimpleRNN}
@@ -108,28 +109,6 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- measuring
-def steady_allocator() -> bool:
-    """Let glibc serve large blocks from its heap and keep freed memory (``mallopt``).
-
-    A training step allocates tens of MB of buffers. In a fresh process glibc maps each large
-    block anew, and the page faults of touching it cost more than some of the arithmetic
-    (measured: torch.nn.LSTM, 32x100 128->256, 57 ms per training step with them, 42 ms
-    without). glibc raises its thresholds by itself after the first large frees, so a long
-    training run ends up without them; setting them at the start measures that steady state
-    from the first row. Returns False where this is not glibc (nothing changed).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(
-            libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)
-        )
-    except (OSError, AttributeError):
-        return False
-
-
 def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
     """Median seconds per call of ``fn`` (after one warm-up call), with torch's current thread
     count (``Timer`` would otherwise run it on one thread)."""
@@ -424,8 +403,9 @@ def run_benchmarks(
 ) -> dict:
     """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
     ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``steady``
-    measures with :func:`steady_allocator` (the state of a long training process)."""
-    allocator = "steady (glibc heap, no trimming)" if steady and steady_allocator() else "default"
+    measures with :func:`rnnkit.allocator.tune` (large freed blocks kept in the heap, as rnnkit's
+    training commands run; without it every large buffer page-faults on every step)."""
+    setting = allocator.TUNED if steady and allocator.tune() else allocator.DEFAULT
     shape = QUICK if quick else FULL
     min_run_time = 0.02 if quick else 1.0
     roofline = roofline_gflops(256 if quick else 2048, min_run_time)
@@ -455,7 +435,7 @@ def run_benchmarks(
             "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "allocator": allocator,
+            "allocator": setting,
         },
         "shape": asdict(shape),
         "roofline_gflops": roofline,

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from rnnkit import bench
+from rnnkit import allocator, bench
 from rnnkit.cli.main import main
 
 
@@ -86,7 +86,7 @@ def test_allocator_setting_is_recorded(tmp_path):
     assert json.loads(out.read_text())["machine"]["allocator"] == "default"
     assert main(args) == 0
     steady = json.loads(out.read_text())["machine"]["allocator"]
-    assert steady == ("steady (glibc heap, no trimming)" if bench.steady_allocator() else "default")
+    assert steady == (allocator.TUNED if allocator.tune() else allocator.DEFAULT)
 
 
 def test_peak_memory_hides_native_stderr_lines_and_restores_stderr(capfd):

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--fresh-allocator",
         action="store_true",
-        help="keep glibc's default allocator settings (large buffers page-fault on every step, "
-        "as at the start of a process); default: the steady state of a long training run",
+        help="keep glibc's default allocator settings (large buffers page-fault on every step); "
+        "default: rnnkit.allocator.tune(), as rnnkit's training commands run",
     )
     parser.set_defaults(run=run)
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rnnkit import allocator
 from rnnkit.cli.main import UsageError
 from rnnkit.data import reber
 from rnnkit.data.batching import (
@@ -524,6 +525,7 @@ def train_text_classifier(
         if counter.seconds > 0
         else None,
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator.describe(),
         "history": history.history,
     }
     if history.epoch:
@@ -657,6 +659,7 @@ def train_reber(
         "train_cpu_seconds": round(train_cpu, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator.describe(),
         "test_report": report["report_json"],
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -982,6 +985,7 @@ def _subset(data: TextClassificationData, idx) -> TextClassificationData:
 def run_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator.tune()
     if args.dataset == "imdb":
         from rnnkit.data.datasets import fetch_dataset
 
@@ -1119,6 +1123,7 @@ def run_predict(args) -> int:
 def run_reber(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator.tune()
     run_dir = args.run_dir or _default_run_dir(
         f"reber-{'embedded-' if args.embedded else ''}{args.preset}"
     )

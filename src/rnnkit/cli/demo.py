@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit import allocator
+
 __all__ = ["STAGES", "DemoContext", "add_stage", "reber_lm_stage", "register", "run"]
 
 
@@ -284,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1; received {args.threads}")
     torch.set_num_threads(args.threads)
+    allocator.tune()
     ctx = DemoContext(out=args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from rnnkit import allocator
 from rnnkit.cli.main import UsageError
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.presets import LM_PRESETS, recipe_keys, resolve_recipe
@@ -424,6 +425,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
 
     _set_threads(args.threads)
+    allocator.tune()
     out = args.out if args.out is not None else Path("runs/lm")
     saved_recipe = out / "recipe.json"
     data = {
