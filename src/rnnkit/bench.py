@@ -399,13 +399,13 @@ def run_benchmarks(
     quick: bool = False,
     configs: tuple[Config, ...] = CONFIGS,
     progress: Callable[[str], None] | None = None,
-    steady: bool = True,
+    tune_allocator: bool = True,
 ) -> dict:
     """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
-    ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``steady``
+    ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``tune_allocator``
     measures with :func:`rnnkit.allocator.tune` (large freed blocks kept in the heap, as rnnkit's
     training commands run; without it every large buffer page-faults on every step)."""
-    setting = allocator.TUNED if steady and allocator.tune() else allocator.DEFAULT
+    setting = allocator.TUNED if tune_allocator and allocator.tune() else allocator.DEFAULT
     shape = QUICK if quick else FULL
     min_run_time = 0.02 if quick else 1.0
     roofline = roofline_gflops(256 if quick else 2048, min_run_time)

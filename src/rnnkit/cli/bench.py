@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         configs=configs,
         progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
-        steady=not args.fresh_allocator,
+        tune_allocator=not args.fresh_allocator,
     )
     print(bench.format_table(result))
     if args.json:
