@@ -126,15 +126,15 @@ def test_odd_sizes_equal_python_loops(cell, units, monkeypatch):
     _check_against_python_loops(cell, "gelu+layer_norm+zoneout", torch.float64, units, monkeypatch)
 
 
-@pytest.mark.parametrize("batch", [32, 37])
+@pytest.mark.parametrize("batch", [37, 100])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", ["plain", "recurrent_dropout", "layer_norm", "silu+gelu"])
-def test_weight_gradient_operands_transposed_in_tiles(case, threads, batch, monkeypatch):
-    # The LSTM's backward loop transposes the gradient rows and [x | h_in] into the (K, T B)
-    # operands of the weight gradients, in 16 x 16 register tiles (float32 with AVX-512), every
-    # ~128 rows: batch 32 (T B = 224, rows 64-byte aligned: streaming stores; flushed after 4
-    # steps, then 3), batch 37 (unaligned stores and 5 edge rows per step); 6 inputs (edges only),
-    # 40 units. The weight gradients sum 7 x 37 rows in float32: atol 5e-5.
+def test_weight_gradients_from_transposed_chunks(case, threads, batch, monkeypatch):
+    # The LSTM's backward loop sums the weight gradients from chunks of ~512 rows (whole steps)
+    # that it transposes in 16 x 16 register tiles (float32 with AVX-512) with element-by-element
+    # edges: batch 37 (two tiles and 5 edge rows per step; 259 rows, one chunk), batch 100 (700
+    # rows: a chunk of 6 steps, then the last one); 6 inputs (edges only), 40 units. The weight
+    # gradients sum 7 x 100 rows in float32: atol 5e-5.
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -537,15 +537,13 @@ class _LSTMFunction(torch.autograd.Function):
         if ext is not None:
             if ctx.proj is not None and ctx.proj[2]:
                 db = G.new_zeros(G4)
-            # the weight gradients' operands, transposed by the loops: LT = [x2 | h_in]^T and
-            # ST = the gradients entering the products, (4u, T B)
-            LT = G.new_empty((0 if x2 is None else x2.shape[1]) + u, T * B)
-            ST = G.new_empty(G4, T * B)
+            # the weight gradients [dW; dU], summed by the loops from transposed chunks of rows
+            DWU = G.new_zeros((0 if x2 is None else x2.shape[1]) + u, G4)
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
-                db, P, x2, h_in, LT, ST,
+                db, P, x2, h_in, DWU,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
@@ -603,9 +601,8 @@ class _LSTMFunction(torch.autograd.Function):
         src_all = (M if ln else G).view(T * B, G4)
         h_in = h_in.reshape(T * B, u)
         dW = None
-        if ext is not None:  # [dW; dU] = LT ST^T, both (K, T B) row-major: the fast product
-            dWU = _nt(LT, ST)
-            dW, dU = (None, dWU) if x2 is None else dWU.split([x2.shape[1], u])
+        if ext is not None:
+            dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
         elif x2 is None:
             dU = _tn(h_in, b=src_all)
         else:

@@ -268,7 +268,8 @@ constexpr bool use_brgemm(bool onednn) {
   return kHaveBrgemm && std::is_same_v<T, float> && !onednn;
 }
 
-constexpr int64_t kBrgemmBlock = 256;  // columns per kernel call (measured best, 64-512)
+constexpr int64_t kBrgemmBlock = 256;
+constexpr int64_t kWeightGradRows = 512;  // rows per chunk of the weight gradients' sum  // columns per kernel call (measured best, 64-512)
 
 // out (M, N) = x (M, K) @ w (K, N) (+ out when `add`), given row strides, on this thread.
 inline void brgemm_block(int64_t M, int64_t N, int64_t K, const float* x, int64_t ld_x,
@@ -554,13 +555,7 @@ inline void transpose_tile16(const float* src, int64_t ld_src, float* dst, int64
     r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
     r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xdd);
   }
-  // streaming stores where aligned: the rows go to memory without being read first (the large
-  // transposed buffers outgrow the caches; the product reads them back later)
-  if ((reinterpret_cast<std::uintptr_t>(dst) | (ld_dst * sizeof(float))) % 64 == 0) {
-    for (int i = 0; i < 16; ++i) _mm512_stream_ps(dst + i * ld_dst, r[i]);
-  } else {
-    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld_dst, r[i]);
-  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld_dst, r[i]);
 }
 #endif
 
@@ -586,23 +581,16 @@ void transpose_cols(const T* src, int64_t rows, int64_t ld_src, T* dst, int64_t 
   }
 }
 
-// The operands of the weight gradients over all steps, transposed a few steps at a time while
-// their rows are in cache: oneDNN's product of two such row-major (K, T B) matrices runs at the
-// core's peak, against ~80% for the same product from the (T B, K) rows (it reorders the large
-// operand). Measured, LSTM 128 -> 256 units at 32 x 100, 1 thread: dW and dU 15.0-15.3 ms from
-// the rows, 12.4-12.8 ms from the transposed operands plus 1.5 ms for the transposition here;
-// the training step 48.2 -> 46.8 ms (2 threads 28.1 -> 26.8 ms). ST[:, r] = row r of src_all
-// (T B, 4u); LT rows [0, I) from x2's rows, [I, I + u) from h_in's; rows [r0, r0 + n).
+// The weight gradients' operands, transposed a few steps at a time while their rows are in
+// cache: the rows [r0, r0 + n) of src_all (T B, 4u) into st (4u, n), of x2 and h_in into lt
+// rows [0, I) and [I, I + u) (I + u, n), both row-major (see add_weight_grads).
 template <typename T>
 void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor>& XS,
-                    const T* hin_all, int64_t u, int64_t r0, int64_t n, T* st, T* lt,
-                    int64_t TB) {
-  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = G4 + I + u;
+                    const T* hin_all, int64_t u, int64_t r0, int64_t n, T* st, T* lt) {
+  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = G4 + I + u, TB = n;
   const T* s_p = src_all + r0 * G4;
   const T* x_p = I > 0 ? XS->data_ptr<T>() + r0 * I : nullptr;
   const T* h_p = hin_all + r0 * u;
-  st += r0;
-  lt += r0;
   // column blocks of 64 of [src | x | h_in] (a block may span two of them), spread over threads
   at::parallel_for(0, (K + 63) / 64, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t c0 = p0 * 64; c0 < std::min(p1 * 64, K); c0 += 64) {
@@ -615,10 +603,24 @@ void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor
         transpose_cols(h_p, n, u, lt + I * TB, TB, std::max(c0, G4 + I) - G4 - I, c1 - G4 - I);
       }
     }
-#if defined(__AVX512F__)
-    _mm_sfence();  // this thread's streaming stores, visible before anyone reads them
-#endif
   });
+}
+
+// DWU += LT ST^T for row-major LT (K, n) and ST (4u, n): a chunk of the weight gradients' sum
+// over all steps. oneDNN's product of such operands runs at the core's peak, against ~80% for
+// the same product from the (T B, K) rows (it reorders the large operand every call). Measured,
+// LSTM 128 -> 256 units at 32 x 100, 1 thread: dW and dU 15.0-15.3 ms from the rows, 12.4-12.8
+// ms from all rows transposed at once plus 1.5 ms for the transposition; chunks of ~512 rows
+// keep the transposed operands small (a few MB instead of 18 MB at that shape).
+template <typename T>
+void add_weight_grads(const at::Tensor& DWU, T* lt, T* st, int64_t K, int64_t G4, int64_t n) {
+  const auto opts = DWU.options();
+  const at::Tensor a = at::from_blob(lt, {K, n}, opts), b = at::from_blob(st, {G4, n}, opts);
+  if constexpr (std::is_same_v<T, float>) {
+    DWU.add_(matmul(a, b, /*onednn=*/true));  // oneDNN's linear: a b^T
+  } else {
+    DWU.addmm_(a, b.t());
+  }
 }
 
 // The end of backward step t of the LSTM and the SimpleRNN, split by units: dh_{t-1} = dY[t-1]
@@ -841,12 +843,13 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& dg_h,
                         const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                         const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
-                        const std::optional<at::Tensor>& LT,
-                        const std::optional<at::Tensor>& ST) {
+                        const std::optional<at::Tensor>& DWU) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const T* p_all = ptr<T>(P);
-  T* lt = ptr<T>(LT);
-  T* st = ptr<T>(ST);
+  // the weight gradients [dW; dU] (K = I + u, 4u), accumulated from transposed chunks of rows
+  const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
+  const int64_t chunk_rows = (kWeightGradRows + B - 1) / B * B;  // whole steps
+  std::vector<T> lt_buf(K * chunk_rows), st_buf(DWU.has_value() ? G4 * chunk_rows : 0);
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
   T* g_all = G.data_ptr<T>();
@@ -878,7 +881,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
   ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
-  int64_t pending = steps;  // steps [t + 1, pending) are not transposed yet (ST)
+  int64_t pending = steps;  // steps [t + 1, pending) are not in DWU yet
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
@@ -955,10 +958,11 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     const at::Tensor src = ln ? (*M)[t] : G[t];  // the gradients entering h_in U
     previous_h_grad<T>(src, WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
                        r_scratch.data(), dh2.data_ptr<T>());
-    // every ~128 rows (whole steps; each ST row then gets 512 contiguous bytes), and at the end
-    if (st != nullptr && ((pending - t) * B >= 128 || t == 0)) {
-      transpose_rows<T>((ln ? *M : G).data_ptr<T>(), G4, XS, HS->data_ptr<T>(), u, t * B,
-                        (pending - t) * B, st, lt, steps * B);
+    if (K > 0 && ((pending - t) * B >= chunk_rows || t == 0)) {  // a chunk, and the rest
+      const int64_t n = (pending - t) * B;
+      transpose_rows<T>((ln ? *M : G).data_ptr<T>(), G4, XS, HS->data_ptr<T>(), u, t * B, n,
+                        st_buf.data(), lt_buf.data());
+      add_weight_grads<T>(*DWU, lt_buf.data(), st_buf.data(), K, G4, n);
       pending = t;
     }
     std::swap(dh, dh2);
@@ -979,19 +983,18 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h,
                    const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                    const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
-                   const std::optional<at::Tensor>& LT, const std::optional<at::Tensor>& ST) {
+                   const std::optional<at::Tensor>& DWU) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
   check_pre_activations(P, G, true, act, ract);
-  if (ST.has_value()) {  // the transposed operands of the weight gradients (transpose_step)
+  if (DWU.has_value()) {  // the weight gradients, summed here (add_weight_grads)
     const int64_t TB = G.size(0) * G.size(1), u = G.size(2) / 4;
     const int64_t I = XS.has_value() ? XS->size(1) : 0;
-    TORCH_CHECK(HS.has_value() && LT.has_value() && HS->is_contiguous() && LT->is_contiguous() &&
-                    ST->is_contiguous() && (!XS.has_value() || XS->is_contiguous()),
-                "rnnkit fused_cpu: ST needs contiguous HS, LT (and XS)");
-    TORCH_CHECK(ST->sizes() == at::IntArrayRef({G.size(2), TB}) &&
-                    LT->sizes() == at::IntArrayRef({I + u, TB}) &&
-                    HS->numel() == TB * u && (I == 0 || XS->size(0) == TB),
-                "rnnkit fused_cpu: ST (4u, T B), LT (I + u, T B), HS (T, B, u), XS (T B, I)");
+    TORCH_CHECK(HS.has_value() && HS->is_contiguous() && DWU->is_contiguous() &&
+                    (!XS.has_value() || XS->is_contiguous()),
+                "rnnkit fused_cpu: DWU needs contiguous HS (and XS)");
+    TORCH_CHECK(DWU->sizes() == at::IntArrayRef({I + u, G.size(2)}) && HS->numel() == TB * u &&
+                    (I == 0 || XS->size(0) == TB),
+                "rnnkit fused_cpu: DWU (I + u, 4u), HS (T, B, u), XS (T B, I)");
   }
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
@@ -999,7 +1002,7 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
                                  M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h, db, P, XS,
-                                 HS, LT, ST);
+                                 HS, DWU);
   });
 }
 
@@ -1713,8 +1716,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
-      "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P, Tensor? XS, Tensor? HS, Tensor(h!)? LT, "
-      "Tensor(i!)? ST) -> ()");
+      "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P, Tensor? XS, Tensor? HS, Tensor(h!)? DWU) "
+      "-> ()");
   m.def(
       "gru_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) R, "
       "Tensor? b_rec, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
