@@ -706,15 +706,18 @@ class _GRUFunction(torch.autograd.Function):
             M, MU, RS = ctx.ln_bufs if ln else (None, None, None)
             if ALLOW_REPEATED_BACKWARD:
                 R = R.clone()  # overwritten with its gradient
-            DM = torch.empty_like(M) if ln else None
+            # d(h_in U) overwrites h_in U in M (its last use; the loops sum dg_h as they go)
+            DM = dg_h = None
+            if ln:
+                DM = M.clone() if ALLOW_REPEATED_BACKWARD else M
+                dg_h = G.new_zeros(G3)
             ext.gru_backward(
                 G, *_step_weight(ext, U.t(), B), H, R, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P,
+                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P, dg_h,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
             dU = _tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
             db_rec = R.sum((0, 1)) if b_rec is not None else None
-            dg_h = ((M - MU).mul_(RS).mul_(R)).sum((0, 1)) if ln else None
             return None, G, dU, dh, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
 

@@ -1108,7 +1108,8 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
                        int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                        const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
-                       const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P) {
+                       const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P,
+                       const std::optional<at::Tensor>& dg_h) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
   const T* p_all = ptr<T>(P);
   const bool ln = g_h.has_value();
@@ -1167,8 +1168,9 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
     at::Tensor src = R[t];
     if (ln) {
       auto res = at::native_layer_norm_backward(R[t], (*M)[t], {G3}, (*MU)[t], (*RS)[t], g_h, b_rec,
-                                                {true, false, false});
-      (*DM)[t].copy_(std::get<0>(res));
+                                                {true, dg_h.has_value(), false});
+      if (dg_h.has_value()) dg_h->add_(std::get<1>(res));
+      (*DM)[t].copy_(std::get<0>(res));  // DM may be M itself: M[t] is not read again
       src = (*DM)[t];
     }
     product_into<T>(src, WT, onednn, rec_scratch.data(), u, /*add=*/false);
@@ -1184,14 +1186,15 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
                   int64_t act, int64_t ract, const std::optional<at::Tensor>& M,
                   const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                   const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
-                  const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P) {
+                  const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P,
+                  const std::optional<at::Tensor>& dg_h) {
   for (const auto* x : {&G, &H, &R, &dY, &dh}) check_contiguous(*x, "G/H/R/dY/dh");
   check_pre_activations(P, G, true, act, ract);
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_backward", [&] {
     gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dY, dh, rd, a, act, ract, M, MU, RS, g_h,
-                                b_rec, DM, P);
+                                b_rec, DM, P, dg_h);
   });
 }
 
@@ -1726,7 +1729,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def(
       "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dY, "
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
-      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P) -> ()");
+      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P, Tensor(e!)? dg_h) "
+      "-> ()");
   m.def(
       "gru_rb_forward(Tensor(a!) G, Tensor Wzr, Tensor Wh, bool onednn, Tensor(b!) H, "
       "Tensor(c!) RH, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
