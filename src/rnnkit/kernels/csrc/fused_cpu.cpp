@@ -616,8 +616,10 @@ template <typename T>
 void add_weight_grads(const at::Tensor& DWU, T* lt, T* st, int64_t K, int64_t G4, int64_t n) {
   const auto opts = DWU.options();
   const at::Tensor a = at::from_blob(lt, {K, n}, opts), b = at::from_blob(st, {G4, n}, opts);
-  if constexpr (std::is_same_v<T, float>) {
-    DWU.add_(matmul(a, b, /*onednn=*/true));  // oneDNN's linear: a b^T
+  static const bool have_linear =  // oneDNN's linear, in torch builds that register it
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}).has_value();
+  if (std::is_same_v<T, float> && have_linear) {
+    DWU.add_(matmul(a, b, /*onednn=*/true));  // a b^T
   } else {
     DWU.addmm_(a, b.t());
   }
