@@ -268,8 +268,8 @@ constexpr bool use_brgemm(bool onednn) {
   return kHaveBrgemm && std::is_same_v<T, float> && !onednn;
 }
 
-constexpr int64_t kBrgemmBlock = 256;
-constexpr int64_t kWeightGradRows = 512;  // rows per chunk of the weight gradients' sum  // columns per kernel call (measured best, 64-512)
+constexpr int64_t kBrgemmBlock = 256;  // columns per kernel call (measured best, 64-512)
+constexpr int64_t kWeightGradRows = 512;  // rows per chunk of the weight gradients' sum
 
 // out (M, N) = x (M, K) @ w (K, N) (+ out when `add`), given row strides, on this thread.
 inline void brgemm_block(int64_t M, int64_t N, int64_t K, const float* x, int64_t ld_x,
@@ -587,7 +587,7 @@ void transpose_cols(const T* src, int64_t rows, int64_t ld_src, T* dst, int64_t 
 template <typename T>
 void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor>& XS,
                     const T* hin_all, int64_t u, int64_t r0, int64_t n, T* st, T* lt) {
-  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = G4 + I + u, TB = n;
+  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = G4 + I + u, ld = n;
   const T* s_p = src_all + r0 * G4;
   const T* x_p = I > 0 ? XS->data_ptr<T>() + r0 * I : nullptr;
   const T* h_p = hin_all + r0 * u;
@@ -595,12 +595,12 @@ void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor
   at::parallel_for(0, (K + 63) / 64, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t c0 = p0 * 64; c0 < std::min(p1 * 64, K); c0 += 64) {
       const int64_t c1 = std::min(c0 + 64, K);
-      if (c0 < G4) transpose_cols(s_p, n, G4, st, TB, c0, std::min(c1, G4));
+      if (c0 < G4) transpose_cols(s_p, n, G4, st, ld, c0, std::min(c1, G4));
       if (c1 > G4 && c0 < G4 + I) {
-        transpose_cols(x_p, n, I, lt, TB, std::max(c0, G4) - G4, std::min(c1, G4 + I) - G4);
+        transpose_cols(x_p, n, I, lt, ld, std::max(c0, G4) - G4, std::min(c1, G4 + I) - G4);
       }
       if (c1 > G4 + I) {
-        transpose_cols(h_p, n, u, lt + I * TB, TB, std::max(c0, G4 + I) - G4 - I, c1 - G4 - I);
+        transpose_cols(h_p, n, u, lt + I * ld, ld, std::max(c0, G4 + I) - G4 - I, c1 - G4 - I);
       }
     }
   });
