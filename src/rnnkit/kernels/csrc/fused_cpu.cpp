@@ -3,8 +3,9 @@
 //
 // The loops of rnnkit/kernels/fused.py's _LSTMFunction, _GRUFunction and _SimpleFunction (same
 // buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and
-// with the element-wise gate math of a step in one pass per batch row. Everything else (input
-// projection, weight gradients over all steps, autograd) stays in Python. Built on first use by
+// with the element-wise gate math of a step in one pass per batch row; the LSTM's backward loop
+// also sums the weight gradients over all steps (add_weight_grads). Everything else (input
+// projection, the other cells' weight gradients, autograd) stays in Python. Built on first use by
 // rnnkit/kernels/cpu_ext.py.
 // Also here: the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout).
 //
