@@ -21,7 +21,8 @@ In a training script of your own, call ``rnnkit.allocator.tune()`` once at the s
 from __future__ import annotations
 
 import ctypes
-import os
+
+from rnnkit.switches import switched_on
 
 ENV_SWITCH = "RNNKIT_TUNE_ALLOCATOR"
 TUNED = "tuned (glibc heap, no trimming)"
@@ -34,7 +35,7 @@ _state = {"tuned": False}
 
 def enabled() -> bool:
     """False when ``RNNKIT_TUNE_ALLOCATOR=0`` (or ``false``/``off``/``no``) is set."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    return switched_on(ENV_SWITCH)
 
 
 def tune() -> bool:

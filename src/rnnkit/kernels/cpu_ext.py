@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from rnnkit.switches import switched_on
+
 SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
 ENV_SWITCH = "RNNKIT_CPU_EXT"
 # Activation ids understood by the C++ loops (enum Act in fused_cpu.cpp).
@@ -90,7 +92,7 @@ def build_name() -> str:
 
 def enabled() -> bool:
     """False when ``RNNKIT_CPU_EXT=0`` (or ``false``/``off``) is set."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    return switched_on(ENV_SWITCH)
 
 
 def _already_built(cpp_extension, name: str) -> bool:

@@ -598,15 +598,11 @@ class _LSTMFunction(torch.autograd.Function):
             if a is not None:
                 dh2.add_(dh).sub_(dhn)  # (1 - a) dh passes to h_{t-1} where h is kept
             dh, dh2 = dh2, dh
-        src_all = (M if ln else G).view(T * B, G4)
-        h_in = h_in.reshape(T * B, u)
-        dW = None
-        if ext is not None:
-            dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
-        elif x2 is None:
-            dU = _tn(h_in, b=src_all)
+        if ext is None:  # from the (T B, K) rows
+            h_rows, g_rows = h_in.reshape(T * B, u), (M if ln else G).view(T * B, G4)
+            dW, dU = (None, _tn(h_rows, b=g_rows)) if x2 is None else _tn(x2, h_rows, b=g_rows)
         else:
-            dW, dU = _tn(x2, h_in, b=src_all)
+            dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
         if ctx.proj is not None and ctx.proj[2] and db is None:
             db = G.view(T * B, G4).sum(0)
         dg_c = db_c = None

@@ -614,9 +614,10 @@ void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor
 // ms from all rows transposed at once plus 1.5 ms for the transposition; chunks of ~512 rows
 // keep the transposed operands small (a few MB instead of 18 MB at that shape).
 template <typename T>
-void add_weight_grads(const at::Tensor& DWU, T* lt, T* st, int64_t K, int64_t G4, int64_t n) {
-  const auto opts = DWU.options();
-  const at::Tensor a = at::from_blob(lt, {K, n}, opts), b = at::from_blob(st, {G4, n}, opts);
+void add_weight_grads(const at::Tensor& DWU, const at::Tensor& lt_buf, const at::Tensor& st_buf,
+                      int64_t K, int64_t G4, int64_t n) {
+  const at::Tensor a = lt_buf.narrow(0, 0, K * n).view({K, n});
+  const at::Tensor b = st_buf.narrow(0, 0, G4 * n).view({G4, n});
   static const bool have_linear =  // oneDNN's linear, in torch builds that register it
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}).has_value();
   if (std::is_same_v<T, float> && have_linear) {
@@ -852,7 +853,11 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   // the weight gradients [dW; dU] (K = I + u, 4u), accumulated from transposed chunks of rows
   const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
   const int64_t chunk_rows = (kWeightGradRows + B - 1) / B * B;  // whole steps
-  std::vector<T> lt_buf(K * chunk_rows), st_buf(DWU.has_value() ? G4 * chunk_rows : 0);
+  at::Tensor lt_buf, st_buf;  // a chunk's transposed operands (K, rows) and (4u, rows)
+  if (DWU.has_value()) {
+    lt_buf = at::empty({K * chunk_rows}, DWU->options());
+    st_buf = at::empty({G4 * chunk_rows}, DWU->options());
+  }
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
   T* g_all = G.data_ptr<T>();
@@ -964,8 +969,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     if (K > 0 && ((pending - t) * B >= chunk_rows || t == 0)) {  // a chunk, and the rest
       const int64_t n = (pending - t) * B;
       transpose_rows<T>((ln ? *M : G).data_ptr<T>(), G4, XS, HS->data_ptr<T>(), u, t * B, n,
-                        st_buf.data(), lt_buf.data());
-      add_weight_grads<T>(*DWU, lt_buf.data(), st_buf.data(), K, G4, n);
+                        st_buf.data_ptr<T>(), lt_buf.data_ptr<T>());
+      add_weight_grads<T>(*DWU, lt_buf, st_buf, K, G4, n);
       pending = t;
     }
     std::swap(dh, dh2);
