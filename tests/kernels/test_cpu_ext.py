@@ -223,3 +223,29 @@ def test_loops_without_brgemm_use_the_packed_onednn_product(cell, case, monkeypa
     # torch builds without a float32 brgemm (older than this one): oneDNN's linear, packed weight
     monkeypatch.setattr(cpu_ext, "has_brgemm", lambda ops: False)
     _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(200, 800), (37, 51), (16, 16), (3, 40), (0, 5)])
+def test_transpose_equals_torch(shape, dtype, threads):
+    # the vendor backend's weights: 16 x 16 register tiles (float32, AVX-512) with element-by-
+    # element edges (37 x 51: both), split between threads by 16-column strips
+    _compiled_available()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(*shape, dtype=dtype)
+        out = cpu_ext.ops().transpose(x)
+        assert out.is_contiguous() and out.shape == (shape[1], shape[0])
+        assert torch.equal(out, x.t())
+        strided = torch.randn(shape[1], shape[0], dtype=dtype).t()  # a transposed view
+        assert torch.equal(cpu_ext.ops().transpose(strided), strided.t())
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_transpose_refuses_other_ranks():
+    _compiled_available()
+    with pytest.raises(RuntimeError, match="2-D tensor, received 3-D"):
+        cpu_ext.ops().transpose(torch.zeros(2, 3, 4))
