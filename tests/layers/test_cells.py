@@ -61,6 +61,11 @@ def test_sequence_masks_scaled_and_only_in_training():
     drop = masks["recurrent_kernel_dropout_mask"]
     assert drop.shape == (4, 16)
     torch.testing.assert_close(drop.unique(), torch.tensor([0.0, 1.25]))
+    # keep probabilities 1 - rate (the means of inverted dropout are 1), which a swapped rate
+    # would not give: 4,000 recurrent entries kept with 0.75; a 64 x 256 DropConnect mask, 0.8
+    assert abs(rec.mean().item() - 1.0) < 0.05
+    big = LSTMCell(64, recurrent_weight_dropout=0.2, input_size=3).sequence_masks(2, 3)
+    assert abs((big["recurrent_kernel_dropout_mask"] > 0).double().mean().item() - 0.8) < 0.01
     cell.eval()
     assert all(m is None for m in cell.sequence_masks(10, 7).values())
 
