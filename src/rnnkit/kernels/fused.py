@@ -134,12 +134,15 @@ def _step_weight(
     float32 with oneDNN's brgemm kernel in this torch: the plain contiguous matrix (no packing),
     with ``gate_blocks > 1`` as ``(gate_blocks, K, N / gate_blocks)``, each gate's columns one
     contiguous block; otherwise oneDNN's packed linear weight where available, else the matrix
-    for ``torch.mm``.
+    for ``torch.mm``. The backward passes' ``U^T`` (a transposed view) is copied by the compiled
+    transpose (``(1024, 256)``: 33 us against 105 us for ``.contiguous()``).
     """
     if mat.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
         if gate_blocks > 1:
             K, N = mat.shape
             mat = mat.view(K, gate_blocks, N // gate_blocks).transpose(0, 1)
+        elif not mat.is_contiguous() and mat.t().is_contiguous():
+            return ext.transpose(mat.t()), False
         return mat.contiguous(), False
     right = _Right(mat, batch)
     return (right.w, True) if right.fast else (right.mat, False)
