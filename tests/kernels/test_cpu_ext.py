@@ -76,6 +76,9 @@ CASES = {
     # SiLU and GELU: the derivatives read the pre-activations (P; G itself for a plain SimpleRNN)
     "silu+gelu": ({"recurrent_activation": "silu", "activation": "gelu"}, {}),
     "silu+gelu+mask": ({"recurrent_activation": "silu", "activation": "gelu"}, {"mask": LEFT}),
+    # the activation alone (sigmoid gates): the LSTM keeps the candidate's pre-activations only
+    "gelu": ({"activation": "gelu"}, {}),
+    "silu+mask+layer_norm": ({"activation": "silu", "layer_norm": True}, {"mask": LEFT}),
     "gelu+layer_norm+zoneout": (
         {"recurrent_activation": "gelu", "activation": "silu", "layer_norm": True},
         {"zoneout_mask": "zo"},

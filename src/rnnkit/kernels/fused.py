@@ -439,7 +439,11 @@ class _LSTMFunction(torch.autograd.Function):
         masked = valid is not None
         CN = xw.new_empty(n, B, u) if masked else None  # c' before the mask rule
         TC = xw.new_empty(n, B, u)  # act(c') or act(LN(c'))
-        P = xw.new_empty(T, B, G4) if save and (act.needs_input or ract.needs_input) else None
+        P = None  # pre-activations, for the derivatives of SiLU / GELU
+        if save and (act.needs_input or ract.needs_input):
+            # the compiled loops keep only what they read: the candidate's columns where the
+            # gates' activation needs no input (a quarter of the memory traffic)
+            P = xw.new_empty(T, B, u if cfg.ext is not None and not ract.needs_input else G4)
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
         ext = cfg.ext

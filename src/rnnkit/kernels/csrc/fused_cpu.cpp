@@ -420,6 +420,23 @@ void check_pre_activations(const std::optional<at::Tensor>& P, const at::Tensor&
               "rnnkit fused_cpu: SiLU and GELU need P, a contiguous buffer shaped like G");
 }
 
+// The LSTM keeps only the pre-activations its derivatives read: all 4u gate columns when the
+// recurrent activation needs them, else the candidate's u columns (a GELU or SiLU activation
+// with sigmoid gates: a quarter of the buffer, written forward and read backward).
+inline int64_t lstm_pre_width(int64_t act, int64_t ract, int64_t u) {
+  return needs_input(ract) ? 4 * u : needs_input(act) ? u : 0;
+}
+
+void check_lstm_pre_activations(const std::optional<at::Tensor>& P, const at::Tensor& G,
+                                bool save, int64_t act, int64_t ract) {
+  const int64_t width = lstm_pre_width(act, ract, G.size(2) / 4);
+  if (!save || width == 0) return;
+  TORCH_CHECK(P.has_value() && P->is_contiguous() && P->dim() == 3 &&
+                  P->size(0) == G.size(0) && P->size(1) == G.size(1) && P->size(2) == width,
+              "rnnkit fused_cpu: the LSTM with SiLU or GELU needs P, a contiguous (T, B, ", width,
+              ") buffer");
+}
+
 // LayerNorm of one row, as torch.native_layer_norm: mean and 1 / sqrt(biased variance + eps).
 // sum of f(j) for j < n in 16 independent partial sums: the loop vectorises without letting the
 // compiler reassociate floating-point sums anywhere else.
@@ -685,6 +702,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   const bool masked = valid.has_value();
   T* g_all = G.data_ptr<T>();
   T* p_all = save ? ptr<T>(P) : nullptr;  // the gates' pre-activations (SiLU, GELU)
+  const int64_t p_width = lstm_pre_width(act, ract, u);
   T* h_all = H.data_ptr<T>();
   T* c_all = C.data_ptr<T>();
   T* cn_all = ptr<T>(CN);
@@ -734,9 +752,11 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
           for (int64_t j = j0; j < j1; ++j) g[k * u + j] += mm[k * u + j];
         }
       }
-      if (p_all != nullptr) {
+      if (p_all != nullptr && p_width == G4) {
         T* p = p_all + (t * B + b) * G4;
         for (int64_t k = 0; k < 4; ++k) std::copy(g + k * u + j0, g + k * u + j1, p + k * u + j0);
+      } else if (p_all != nullptr) {  // the candidate's columns only
+        std::copy(g + 2 * u + j0, g + 2 * u + j1, p_all + (t * B + b) * u + j0);
       }
       act_inplace(ract, g + j0, n);          // i
       act_inplace(ract, g + u + j0, n);      // f
@@ -815,7 +835,7 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                   const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
                   const std::optional<at::Tensor>& P, double eps) {
   for (const auto* x : {&G, &H, &C, &TC}) check_contiguous(*x, "G/H/C/TC");
-  check_pre_activations(P, G, save, act, ract);
+  check_lstm_pre_activations(P, G, save, act, ract);
   TORCH_CHECK(!g_h.has_value() || (g_c.has_value() && b_c.has_value()),
               "rnnkit fused_cpu: a layer-norm LSTM needs g_h, g_c and b_c");
   if (a.has_value()) check_contiguous(*a, "a");
@@ -851,6 +871,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& DWU) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const T* p_all = ptr<T>(P);
+  const bool p_full = lstm_pre_width(act, ract, u) == G4;  // else the candidate's columns
   // the weight gradients [dW; dU] (K = I + u, 4u), accumulated from transposed chunks of rows
   const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
   const int64_t chunk_rows = (kWeightGradRows + B - 1) / B * B;  // whole steps
@@ -942,10 +963,14 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       } else {  // a masked step: no gate gradient; the carried c passes dc through
         for (int64_t k = 0; k < 3; ++k) std::fill(g + k * u + j0, g + k * u + j1, T(0));
       }
-      const T* p = p_all != nullptr ? p_all + (t * B + b) * G4 : nullptr;  // pre-activations
+      // pre-activations: all four gates' (p), or the candidate's alone (pc)
+      const T* p = p_all != nullptr && p_full ? p_all + (t * B + b) * G4 : nullptr;
+      const T* pc = p != nullptr             ? p + 2 * u + j0
+                    : p_all != nullptr       ? p_all + (t * B + b) * u + j0
+                                             : nullptr;
       mul_deriv(ract, i + j0, p != nullptr ? p + j0 : p, g + j0, n);
       mul_deriv(ract, f + j0, p != nullptr ? p + u + j0 : p, g + u + j0, n);
-      mul_deriv(act, gg + j0, p != nullptr ? p + 2 * u + j0 : p, g + 2 * u + j0, n);
+      mul_deriv(act, gg + j0, pc, g + 2 * u + j0, n);
       mul_deriv(ract, o + j0, p != nullptr ? p + 3 * u + j0 : p, g + 3 * u + j0, n);
       if (db_p != nullptr) {  // unit split: this thread owns these columns of db
         for (int64_t k = 0; k < 4; ++k) {
@@ -994,7 +1019,7 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
                    const std::optional<at::Tensor>& DWU) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
-  check_pre_activations(P, G, true, act, ract);
+  check_lstm_pre_activations(P, G, true, act, ract);
   if (DWU.has_value()) {  // the weight gradients, summed here (add_weight_grads)
     const int64_t TB = G.size(0) * G.size(1), u = G.size(2) / 4;
     const int64_t I = XS.has_value() ? XS->size(1) : 0;
