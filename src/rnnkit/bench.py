@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -104,6 +105,12 @@ class Row:
     train_ratio: float | None = None  # vs torch.nn standard of the same cell, training
     infer_ratio: float | None = None
     peak_mb: float | None = None  # peak memory of one training step (forward + backward)
+    # the ratios measured by alternating with the baseline call by call (paired_ratio): median
+    # and quartiles over the rounds; None unless asked for (run_benchmarks(paired_rounds=...))
+    train_paired: float | None = None
+    train_paired_iqr: tuple[float, float] | None = None
+    infer_paired: float | None = None
+    infer_paired_iqr: tuple[float, float] | None = None
     note: str = ""
     samples: int = 1  # baseline rows: the median of this many measurements spread over the run
 
@@ -115,6 +122,46 @@ def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
     fn()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def paired_ratio(
+    base: Callable[[], object],
+    fn: Callable[[], object],
+    rounds: int,
+    calls: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float, float]:
+    """``(median, q1, q3)`` over ``rounds`` of (seconds of ``base``) / (seconds of ``fn``), the
+    two timed back to back in each round (``calls`` calls each, which one goes first alternating
+    between rounds), after one warm-up call of each.
+
+    On a shared machine a neighbour's load comes and goes within seconds and moves separate
+    measurements by 10-25%; a round's two timings see nearly the same load, so the ratio of each
+    round is much steadier than the ratio of two medians taken minutes apart.
+    """
+    if rounds < 1 or calls < 1:
+        raise ValueError(f"rounds and calls must be >= 1; received {rounds} and {calls}")
+    base()
+    fn()
+
+    def seconds(f: Callable[[], object]) -> float:
+        start = clock()
+        for _ in range(calls):
+            f()
+        return clock() - start
+
+    ratios = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            b = seconds(base)
+            ratios.append(b / seconds(fn))
+        else:
+            f = seconds(fn)
+            ratios.append(seconds(base) / f)
+    if rounds == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q1, q3
 
 
 @contextlib.contextmanager
@@ -279,41 +326,66 @@ def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Modul
 
 
 # ----------------------------------------------------------------------------- running
-def measure(
-    config: Config, backend: str, make: Callable[[], nn.Module], shape: Shape, min_run_time: float
-) -> Row:
-    """Time one backend on one configuration; unsupported combinations give a note, not a row."""
+@dataclass
+class _Step:
+    """A module on fixed inputs: one training step (forward + backward) and one inference."""
+
+    train: Callable[[], None]
+    infer: Callable[[], None]
+
+
+def _prepare(config: Config, make: Callable[[], nn.Module], shape: Shape) -> _Step:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.time, shape.input_size, generator=generator)
     mask = _mask(config, shape, generator)
-    try:
-        module = make()
-    except (TypeError, ValueError) as exc:
-        return Row(config.name, backend, note=f"n/a: {exc}")
+    module = make()
 
     def train() -> None:
+        module.train()
         module.zero_grad(set_to_none=True)
         module(x, mask).sum().backward()
 
     def infer() -> None:
+        module.eval()
         with torch.no_grad():
             module(x, mask)
 
+    return _Step(train, infer)
+
+
+def measure(
+    config: Config,
+    backend: str,
+    make: Callable[[], nn.Module],
+    shape: Shape,
+    min_run_time: float,
+    baseline: _Step | None = None,
+    paired_rounds: int = 0,
+    paired_calls: int = 1,
+) -> Row:
+    """Time one backend on one configuration; unsupported combinations give a note, not a row.
+    With ``baseline`` and ``paired_rounds``, also the ratios to it by :func:`paired_ratio`."""
     try:
-        module.train()
-        train_s = median_seconds(train, min_run_time)
-        peak = peak_memory_bytes(train)
-        module.eval()
-        infer_s = median_seconds(infer, min_run_time)
+        step = _prepare(config, make, shape)
+        train_s = median_seconds(step.train, min_run_time)
+        peak = peak_memory_bytes(step.train)
+        infer_s = median_seconds(step.infer, min_run_time)
+        row = Row(
+            config.name,
+            backend,
+            train_tokens_per_s=shape.tokens / train_s,
+            infer_tokens_per_s=shape.tokens / infer_s,
+            peak_mb=peak / 2**20,
+        )
+        if baseline is not None and paired_rounds > 0:
+            rounds, calls = paired_rounds, paired_calls
+            m, q1, q3 = paired_ratio(baseline.train, step.train, rounds, calls)
+            row.train_paired, row.train_paired_iqr = m, (q1, q3)
+            m, q1, q3 = paired_ratio(baseline.infer, step.infer, rounds, calls)
+            row.infer_paired, row.infer_paired_iqr = m, (q1, q3)
     except (TypeError, ValueError) as exc:
         return Row(config.name, backend, note=f"n/a: {exc}")
-    return Row(
-        config.name,
-        backend,
-        train_tokens_per_s=shape.tokens / train_s,
-        infer_tokens_per_s=shape.tokens / infer_s,
-        peak_mb=peak / 2**20,
-    )
+    return row
 
 
 def _is_baseline(row: Row) -> bool:
@@ -407,11 +479,17 @@ def run_benchmarks(
     configs: tuple[Config, ...] = CONFIGS,
     progress: Callable[[str], None] | None = None,
     tune_allocator: bool = True,
+    paired_rounds: int = 0,
 ) -> dict:
     """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
     ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``tune_allocator``
     measures with :func:`rnnkit.allocator.tune` (large freed blocks kept in the heap, as rnnkit's
-    training commands run; without it every large buffer page-faults on every step)."""
+    training commands run; without it every large buffer page-faults on every step);
+    ``paired_rounds > 0`` also measures every ratio by alternating the row's layer with its
+    cell's ``torch.nn`` standard layer (:func:`paired_ratio`, 2 calls a side per round; the
+    baseline row paired with itself shows the method's own spread)."""
+    if paired_rounds < 0:
+        raise ValueError(f"paired_rounds must be >= 0; received {paired_rounds}")
     setting = allocator.TUNED if tune_allocator and allocator.tune() else allocator.DEFAULT
     shape = QUICK if quick else FULL
     min_run_time = 0.02 if quick else 1.0
@@ -424,12 +502,21 @@ def run_benchmarks(
         for b, make in _candidates(c, shape).items()
         if b.startswith("torch.nn.")
     }
+    steps = (  # cell -> the baseline's step functions, the other side of the paired ratios
+        {cell: _prepare(c, make, shape) for cell, (c, _, make) in baselines.items()}
+        if paired_rounds
+        else {}
+    )
+    calls = 1 if quick else 2
     resamples: dict[str, list[Row]] = {}
     for config in configs:
         for backend, make in _candidates(config, shape).items():
             if progress:
                 progress(f"{config.name} / {backend}")
-            rows.append(measure(config, backend, make, shape, min_run_time))
+            base = steps.get(config.cell)
+            rows.append(
+                measure(config, backend, make, shape, min_run_time, base, paired_rounds, calls)
+            )
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
             if progress:
@@ -444,6 +531,7 @@ def run_benchmarks(
             "threads": torch.get_num_threads(),
             "allocator": setting,
         },
+        "paired_rounds": paired_rounds,
         "shape": asdict(shape),
         "roofline_gflops": roofline,
         "rows": [asdict(r) for r in _with_ratios(rows, resamples)],
@@ -467,18 +555,30 @@ def format_table(result: dict) -> str:
         f"roofline (float32 matrix product, faster of torch.mm and oneDNN): "
         f"{result['roofline_gflops']:.1f} GFLOP/s",
         "",
-        f"{'configuration':<30} {'backend':<22} {'train tok/s':>12} {'ratio':>6} "
-        f"{'infer tok/s':>12} {'ratio':>6} {'peak MB':>8}",
     ]
+    paired = bool(result.get("paired_rounds"))
+    if paired:
+        lines[1] += (
+            f"; paired = the ratio measured alternating with that layer call by call, median "
+            f"of {result['paired_rounds']} rounds"
+        )
+    pair_head = f" {'paired':>6}" if paired else ""
+    lines.append(
+        f"{'configuration':<30} {'backend':<22} {'train tok/s':>12} {'ratio':>6}{pair_head} "
+        f"{'infer tok/s':>12} {'ratio':>6}{pair_head} {'peak MB':>8}"
+    )
     for r in result["rows"]:
         if r["note"]:
             lines.append(f"{r['config']:<30} {r['backend']:<22} {r['note'][:60]}")
             continue
         samples = f" *{r['samples']}" if r.get("samples", 1) > 1 else ""
+        train_pair = f" {_fmt(r.get('train_paired'), '6.2f')}" if paired else ""
+        infer_pair = f" {_fmt(r.get('infer_paired'), '6.2f')}" if paired else ""
         lines.append(
             f"{r['config']:<30} {r['backend']:<22} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
-            f"{_fmt(r['train_ratio'], '6.2f')} {_fmt(r['infer_tokens_per_s'], '12,.0f')} "
-            f"{_fmt(r['infer_ratio'], '6.2f')} {_fmt(r['peak_mb'], '8.1f')}{samples}"
+            f"{_fmt(r['train_ratio'], '6.2f')}{train_pair} "
+            f"{_fmt(r['infer_tokens_per_s'], '12,.0f')} {_fmt(r['infer_ratio'], '6.2f')}"
+            f"{infer_pair} {_fmt(r['peak_mb'], '8.1f')}{samples}"
         )
     lm = result["lm"]
     lines += ["", f"LM training (embedding -> 2x LSTM -> softmax), shapes {lm['shape']}:"]

@@ -137,3 +137,40 @@ def test_timings_use_the_thread_count_that_was_set():
     finally:
         torch.set_num_threads(threads)
     assert seen and set(seen) == {2}  # torch.utils.benchmark.Timer alone would run on 1
+
+
+def test_paired_ratio_alternates_sides_and_divides_their_times():
+    # a fake clock: each call of `base` takes 2 units, each call of `fn` 1 unit
+    now, order = [0.0], []
+
+    def base():
+        now[0] += 2.0
+        order.append("b")
+
+    def fn():
+        now[0] += 1.0
+        order.append("f")
+
+    median, q1, q3 = bench.paired_ratio(base, fn, rounds=4, calls=2, clock=lambda: now[0])
+    assert (median, q1, q3) == (2.0, 2.0, 2.0)
+    # a warm-up call of each, then rounds of 2 + 2 calls, which side goes first alternating
+    assert "".join(order) == "bf" + "bbff" + "ffbb" + "bbff" + "ffbb"
+    with pytest.raises(ValueError, match="rounds and calls must be >= 1; received 0 and 1"):
+        bench.paired_ratio(base, fn, rounds=0)
+
+
+def test_bench_paired_adds_paired_ratios(tmp_path, capsys):
+    out = tmp_path / "paired.json"
+    args = ["bench", "--quick", "--only", "lstm layer_norm", "--paired", "2", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["paired_rounds"] == 2
+    measured = [r for r in result["rows"] if not r["note"]]
+    assert {r["config"] for r in measured} == {"lstm standard", "lstm layer_norm"}
+    for r in measured:
+        assert r["train_paired"] > 0 and r["infer_paired"] > 0
+        q1, q3 = r["train_paired_iqr"]
+        assert q1 <= r["train_paired"] <= q3
+    assert "paired = the ratio measured alternating" in capsys.readouterr().out
+    assert main(["bench", "--quick", "--paired", "-1"]) == 1
+    assert "--paired must be >= 1 rounds; received -1" in capsys.readouterr().err

@@ -37,6 +37,17 @@ def register(subparsers) -> None:
         help="keep glibc's default allocator settings (large buffers page-fault on every step); "
         "default: rnnkit.allocator.tune(), as rnnkit's training commands run",
     )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        nargs="?",
+        const=15,
+        default=0,
+        metavar="ROUNDS",
+        help="also measure each ratio by alternating the layer and torch.nn's standard layer "
+        "call by call, ROUNDS rounds (default 15; steadier on a shared machine, about twice "
+        "the run time)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -49,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1; received {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.paired < 0:
+        raise ValueError(f"--paired must be >= 1 rounds; received {args.paired}")
     configs = bench.CONFIGS
     if args.only:
         chosen = {c.name for c in configs if args.only in c.name}
@@ -63,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         configs=configs,
         progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
         tune_allocator=not args.fresh_allocator,
+        paired_rounds=args.paired,
     )
     print(bench.format_table(result))
     if args.json:
