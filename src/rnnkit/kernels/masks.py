@@ -1,4 +1,4 @@
-"""Random 0/1 masks for the regularisers that need one value per unit *and step* (zoneout).
+"""Random 0/1 masks: zoneout's (one value per unit *and step*) and the cells' dropout keep-masks.
 
 A zoneout mask has ``batch * time * units`` entries, one random draw each: 0.8 M draws for a
 batch of 32 x 100 steps x 256 units. torch's CPU generator (Mersenne Twister) takes 1.9 ms for
@@ -8,7 +8,9 @@ counter-based generator instead (SplitMix64, vectorised, ~0.1 ms): entry ``i`` i
 a 62-bit seed and ``i`` only, so the mask does not depend on the thread count. The seed is drawn
 from torch's generator (``generator`` or the global one), so ``torch.manual_seed`` makes the masks
 reproducible as usual. Elsewhere (other devices, the extension off) the mask is
-``torch.rand(...) < p``: the same distribution, different draws.
+``torch.rand(...) < p``: the same distribution, different draws. The dropout keep-masks of the
+cells (:func:`rnnkit.layers.cells.draw_dropout_mask`) come from here too: torch's ``bernoulli_``
+takes 2.04 ms for a ``(256, 1024)`` DropConnect mask, this 0.06 ms.
 """
 
 from __future__ import annotations
