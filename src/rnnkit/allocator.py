@@ -58,6 +58,11 @@ def tune() -> bool:
     return _state["tuned"]
 
 
+def is_tuned() -> bool:
+    """Whether :func:`tune` is in effect in this process."""
+    return _state["tuned"]
+
+
 def describe() -> str:
     """``TUNED`` after a successful :func:`tune` in this process, else ``DEFAULT``."""
-    return TUNED if _state["tuned"] else DEFAULT
+    return TUNED if is_tuned() else DEFAULT

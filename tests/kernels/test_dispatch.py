@@ -120,7 +120,7 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
     cpu, lstm = torch.device("cpu"), RecurrenceSpec("lstm", U)
     f32 = {"device": cpu, "dtype": torch.float32}
-    assert dispatch.select(lstm, **f32) == "vendor"  # torch's oneDNN LSTM is not beaten
+    assert dispatch.select(lstm, **f32) == "vendor"  # inference: torch's oneDNN LSTM
     assert dispatch.select(RecurrenceSpec("gru", U), **f32) == "fused"
     assert dispatch.select(RecurrenceSpec("gru", U, reset_after=False), **f32) == "fused"  # only
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
@@ -134,6 +134,56 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # not buildable here: torch's kernel
     assert dispatch.select(RecurrenceSpec("gru", U), **f32) == "vendor"
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
+
+
+@pytest.mark.parametrize(
+    "threads, tuned, training, first",
+    [  # the measured rule: fused for training on 1 thread, or on 2 with glibc's defaults
+        (1, True, True, "fused"),
+        (1, False, True, "fused"),
+        (2, False, True, "fused"),
+        (2, True, True, "vendor"),  # tuned, torch's kernel gains more from the second core
+        (4, False, True, "vendor"),  # more threads: not measured, torch's kernel
+        (1, False, False, "vendor"),  # inference: torch's kernel
+    ],
+)
+def test_lstm_training_goes_fused_where_measured_faster(
+    threads, tuned, training, first, monkeypatch
+):
+    from rnnkit import allocator
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
+    monkeypatch.setattr(allocator, "is_tuned", lambda: tuned)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    f32 = {"device": torch.device("cpu"), "dtype": torch.float32, "training": training}
+    assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == first
+    assert dispatch.select(RecurrenceSpec("lstm", U), **{**f32, "dtype": torch.float64}) == (
+        "vendor"
+    )
+    monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # no compiled loops: torch's kernel
+    assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == "vendor"
+
+
+def test_run_tells_the_rule_whether_the_call_records(monkeypatch):
+    seen = []
+
+    def order(**kwargs):
+        seen.append(kwargs["training"])
+        return dispatch.AUTO_ORDER
+
+    monkeypatch.setattr(dispatch, "auto_order", order)
+    spec = RecurrenceSpec("lstm", U)
+    w = RecurrentWeights(torch.zeros(4, 4 * U), torch.zeros(U, 4 * U), None)
+    state = (torch.zeros(3, U), torch.zeros(3, U))
+    x = torch.zeros(3, 5, 4)
+    dispatch.run(spec, w, x, state)  # nothing needs a gradient
+    dispatch.run(spec, w, x.requires_grad_(), state)
+    with torch.no_grad():
+        dispatch.run(spec, w, x, state)
+    trained = RecurrentWeights(w.kernel.requires_grad_(), w.recurrent_kernel, None)
+    dispatch.run(spec, trained, torch.zeros(3, 5, 4), state)
+    assert seen == [False, True, False, True]
 
 
 def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):

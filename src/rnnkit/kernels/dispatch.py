@@ -11,9 +11,10 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU; on CUDA, masked calls and recurrences whose
-per-step product Triton runs faster than cuDNN (measured bounds, see :func:`auto_order`) go
-``triton, vendor, fused, reference``;
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls on one thread,
+or on two when :func:`rnnkit.allocator.tune` is not in effect; on CUDA, masked calls and
+recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
+:func:`auto_order`) go ``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
@@ -31,6 +32,7 @@ from types import ModuleType
 
 import torch
 
+from rnnkit import allocator
 from rnnkit.kernels import cpu_ext, reference, vendor
 from rnnkit.kernels.spec import BackendUnavailable, RecurrenceSpec, RecurrentWeights
 
@@ -41,11 +43,18 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # (paired A/B, call by call, training, with the compiled loops of rnnkit.kernels.cpu_ext, 1 / 2
 # threads: SimpleRNN 2.09x / 1.99x at 32x100 128->256, 1.75x / 1.61x at 20x20 200->200; GRU
 # 2.14x / 2.07x and 1.93x / 1.86x; SimpleRNN's Python loops alone 1.46x and 0.98x with 1 thread).
-# The LSTM stays on torch's oneDNN kernel: the fused LSTM measures 0.90x / 0.85x of it at
-# 32x100 128->256, 1.11x / 1.02x at 20x20 200->200, 0.92x / 0.74x at 64x400 128->64 (the 2-thread
-# figures from before the gate-blocked weight layout), so torch's kernel is the choice that is
-# never far behind.
+# The LSTM depends on what is measured. Inference stays on torch's oneDNN kernel (the fused LSTM:
+# 0.87-0.88x of it). Training, paired call by call against torch.nn.LSTM (the vendor backend
+# 0.97-1.00x of it throughout), 32x100 128->256 / 64x400 128->64:
+# - glibc's default allocator (any script that does not call rnnkit.allocator.tune()): torch's
+#   kernel page-faults its large workspace in again on every step; the fused LSTM 1.33x / 1.97x
+#   with 1 thread, 1.40x / 1.62x with 2;
+# - tuned: 1.01x / 1.17x with 1 thread, but 0.95x / 0.84x with 2 (torch's kernel gains more
+#   from the second core, most at 64 units).
+# So training goes fused first with 1 thread, and with 2 while the allocator is untuned; with more
+# threads (not measured here) it stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
+FUSED_LSTM_MAX_THREADS = 2
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
@@ -93,15 +102,17 @@ def auto_order(
     spec: RecurrenceSpec | None = None,
     dtype=None,
     batch: int | None = None,
+    training: bool = False,
     **_options,
 ) -> tuple[str, ...]:
-    """The order in which ``auto`` tries the backends for a call (``batch``: its batch size)."""
+    """The order in which ``auto`` tries the backends for a call (``batch``: its batch size;
+    ``training``: whether the call records for a backward pass)."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         if mask is not None or _triton_is_faster(spec, dtype, batch):
             return TRITON_FIRST_ORDER
         return AUTO_ORDER
-    if mask is not None or _fused_is_faster(spec, dtype):
+    if mask is not None or _fused_is_faster(spec, dtype, training):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
 
@@ -117,14 +128,22 @@ def _triton_is_faster(spec: RecurrenceSpec | None, dtype, batch: int | None) -> 
     return width <= TRITON_MAX_GATE_WIDTH and macs <= TRITON_MAX_STEP_MACS
 
 
-def _fused_is_faster(spec: RecurrenceSpec | None, dtype) -> bool:
+def _fused_is_faster(spec: RecurrenceSpec | None, dtype, training: bool = False) -> bool:
     """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above)."""
     if spec is None or dtype not in (None, torch.float32):
         return False
     if spec.cell == "simple":
         return True
-    compiled = cpu_ext.covers(spec.cell) and cpu_ext.ops() is not None
-    return spec.cell == "gru" and compiled
+    if not (cpu_ext.covers(spec.cell) and cpu_ext.ops() is not None):
+        return False
+    if spec.cell == "gru":
+        return True
+    threads = torch.get_num_threads()
+    return (
+        spec.cell == "lstm"
+        and training
+        and (threads == 1 or (threads <= FUSED_LSTM_MAX_THREADS and not allocator.is_tuned()))
+    )
 
 
 def register(name: str, module: ModuleType) -> None:
@@ -156,16 +175,22 @@ def _reason(name: str, module, spec: RecurrenceSpec, options: dict) -> str | Non
 
 
 def select(
-    spec: RecurrenceSpec, *, backend: str = "auto", batch: int | None = None, **options
+    spec: RecurrenceSpec,
+    *,
+    backend: str = "auto",
+    batch: int | None = None,
+    training: bool = False,
+    **options,
 ) -> str:
-    """The backend name that :func:`run` would use for this call (``batch``: its batch size).
+    """The backend name that :func:`run` would use for this call (``batch``: its batch size;
+    ``training``: whether it records for a backward pass, see :func:`recording`).
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
     """
     check_backend_name(backend)
     if backend == "auto":
-        for name in auto_order(spec=spec, batch=batch, **options):
+        for name in auto_order(spec=spec, batch=batch, training=training, **options):
             module = _REGISTRY.get(name)
             if module is not None and (name == "reference" or module.supports(spec, **options)):
                 return name
@@ -179,6 +204,18 @@ def select(
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run this configuration: {reason}")
     return backend
+
+
+def recording(
+    weights: RecurrentWeights, inputs: torch.Tensor, initial_state: tuple[torch.Tensor, ...]
+) -> bool:
+    """Whether a call records for a backward pass: grad mode on and a tensor needing gradients."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = (inputs, weights.kernel, weights.recurrent_kernel, weights.bias, *initial_state)
+    return any(t is not None and t.requires_grad for t in tensors) or any(
+        t is not None and t.requires_grad for t in (weights.layer_norm or ())
+    )
 
 
 def run(
@@ -206,10 +243,12 @@ def run(
         "zoneout_mask": zoneout_mask,
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
+    training = recording(weights, inputs, initial_state)
     name = select(
         spec,
         backend=backend,
         batch=inputs.shape[0],
+        training=training,
         device=inputs.device,
         dtype=inputs.dtype,
         **options,
@@ -220,7 +259,12 @@ def run(
         if backend != "auto":
             raise
         fallback = select(
-            spec, batch=inputs.shape[0], device=inputs.device, dtype=inputs.dtype, **options
+            spec,
+            batch=inputs.shape[0],
+            training=training,
+            device=inputs.device,
+            dtype=inputs.dtype,
+            **options,
         )
         warnings.warn(
             f"rnnkit: the {name} backend cannot run on this machine ({err}); "
