@@ -213,9 +213,8 @@ def recording(
     if not torch.is_grad_enabled():
         return False
     tensors = (inputs, weights.kernel, weights.recurrent_kernel, weights.bias, *initial_state)
-    return any(t is not None and t.requires_grad for t in tensors) or any(
-        t is not None and t.requires_grad for t in (weights.layer_norm or ())
-    )
+    tensors += tuple(weights.layer_norm or ())
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def run(
