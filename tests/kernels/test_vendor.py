@@ -133,6 +133,10 @@ def test_vendor_hands_contiguous_weights_on_cpu(cell, ext, monkeypatch):
     bias = torch.randn(*((2, g) if cell == "gru" else (g,)), generator=gen, requires_grad=True)
     params = vendor.torch_params(spec, RecurrentWeights(kernel, rec, bias))
     assert all(p.is_contiguous() for p in params)
+    with torch.no_grad():  # inference: the same matrices, nothing recorded
+        plain = vendor.torch_params(spec, RecurrentWeights(kernel, rec, bias))
+    assert all(p.is_contiguous() and p.grad_fn is None for p in plain)
+    assert all(torch.equal(a, b) for a, b in zip(plain, params, strict=True))
     # the gradients land on the Keras-layout weights, transposed back
     sum((p * torch.arange(p.numel()).view_as(p)).sum() for p in params[:2]).backward()
     expect_k = torch.arange(g * 20.0).view(g, 20).t()
