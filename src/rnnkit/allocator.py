@@ -47,7 +47,7 @@ def tune() -> bool:
     """
     if not enabled():
         return False
-    if not _state["tuned"]:
+    if not is_tuned():
         try:
             libc = ctypes.CDLL("libc.so.6")
             _state["tuned"] = bool(
@@ -55,7 +55,7 @@ def tune() -> bool:
             )
         except (OSError, AttributeError):  # not glibc
             return False
-    return _state["tuned"]
+    return is_tuned()
 
 
 def is_tuned() -> bool:

@@ -160,7 +160,7 @@ def paired_ratio(
             ratios.append(seconds(base) / f)
     if rounds == 1:
         return ratios[0], ratios[0], ratios[0]
-    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return statistics.median(ratios), q1, q3
 
 

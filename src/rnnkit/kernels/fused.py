@@ -545,7 +545,8 @@ class _LSTMFunction(torch.autograd.Function):
             if ctx.proj is not None and ctx.proj[2]:
                 db = G.new_zeros(G4)
             # the weight gradients [dW; dU], summed by the loops from transposed chunks of rows
-            DWU = G.new_zeros((0 if x2 is None else x2.shape[1]) + u, G4)
+            # (the first chunk's product written, not added: no zero fill)
+            DWU = G.new_empty((0 if x2 is None else x2.shape[1]) + u, G4)
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],

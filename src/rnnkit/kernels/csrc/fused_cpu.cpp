@@ -625,23 +625,24 @@ void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor
   });
 }
 
-// DWU += LT ST^T for row-major LT (K, n) and ST (4u, n): a chunk of the weight gradients' sum
-// over all steps. oneDNN's product of such operands runs at the core's peak, against ~80% for
+// DWU += LT ST^T for row-major LT (K, n) and ST (4u, n) (DWU = for the first chunk: DWU comes
+// uninitialised): a chunk of the weight gradients' sum over all steps. oneDNN's product of such operands runs at the core's peak, against ~80% for
 // the same product from the (T B, K) rows (it reorders the large operand every call). Measured,
 // LSTM 128 -> 256 units at 32 x 100, 1 thread: dW and dU 15.0-15.3 ms from the rows, 12.4-12.8
 // ms from all rows transposed at once plus 1.5 ms for the transposition; chunks of ~512 rows
 // keep the transposed operands small (a few MB instead of 18 MB at that shape).
 template <typename T>
 void add_weight_grads(const at::Tensor& DWU, const at::Tensor& lt_buf, const at::Tensor& st_buf,
-                      int64_t K, int64_t G4, int64_t n) {
+                      int64_t K, int64_t G4, int64_t n, bool first) {
   const at::Tensor a = lt_buf.narrow(0, 0, K * n).view({K, n});
   const at::Tensor b = st_buf.narrow(0, 0, G4 * n).view({G4, n});
   static const bool have_linear =  // oneDNN's linear, in torch builds that register it
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}).has_value();
   if (std::is_same_v<T, float> && have_linear) {
-    DWU.add_(matmul(a, b, /*onednn=*/true));  // a b^T
+    const at::Tensor prod = matmul(a, b, /*onednn=*/true);  // a b^T
+    first ? DWU.copy_(prod) : DWU.add_(prod);
   } else {
-    DWU.addmm_(a, b.t());
+    first ? DWU.copy_(at::mm(a, b.t())) : DWU.addmm_(a, b.t());
   }
 }
 
@@ -996,7 +997,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       const int64_t n = (pending - t) * B;
       transpose_rows<T>((ln ? *M : G).data_ptr<T>(), G4, XS, HS->data_ptr<T>(), u, t * B, n,
                         st_buf.data_ptr<T>(), lt_buf.data_ptr<T>());
-      add_weight_grads<T>(*DWU, lt_buf, st_buf, K, G4, n);
+      add_weight_grads<T>(*DWU, lt_buf, st_buf, K, G4, n, /*first=*/pending == steps);
       pending = t;
     }
     std::swap(dh, dh2);
@@ -1743,7 +1744,8 @@ at::Tensor transpose(const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "rnnkit_transpose", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
     scalar_t* d = out.data_ptr<scalar_t>();
-    const int64_t strips = (C + 15) / 16, grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(R, 1));
+    const int64_t strips = (C + 15) / 16;
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(R, 1));  // strips
     at::parallel_for(0, strips, grain, [&](int64_t b0, int64_t b1) {
       transpose_cols<scalar_t>(s, R, C, d, R, b0 * 16, std::min(C, b1 * 16));
     });
