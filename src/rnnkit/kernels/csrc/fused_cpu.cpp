@@ -1522,6 +1522,10 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
   const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   std::vector<T> m_scratch(brg && ln && !save ? B * u : 0);
+  // brgemm's product into a row-padded scratch, added in the row pass, as the LSTM's (paired,
+  // 32 x 100, 256 units, 1 thread: inference 1.07x, training 1.03x; the GRU's 3u rows: 0.98x)
+  const int64_t ld_r = u + kRowPad;
+  std::vector<T> r_scratch(brg && !ln ? B * ld_r : 0);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
@@ -1574,21 +1578,20 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
     }
     at::Tensor m;
     if (!brg) m = matmul(hin, W, onednn);
-    const T* m_all = brg ? nullptr : m.data_ptr<T>();
+    const T* m_all = brg ? r_scratch.data() : m.data_ptr<T>();
+    const int64_t ld_m = brg ? ld_r : u;
     const T* x_p = hin.data_ptr<T>();
     for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
       if constexpr (std::is_same_v<T, float>) {
         if (brg) {
-          brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u, g_t + j0, u,
-                       /*add=*/true);
+          brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u,
+                       r_scratch.data() + j0, ld_r, /*add=*/false);
         }
       }
       for (int64_t b = 0; b < B; ++b) {
-        if (m_all != nullptr) {
-          T* g = g_t + b * u;
-          const T* mm = m_all + b * u;
-          for (int64_t j = j0; j < j1; ++j) g[j] += mm[j];
-        }
+        T* g = g_t + b * u;
+        const T* mm = m_all + b * ld_m;
+        for (int64_t j = j0; j < j1; ++j) g[j] += mm[j];
         finish(b, j0, j1);
       }
     });
