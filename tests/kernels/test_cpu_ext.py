@@ -133,11 +133,13 @@ def test_odd_sizes_equal_python_loops(cell, units, monkeypatch):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", ["plain", "recurrent_dropout", "layer_norm", "silu+gelu"])
 def test_weight_gradients_from_transposed_chunks(case, threads, batch, monkeypatch):
-    # The LSTM's backward loop sums the weight gradients from chunks of ~512 rows (whole steps)
-    # that it transposes in 16 x 16 register tiles (float32 with AVX-512) with element-by-element
-    # edges: batch 37 (two tiles and 5 edge rows per step; 259 rows, one chunk), batch 100 (700
-    # rows: a chunk of 6 steps, then the last one); 6 inputs (edges only), 40 units. The weight
-    # gradients sum 7 x 100 rows in float32: atol 5e-5.
+    # The LSTM's backward loop sums the weight gradients from chunks of whole steps, ~128 rows
+    # with brgemm (float32 where torch has it: x2 and h_in transposed, the gate rows read as
+    # they are), else ~512 rows, all operands transposed, in 16 x 16 register tiles (AVX-512)
+    # with element-by-element edges: batch 37 (two tiles and 5 edge rows per step; 259 rows:
+    # chunks of 4 steps and 3, or one), batch 100 (700 rows: chunks of 2 steps and a last one, or
+    # 6 steps and 1); 6 inputs (edges only), 40 units. The weight gradients sum 7 x 100 rows in
+    # float32: atol 5e-5.
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -148,7 +150,19 @@ def test_weight_gradients_from_transposed_chunks(case, threads, batch, monkeypat
         torch.set_num_threads(saved)
 
 
-def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B, atol=2e-5):
+@pytest.mark.parametrize("case", ["plain", "layer_norm"])
+def test_wide_weight_gradients_from_transposed_chunks(case, monkeypatch):
+    # above 1536 gate columns (4u) the LSTM's weight gradients come from oneDNN's linear of
+    # transposed chunks of ~512 rows in float32 too (below, brgemm reads the gate rows): 400
+    # units, batch 100 (700 rows: chunks of 6 steps and 1), weights scaled to 400 units
+    _check_against_python_loops(
+        "lstm", case, torch.float32, 400, monkeypatch, batch=100, atol=5e-5, tame=True
+    )
+
+
+def _check_against_python_loops(
+    cell, case, dtype, units, monkeypatch, batch=B, atol=2e-5, tame=False
+):
     _compiled_available()
     spec_kw, kw = CASES[case]
     spec = _spec(cell, units, **spec_kw)
@@ -161,7 +175,7 @@ def _check_against_python_loops(cell, case, dtype, units, monkeypatch, batch=B, 
     w = _weights(spec, dtype)
     # unbounded activations (gates, too) at the default scale give gradients of 100s, where
     # float32 rounding alone exceeds the tolerance: a tamer problem
-    if {spec_kw.get("activation"), spec_kw.get("recurrent_activation")} & TAMED:
+    if tame or {spec_kw.get("activation"), spec_kw.get("recurrent_activation")} & TAMED:
         with torch.no_grad():
             for p in (w.kernel, w.recurrent_kernel, *(w.layer_norm or ())):
                 if p is not None:

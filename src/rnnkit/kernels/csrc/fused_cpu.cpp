@@ -272,7 +272,13 @@ constexpr bool use_brgemm(bool onednn) {
 
 constexpr int64_t kBrgemmBlock = 256;  // columns per kernel call (measured best, 64-512)
 constexpr int64_t kRowPad = 16;  // floats of padding per row of a product scratch (a cache line)
-constexpr int64_t kWeightGradRows = 512;  // rows per chunk of the weight gradients' sum
+// rows per chunk of the weight gradients' sum: oneDNN's linear of transposed chunks, brgemm
+constexpr int64_t kWeightGradRows = 512;
+constexpr int64_t kBrgemmGradRows = 128;  // (measured, 32 x 100, 256 units: 128 < 256 < 512)
+// brgemm sums the LSTM's weight gradients up to this many gate columns (4u), oneDNN's linear
+// above (paired, training, brgemm vs linear: 4u = 256 / 800 / 1024 / 1280 / 1536: 1.05 / 1.07 /
+// 1.03 / 1.04 / 1.02x; 2048 / 2600: 0.95 / 0.94x)
+constexpr int64_t kBrgemmGradMaxCols = 1536;
 
 // out (M, N) = x (M, K) @ w (K, N) (+ out when `add`), given row strides, on this thread.
 inline void brgemm_block(int64_t M, int64_t N, int64_t K, const float* x, int64_t ld_x,
@@ -602,25 +608,27 @@ void transpose_cols(const T* src, int64_t rows, int64_t ld_src, T* dst, int64_t 
 }
 
 // The weight gradients' operands, transposed a few steps at a time while their rows are in
-// cache: the rows [r0, r0 + n) of src_all (T B, 4u) into st (4u, n), of x2 and h_in into lt
-// rows [0, I) and [I, I + u) (I + u, n), both row-major (see add_weight_grads).
+// cache: the rows [r0, r0 + n) of src_all (T B, 4u) into st (4u, n) (src_all null: not those),
+// of x2 and h_in into lt rows [0, I) and [I, I + u) (I + u, n), row-major (see
+// add_weight_grads, brgemm_weight_grads).
 template <typename T>
 void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor>& XS,
                     const T* hin_all, int64_t u, int64_t r0, int64_t n, T* st, T* lt) {
-  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = G4 + I + u, ld = n;
-  const T* s_p = src_all + r0 * G4;
+  const int64_t GS = src_all != nullptr ? G4 : 0;
+  const int64_t I = XS.has_value() ? XS->size(1) : 0, K = GS + I + u, ld = n;
+  const T* s_p = src_all != nullptr ? src_all + r0 * G4 : nullptr;
   const T* x_p = I > 0 ? XS->data_ptr<T>() + r0 * I : nullptr;
   const T* h_p = hin_all + r0 * u;
   // column blocks of 64 of [src | x | h_in] (a block may span two of them), spread over threads
   at::parallel_for(0, (K + 63) / 64, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t c0 = p0 * 64; c0 < std::min(p1 * 64, K); c0 += 64) {
       const int64_t c1 = std::min(c0 + 64, K);
-      if (c0 < G4) transpose_cols(s_p, n, G4, st, ld, c0, std::min(c1, G4));
-      if (c1 > G4 && c0 < G4 + I) {
-        transpose_cols(x_p, n, I, lt, ld, std::max(c0, G4) - G4, std::min(c1, G4 + I) - G4);
+      if (c0 < GS) transpose_cols(s_p, n, G4, st, ld, c0, std::min(c1, GS));
+      if (c1 > GS && c0 < GS + I) {
+        transpose_cols(x_p, n, I, lt, ld, std::max(c0, GS) - GS, std::min(c1, GS + I) - GS);
       }
-      if (c1 > G4 + I) {
-        transpose_cols(h_p, n, u, lt + I * ld, ld, std::max(c0, G4 + I) - G4 - I, c1 - G4 - I);
+      if (c1 > GS + I) {
+        transpose_cols(h_p, n, u, lt + I * ld, ld, std::max(c0, GS + I) - GS - I, c1 - GS - I);
       }
     }
   });
@@ -644,6 +652,25 @@ void add_weight_grads(const at::Tensor& DWU, const at::Tensor& lt_buf, const at:
     first ? DWU.copy_(prod) : DWU.add_(prod);
   } else {
     first ? DWU.copy_(at::mm(a, b.t())) : DWU.addmm_(a, b.t());
+  }
+}
+
+// DWU (K, 4u) = LT rows (K, n) @ rows (n, 4u; row stride G4), or DWU += that (`add`): a chunk of
+// the weight gradients with brgemm, which reads the gate-gradient rows as they are (no
+// transposed copy, no product temporary; column blocks spread over threads), up to
+// kBrgemmGradMaxCols. Measured against add_weight_grads, LSTM 32 x 100, 128 -> 256, paired:
+// training 1.03x (1 and 2 threads).
+template <typename T>
+void brgemm_weight_grads(const at::Tensor& DWU, const T* lt, int64_t K, const T* rows,
+                         int64_t G4, int64_t n, bool add) {
+  if constexpr (std::is_same_v<T, float>) {
+    float* out = DWU.data_ptr<float>();
+    at::parallel_for(0, (G4 + kBrgemmBlock - 1) / kBrgemmBlock, 1, [&](int64_t k0, int64_t k1) {
+      const int64_t n0 = k0 * kBrgemmBlock, n1 = std::min(G4, k1 * kBrgemmBlock);
+      brgemm_block(K, n1 - n0, n, lt, n, rows + n0, G4, out + n0, G4, add);
+    });
+  } else {
+    TORCH_CHECK(false, "rnnkit fused_cpu: brgemm weight gradients are float32 only");
   }
 }
 
@@ -882,11 +909,15 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const bool p_full = lstm_pre_width(act, ract, u) == G4;  // else the candidate's columns
   // the weight gradients [dW; dU] (K = I + u, 4u), accumulated from transposed chunks of rows
   const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
-  const int64_t chunk_rows = (kWeightGradRows + B - 1) / B * B;  // whole steps
-  at::Tensor lt_buf, st_buf;  // a chunk's transposed operands (K, rows) and (4u, rows)
+  const bool brg = use_brgemm<T>(onednn);
+  const bool brg_grads = brg && G4 <= kBrgemmGradMaxCols;  // the weight gradients by brgemm
+  const int64_t grad_rows = brg_grads ? kBrgemmGradRows : kWeightGradRows;
+  const int64_t chunk_rows = (grad_rows + B - 1) / B * B;  // whole steps
+  // a chunk's transposed operands (K, rows) and, without brgemm, (4u, rows)
+  at::Tensor lt_buf, st_buf;
   if (DWU.has_value()) {
     lt_buf = at::empty({K * chunk_rows}, DWU->options());
-    st_buf = at::empty({G4 * chunk_rows}, DWU->options());
+    if (!brg_grads) st_buf = at::empty({G4 * chunk_rows}, DWU->options());
   }
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
@@ -915,7 +946,6 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   TORCH_CHECK(db_p == nullptr || !ln, "rnnkit fused_cpu: db is summed in Python with layer norm");
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   const int64_t chunk = unit_chunk(u);
-  const bool brg = use_brgemm<T>(onednn);
   std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
   ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
@@ -1002,9 +1032,18 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                        r_scratch.data(), dh2.data_ptr<T>());
     if (K > 0 && ((pending - t) * B >= chunk_rows || t == 0)) {  // a chunk, and the rest
       const int64_t n = (pending - t) * B;
-      transpose_rows<T>((ln ? *M : G).data_ptr<T>(), G4, XS, HS->data_ptr<T>(), u, t * B, n,
-                        st_buf.data_ptr<T>(), lt_buf.data_ptr<T>());
-      add_weight_grads<T>(*DWU, lt_buf, st_buf, K, G4, n, /*first=*/pending == steps);
+      const T* rows_all = (ln ? *M : G).data_ptr<T>();
+      const bool first = pending == steps;
+      if (brg_grads) {
+        transpose_rows<T>(nullptr, G4, XS, HS->data_ptr<T>(), u, t * B, n, nullptr,
+                          lt_buf.data_ptr<T>());
+        brgemm_weight_grads<T>(*DWU, lt_buf.data_ptr<T>(), K, rows_all + t * B * G4, G4, n,
+                               /*add=*/!first);
+      } else {
+        transpose_rows<T>(rows_all, G4, XS, HS->data_ptr<T>(), u, t * B, n,
+                          st_buf.data_ptr<T>(), lt_buf.data_ptr<T>());
+        add_weight_grads<T>(*DWU, lt_buf, st_buf, K, G4, n, first);
+      }
       pending = t;
     }
     std::swap(dh, dh2);
