@@ -266,3 +266,43 @@ def test_transpose_refuses_other_ranks():
     _compiled_available()
     with pytest.raises(RuntimeError, match="2-D tensor, received 3-D"):
         cpu_ext.ops().transpose(torch.zeros(2, 3, 4))
+
+
+def _brgemm_available():
+    _compiled_available()
+    if not cpu_ext.has_brgemm(cpu_ext.ops()):
+        pytest.skip("this torch build has no float32 brgemm")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("rows", "widths", "cols"),
+    [(300, [6, 40], 160), (128, [37], 768), (257, [128, 256], 1024), (5, [3], 17)],
+)
+def test_weight_grads_equal_torch(rows, widths, cols, threads):
+    # [a_1 | a_2]^T b by brgemm: chunks of 128 rows (300, 257: a short last chunk; 5: one),
+    # lefts transposed in 16 x 16 tiles with edges (6, 37, 3 columns), b's columns split
+    # between threads (768: 4 x 192 with 2 threads; 17: one block)
+    _brgemm_available()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(1)
+        lefts = [torch.randn(rows, w, generator=g) for w in widths]
+        b = torch.randn(rows, cols, generator=g)
+        out = cpu_ext.ops().weight_grads(lefts, b)
+        expected = torch.cat(lefts, dim=1).double().t() @ b.double()
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_weight_grads_refuses_bad_operands():
+    _brgemm_available()
+    ops = cpu_ext.ops()
+    with pytest.raises(RuntimeError, match=r"lefts, N = 4"):
+        ops.weight_grads([torch.zeros(3, 2)], torch.zeros(4, 5))
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.weight_grads([torch.zeros(4, 2)], torch.zeros(4, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.weight_grads([torch.zeros(4, 2)], torch.zeros(5, 4).t())

@@ -154,6 +154,14 @@ def has_brgemm(ops) -> bool:
     return bool(_state["brgemm"])
 
 
+def weight_grads_max_cols(ops) -> int:
+    """The widest ``b`` (columns) for which ``ops.weight_grads`` (brgemm) sums ``a^T b`` faster
+    than oneDNN's linear of transposed chunks (0 without brgemm)."""
+    if "grad_cols" not in _state:
+        _state["grad_cols"] = int(ops.weight_grads_max_cols()) if has_brgemm(ops) else 0
+    return int(_state["grad_cols"])
+
+
 def build_error() -> str | None:
     """Why the extension is not available (after :func:`ops` returned ``None``), else ``None``."""
     return _state.get("error")  # type: ignore[return-value]

@@ -162,17 +162,29 @@ def _tn(*lefts: torch.Tensor, b: torch.Tensor):
     """``a^T @ b`` for each tall ``a (N, K_a)`` of ``lefts`` and ``b (N, K2)``: the weight
     gradients over all steps (one result per left operand; a single one for a single left).
 
-    oneDNN's linear computes ``x @ w^T``; it is fed ``x`` = the left operands' chunk transposed
-    into one small ``(sum K_a, rows)`` buffer and ``w = b^T`` as a transposed *view*, which oneDNN
-    reorders itself much faster than a ``.contiguous()`` copy (measured, (3200, 256) x (3200, 1024),
-    1 thread: 9-10 ms against 16-20 ms with both copied, 17 ms for MKL's ``a.t() @ b`` on this AMD
-    CPU). Stacking the left operands lets each chunk of ``b`` (the gate gradients, the largest
-    operand) be reordered once for all of them. Chunks of ``_TN_ROWS`` rows keep the temporaries
-    small; the partial products are summed.
+    Where the compiled loops are built with brgemm and ``b`` has at most
+    ``cpu_ext.weight_grads_max_cols`` columns, their ``weight_grads`` op computes it: the left
+    operands transposed in chunks of ~128 rows, ``b``'s rows read as they are, the sum
+    accumulated in place (paired vs the oneDNN path below, training steps at the bench shape:
+    GRU 1.04x / 1.07x with 1 / 2 threads, SimpleRNN 1.11x / 1.19x, the layer-norm LSTM's input
+    projection 1.03x / 1.04x).
+
+    Otherwise oneDNN's linear computes ``x @ w^T``; it is fed ``x`` = the left operands' chunk
+    transposed into one small ``(sum K_a, rows)`` buffer and ``w = b^T`` as a transposed *view*,
+    which oneDNN reorders itself much faster than a ``.contiguous()`` copy (measured, (3200, 256)
+    x (3200, 1024), 1 thread: 9-10 ms against 16-20 ms with both copied, 17 ms for MKL's
+    ``a.t() @ b`` on this AMD CPU). Stacking the left operands lets each chunk of ``b`` (the gate
+    gradients, the largest operand) be reordered once for all of them. Chunks of ``_TN_ROWS``
+    rows keep the temporaries small; the partial products are summed.
     """
     if not (all(_onednn(a) for a in lefts) and _onednn(b)):
         out = [a.t() @ b for a in lefts]
         return out[0] if len(lefts) == 1 else tuple(out)
+    ext = cpu_ext.ops()
+    if ext is not None and b.shape[1] <= cpu_ext.weight_grads_max_cols(ext):
+        both = ext.weight_grads([a.contiguous() for a in lefts], b.contiguous())
+        out = both.split([a.shape[1] for a in lefts])
+        return out[0] if len(lefts) == 1 else out
     # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride
     # (a column block of the gate buffer) sends oneDNN to a reference path, measured ~1000x slower
     b = b.contiguous()

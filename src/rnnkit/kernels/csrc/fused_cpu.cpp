@@ -665,8 +665,14 @@ void brgemm_weight_grads(const at::Tensor& DWU, const T* lt, int64_t K, const T*
                          int64_t G4, int64_t n, bool add) {
   if constexpr (std::is_same_v<T, float>) {
     float* out = DWU.data_ptr<float>();
-    at::parallel_for(0, (G4 + kBrgemmBlock - 1) / kBrgemmBlock, 1, [&](int64_t k0, int64_t k1) {
-      const int64_t n0 = k0 * kBrgemmBlock, n1 = std::min(G4, k1 * kBrgemmBlock);
+    // column blocks of at most kBrgemmBlock, as many per thread (3u = 768 with 2 threads: 4 x
+    // 192, not 3 x 256)
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t per = kBrgemmBlock * threads;
+    const int64_t parts = threads * ((G4 + per - 1) / per);
+    const int64_t block = ((G4 + parts - 1) / parts + 15) / 16 * 16;
+    at::parallel_for(0, (G4 + block - 1) / block, 1, [&](int64_t k0, int64_t k1) {
+      const int64_t n0 = k0 * block, n1 = std::min(G4, k1 * block);
       brgemm_block(K, n1 - n0, n, lt, n, rows + n0, G4, out + n0, G4, add);
     });
   } else {
@@ -1802,6 +1808,48 @@ at::Tensor transpose(const at::Tensor& x) {
   return out;
 }
 
+// [a_1 | a_2 | ...]^T @ b for tall float32 a_i (N, K_i) and b (N, Nc), all contiguous: the weight
+// gradients over all steps of the cells whose backward passes run in Python (GRU, SimpleRNN, the
+// layer-norm LSTM's input projection), as the LSTM's loops sum theirs (brgemm_weight_grads:
+// the a_i transposed in chunks of ~128 rows, b read as it is). Needs brgemm; fused.py uses it up
+// to kBrgemmGradMaxCols columns of b.
+int64_t weight_grads_max_cols() { return kBrgemmGradMaxCols; }
+
+at::Tensor weight_grads(const std::vector<at::Tensor>& lefts, const at::Tensor& b) {
+  TORCH_CHECK(kHaveBrgemm, "rnnkit fused_cpu: weight_grads needs brgemm");
+  TORCH_CHECK(!lefts.empty() && b.dim() == 2 && b.is_contiguous() &&
+                  b.scalar_type() == at::kFloat,
+              "rnnkit fused_cpu: weight_grads takes contiguous float32 (N, Nc) b");
+  const int64_t N = b.size(0), Nc = b.size(1);
+  int64_t K = 0;
+  for (const auto& a : lefts) {
+    TORCH_CHECK(a.dim() == 2 && a.size(0) == N && a.is_contiguous() &&
+                    a.scalar_type() == at::kFloat,
+                "rnnkit fused_cpu: weight_grads takes contiguous float32 (N, K_i) lefts, N = ", N);
+    K += a.size(1);
+  }
+  at::Tensor out = at::empty({K, Nc}, b.options());
+  if (N == 0) return out.zero_();
+  const int64_t rows = std::min(N, kBrgemmGradRows);
+  at::Tensor lt_buf = at::empty({K * rows}, b.options());
+  float* lt = lt_buf.data_ptr<float>();
+  for (int64_t r0 = 0; r0 < N; r0 += rows) {
+    const int64_t n = std::min(rows, N - r0);
+    int64_t k0 = 0;  // lt rows [k0, k0 + K_i) = a_i rows [r0, r0 + n) transposed
+    for (const auto& a : lefts) {
+      const int64_t Ka = a.size(1);
+      const float* src = a.data_ptr<float>() + r0 * Ka;
+      float* dst = lt + k0 * n;
+      at::parallel_for(0, (Ka + 63) / 64, 1, [&](int64_t p0, int64_t p1) {
+        transpose_cols(src, n, Ka, dst, n, p0 * 64, std::min(Ka, p1 * 64));
+      });
+      k0 += Ka;
+    }
+    brgemm_weight_grads<float>(out, lt, K, b.data_ptr<float>() + r0 * Nc, Nc, n, r0 > 0);
+  }
+  return out;
+}
+
 void bernoulli_mask_(const at::Tensor& out, double p, int64_t seed) {
   check_contiguous(out, "out");
   TORCH_CHECK(p >= 0.0 && p <= 1.0, "rnnkit fused_cpu: p must be in [0, 1], received ", p);
@@ -1859,7 +1907,10 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor? g_h, Tensor(d!)? dg_h, Tensor? P) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
   m.def("transpose(Tensor x) -> Tensor");
-  m.def("has_brgemm() -> bool", &has_brgemm);  // no tensors: a catch-all kernel
+  m.def("weight_grads(Tensor[] lefts, Tensor b) -> Tensor");
+  // no tensors: catch-all kernels
+  m.def("has_brgemm() -> bool", &has_brgemm);
+  m.def("weight_grads_max_cols() -> int", &weight_grads_max_cols);
 }
 
 // CompositeExplicitAutograd: every backend key, including MkldnnCPU (the packed weight).
@@ -1874,4 +1925,5 @@ TORCH_LIBRARY_IMPL(rnnkit_cpu, CompositeExplicitAutograd, m) {
   m.impl("simple_backward", &simple_backward);
   m.impl("bernoulli_mask_", &bernoulli_mask_);
   m.impl("transpose", &transpose);
+  m.impl("weight_grads", &weight_grads);
 }
