@@ -556,8 +556,8 @@ class _LSTMFunction(torch.autograd.Function):
         if ext is not None:
             if ctx.proj is not None and ctx.proj[2]:
                 db = G.new_zeros(G4)
-            # the weight gradients [dW; dU], summed by the loops from transposed chunks of rows
-            # (the first chunk's product written, not added: no zero fill)
+            # the weight gradients [dW; dU], summed by the loops chunk by chunk of rows (the
+            # first chunk's product written, not added: no zero fill)
             DWU = G.new_empty((0 if x2 is None else x2.shape[1]) + u, G4)
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,

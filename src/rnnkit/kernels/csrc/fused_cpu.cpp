@@ -4,11 +4,12 @@
 // The loops of rnnkit/kernels/fused.py's _LSTMFunction, _GRUFunction and _SimpleFunction (same
 // buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and
 // with the element-wise gate math of a step in one pass per batch row; the LSTM's backward loop
-// also sums the weight gradients over all steps (add_weight_grads). Everything else (input
-// projection, the other cells' weight gradients, autograd) stays in Python. Built on first use by
+// also sums the weight gradients over all steps (brgemm_weight_grads, add_weight_grads).
+// Everything else (input projection, autograd) stays in Python. Built on first use by
 // rnnkit/kernels/cpu_ext.py.
-// Also here: the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout) and a fast
-// 2-D transpose (the vendor backend's weights, rnnkit/kernels/vendor.py).
+// Also here: the weight-gradient product [a_1 | a_2]^T b of the other cells (weight_grads, for
+// fused.py's _tn), the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout) and a
+// fast 2-D transpose (the vendor backend's weights, rnnkit/kernels/vendor.py).
 //
 // Layout (all contiguous): LSTM G (T, B, 4u) gate columns in Keras' order i, f, c, o (the Python
 // loops permute them to o, i, f, c; these loops need no permutation): pre-activations in,
