@@ -548,8 +548,11 @@ class _LSTMFunction(torch.autograd.Function):
         mul3 = G.new_empty(B, 3, u)
         tmp = torch.empty_like(dh) if rd is not None else None
         if ln:
-            DY = torch.empty_like(TC)
             dg_h = G.new_zeros(G4)
+            if ext is None:  # the cell LayerNorm's output gradients, for its gamma/beta ones
+                DY = torch.empty_like(TC)
+            else:  # the compiled loops sum those per row
+                dg_c, db_c = G.new_zeros(u), G.new_zeros(u)
         db = None  # the input bias gradient, summed by the compiled loops when they run
         h_in = Hin if rd is not None else H[:-1]  # (T, B, u)
         x2 = ctx.proj[0] if ctx.proj is not None else None
@@ -562,7 +565,8 @@ class _LSTMFunction(torch.autograd.Function):
             ext.lstm_backward(
                 G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
-                *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h) if ln else (None,) * 10),
+                *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h) if ln
+                  else (None,) * 11),
                 db, P, x2, h_in, DWU,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
@@ -625,10 +629,9 @@ class _LSTMFunction(torch.autograd.Function):
             dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
         if ctx.proj is not None and ctx.proj[2] and db is None:
             db = G.view(T * B, G4).sum(0)
-        dg_c = db_c = None
         if not ln:
-            dg_h = None
-        else:
+            dg_h = dg_c = db_c = None
+        elif ext is None:
             # the cell LayerNorm's gamma/beta gradients over all steps at once (one pass)
             N = T * B
             _, dg_c, db_c = _layer_norm_backward(

@@ -892,8 +892,7 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 // with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
 // dc the gradients of h_0 and c_0; db (without layer norm) accumulates the column sums of the
 // gate gradients, the bias gradient, while they are in cache; dg_h accumulates the gates'
-// LayerNorm gamma gradient and DY receives the gradients of the cell LayerNorm's output (Python
-// turns them into its gamma/beta gradients over all steps at once).
+// LayerNorm gamma gradient, dg_c and db_c the cell LayerNorm's gamma and beta gradients.
 template <typename T>
 void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                         const at::Tensor& C, const std::optional<at::Tensor>& CN,
@@ -906,7 +905,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& MU_c,
                         const std::optional<at::Tensor>& RS_c,
                         const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
-                        const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& DY,
+                        const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& dg_c,
+                        const std::optional<at::Tensor>& db_c,
                         const std::optional<at::Tensor>& dg_h,
                         const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                         const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
@@ -956,18 +956,21 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
   ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
+  // per thread, with layer norm: the cell LayerNorm's gamma and beta gradients (u each)
+  ThreadRows<T> dgc_rows(ln ? 2 * u : 0);
   int64_t pending = steps;  // steps [t + 1, pending) are not in DWU yet
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
     const T* dh_p = dh.data_ptr<T>();
-    T* dpc_t = ln ? DY->data_ptr<T>() + t * B * u : dpc_all;  // d c' through the output
+    T* dpc_t = dpc_all;  // d c' through the output (layer norm: of LN(c'))
     const T* c_prev = c_all + t * B * u;
     const T* craw_t = (CN.has_value() ? CN->data_ptr<T>() + t * B * u : c_all + (t + 1) * B * u);
     T* m_t = ln ? M->data_ptr<T>() + t * B * G4 : nullptr;
     // The gate gradients of row b for units [j0, j1) (layer norm: whole rows only); y, tmp:
-    // scratch rows of 4u; dgh: this thread's share of the gates' LayerNorm gamma gradient.
-    auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* y, T* tmp, T* dgh) {
+    // scratch rows of 4u; dgh, dgc: this thread's share of the gates' LayerNorm gamma gradient
+    // and of the cell LayerNorm's gamma and beta gradients.
+    auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* y, T* tmp, T* dgh, T* dgc) {
       const int64_t n = j1 - j0;
       T* g = g_t + b * G4;
       const T* tc = tc_t + b * u;
@@ -985,8 +988,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       }
       mul_deriv(act, tc + j0, xc + j0, d + j0, n);
       if (ln) {  // through the cell LayerNorm
-        row_layer_norm_backward(d, c_raw, gc, mu_c[t * B + b], rs_c[t * B + b], u, tmp,
-                                static_cast<T*>(nullptr));
+        row_layer_norm_backward(d, c_raw, gc, mu_c[t * B + b], rs_c[t * B + b], u, tmp, dgc);
+        for (int64_t j = 0; j < u; ++j) dgc[u + j] += d[j];
         for (int64_t j = 0; j < u; ++j) dcb[j] += tmp[j];
       } else {
         for (int64_t j = j0; j < j1; ++j) dcb[j] += d[j];
@@ -1032,7 +1035,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       T* y = y_rows.mine();
       T* tmp = ln || needs_input(act) ? tmp_rows.mine() : nullptr;
       T* dgh = ln ? dgh_rows.mine() : nullptr;
-      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh);
+      T* dgc = ln ? dgc_rows.mine() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh, dgc);
     });
     const at::Tensor src = ln ? (*M)[t] : G[t];  // the gradients entering h_in U
     previous_h_grad<T>(src, WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
@@ -1055,7 +1059,17 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     }
     std::swap(dh, dh2);
   }
-  if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
+  if (ln) {
+    dgh_rows.sum_into(dg_h->data_ptr<T>());
+    std::vector<T> gb(2 * u, T(0));  // [dg_c | db_c]
+    dgc_rows.sum_into(gb.data());
+    T* dgc_p = dg_c->data_ptr<T>();
+    T* dbc_p = db_c->data_ptr<T>();
+    for (int64_t j = 0; j < u; ++j) {
+      dgc_p[j] += gb[j];
+      dbc_p[j] += gb[u + j];
+    }
+  }
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
 }
 
@@ -1068,12 +1082,21 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
                    const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                    const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
-                   const std::optional<at::Tensor>& DY, const std::optional<at::Tensor>& dg_h,
+                   const std::optional<at::Tensor>& dg_c, const std::optional<at::Tensor>& db_c,
+                   const std::optional<at::Tensor>& dg_h,
                    const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                    const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
                    const std::optional<at::Tensor>& DWU) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
   check_lstm_pre_activations(P, G, true, act, ract);
+  if (g_h.has_value()) {  // layer norm: the LayerNorms' gradient accumulators
+    const int64_t u = G.size(2) / 4;
+    TORCH_CHECK(dg_h.has_value() && dg_c.has_value() && db_c.has_value() &&
+                    dg_h->is_contiguous() && dg_h->numel() == 4 * u &&
+                    dg_c->is_contiguous() && dg_c->numel() == u && db_c->is_contiguous() &&
+                    db_c->numel() == u,
+                "rnnkit fused_cpu: layer norm needs contiguous dg_h (4u), dg_c and db_c (u)");
+  }
   if (DWU.has_value()) {  // the weight gradients, summed here (add_weight_grads)
     const int64_t TB = G.size(0) * G.size(1), u = G.size(2) / 4;
     const int64_t I = XS.has_value() ? XS->size(1) : 0;
@@ -1089,7 +1112,7 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
-                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, DY, dg_h, db, P, XS,
+                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h, db, P, XS,
                                  HS, DWU);
   });
 }
@@ -1875,7 +1898,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "lstm_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor C, Tensor? CN, "
       "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
-      "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? DY, "
+      "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? dg_c, "
+      "Tensor(k!)? db_c, "
       "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P, Tensor? XS, Tensor? HS, Tensor(h!)? DWU) "
       "-> ()");
   m.def(
