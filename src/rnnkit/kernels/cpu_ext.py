@@ -157,8 +157,10 @@ def has_brgemm(ops) -> bool:
 def weight_grads_max_cols(ops) -> int:
     """The widest ``b`` (columns) for which ``ops.weight_grads`` (brgemm) sums ``a^T b`` faster
     than oneDNN's linear of transposed chunks (0 without brgemm)."""
+    if not has_brgemm(ops):
+        return 0
     if "grad_cols" not in _state:
-        _state["grad_cols"] = int(ops.weight_grads_max_cols()) if has_brgemm(ops) else 0
+        _state["grad_cols"] = int(ops.weight_grads_max_cols())
     return int(_state["grad_cols"])
 
 

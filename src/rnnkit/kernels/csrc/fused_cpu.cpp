@@ -758,7 +758,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   T* rs_c = keep_stats ? RS_c->data_ptr<T>() : nullptr;
   const bool brg = use_brgemm<T>(onednn);
   // brgemm's product h_in U, rows padded by a cache line: written into the gate rows themselves
-  // (add, 4 KB apart at u = 256) it took ~10% longer (paired, 32 x 100, 256 units, 1 thread:
+  // (add, 4 KB apart at u = 256) it took ~7% longer (paired, 32 x 100, 256 units, 1 thread:
   // inference 1.07x, training 1.03x; 20 x 35, 200 units: inference 1.08x)
   const int64_t ld_r = G4 + kRowPad;
   std::vector<T> r_scratch(brg ? B * ld_r : 0);
@@ -914,7 +914,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const T* p_all = ptr<T>(P);
   const bool p_full = lstm_pre_width(act, ract, u) == G4;  // else the candidate's columns
-  // the weight gradients [dW; dU] (K = I + u, 4u), accumulated from transposed chunks of rows
+  // the weight gradients [dW; dU] (K = I + u, 4u), accumulated chunk by chunk of rows
   const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
   const bool brg = use_brgemm<T>(onednn);
   const bool brg_grads = brg && G4 <= kBrgemmGradMaxCols;  // the weight gradients by brgemm
@@ -963,7 +963,6 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     T* g_t = g_all + t * B * G4;
     const T* tc_t = tc_all + t * B * u;
     const T* dh_p = dh.data_ptr<T>();
-    T* dpc_t = dpc_all;  // d c' through the output (layer norm: of LN(c'))
     const T* c_prev = c_all + t * B * u;
     const T* craw_t = (CN.has_value() ? CN->data_ptr<T>() + t * B * u : c_all + (t + 1) * B * u);
     T* m_t = ln ? M->data_ptr<T>() + t * B * G4 : nullptr;
@@ -977,7 +976,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       T* dhn = dhn_all + b * u;
       T* dcb = dc_p + b * u;
       weight_grad(dh_p + b * u + j0, wa, t, b, n, dhn + j0, j0);
-      T* d = dpc_t + b * u;
+      T* d = dpc_all + b * u;  // d c' through the output (layer norm: of LN(c'))
       for (int64_t j = j0; j < j1; ++j) d[j] = dhn[j] * g[3 * u + j];  // times o
       const T* c_raw = craw_t + b * u;
       const T* xc = c_raw;  // the cell activation's input: c', or LN(c') recomputed into tmp
