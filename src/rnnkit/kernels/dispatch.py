@@ -44,13 +44,16 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # threads: SimpleRNN 2.09x / 1.99x at 32x100 128->256, 1.75x / 1.61x at 20x20 200->200; GRU
 # 2.14x / 2.07x and 1.93x / 1.86x; SimpleRNN's Python loops alone 1.46x and 0.98x with 1 thread).
 # The LSTM depends on what is measured. Inference stays on torch's oneDNN kernel (the fused LSTM:
-# 0.87-0.88x of it). Training, paired call by call against torch.nn.LSTM (the vendor backend
-# 0.97-1.00x of it throughout), 32x100 128->256 / 64x400 128->64:
+# 0.89-0.93x of it with 1 thread, 0.72-0.80x with 2). Training, paired call by call against
+# torch.nn.LSTM (the vendor backend 0.97-1.00x of it throughout), 32x100 128->256 / 64x400
+# 128->64:
 # - glibc's default allocator (any script that does not call rnnkit.allocator.tune()): torch's
 #   kernel page-faults its large workspace in again on every step; the fused LSTM 1.33x / 1.97x
 #   with 1 thread, 1.40x / 1.62x with 2;
 # - tuned: 1.01x / 1.17x with 1 thread, but 0.95x / 0.84x with 2 (torch's kernel gains more
-#   from the second core, most at 64 units).
+#   from the second core, most at 64 units); after the padded product rows and the brgemm
+#   weight gradients, 32x100: 1.07x with 1 thread, 0.96-1.01x with 2 (where torch's kernel
+#   through rnnkit reads 0.96-0.98x: no clear winner, the rule stays).
 # So training goes fused first with 1 thread, and with 2 while the allocator is untuned; with more
 # threads (not measured here) it stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
