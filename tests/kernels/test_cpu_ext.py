@@ -150,6 +150,37 @@ def test_weight_gradients_from_transposed_chunks(case, threads, batch, monkeypat
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["plain", "linear+no_bias", "go_backwards+mask", "zoneout_eval"])
+def test_input_projection_in_the_loop_chunk_by_chunk(case, threads, monkeypatch):
+    # With brgemm the float32 LSTM loop projects its input itself, ~128 rows of whole steps at
+    # a time (batch 37: chunks of 3, 3 and 1 steps), each thread the columns of its own units (40
+    # units: 32 + 8 with 2 threads), the bias added in the gate pass; training and inference
+    ops = cpu_ext.ops()
+    if ops is None or not cpu_ext.has_brgemm(ops):
+        pytest.skip("the input projection runs in the loop only with brgemm")
+    spec_kw, kw = CASES[case]
+    batch = 37
+    kw = {**kw, "mask": _left_rows(batch)} if "mask" in kw else kw
+    spec = _spec("lstm", 40, **spec_kw)
+    w = _weights(spec, torch.float32)
+    x = torch.randn(batch, T, I, generator=torch.Generator().manual_seed(4))
+    state = (torch.zeros(batch, 40), torch.ones(batch, 40))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_against_python_loops(
+            "lstm", case, torch.float32, 40, monkeypatch, batch=batch, tame=True
+        )
+        with torch.no_grad():  # inference (the loop keeps one step's buffers)
+            python = fused.run(spec, w, x, state, **kw)  # (the switch is off since the check)
+            monkeypatch.delenv(cpu_ext.ENV_SWITCH)
+            compiled = fused.run(spec, w, x, state, **kw)
+        torch.testing.assert_close(compiled, python, rtol=1e-4, atol=2e-5)
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("case", ["plain", "layer_norm"])
 def test_wide_weight_gradients_from_transposed_chunks(case, monkeypatch):
     # above 1536 gate columns (4u) the LSTM's weight gradients come from oneDNN's linear of
@@ -158,6 +189,10 @@ def test_wide_weight_gradients_from_transposed_chunks(case, monkeypatch):
     _check_against_python_loops(
         "lstm", case, torch.float32, 400, monkeypatch, batch=100, atol=5e-5, tame=True
     )
+
+
+def _left_rows(batch):
+    return LEFT.repeat((batch + LEFT.shape[0] - 1) // LEFT.shape[0], 1)[:batch]
 
 
 def _check_against_python_loops(
@@ -172,6 +207,8 @@ def _check_against_python_loops(
         "zo": (torch.rand(batch, T, units, generator=g) > 0.5).to(dtype),
     }
     kw = {k: masks.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
+    if "mask" in kw:  # LEFT's rows again for a larger batch
+        kw["mask"] = _left_rows(batch)
     w = _weights(spec, dtype)
     # unbounded activations (gates, too) at the default scale give gradients of 100s, where
     # float32 rounding alone exceeds the tolerance: a tamer problem

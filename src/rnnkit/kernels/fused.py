@@ -435,7 +435,15 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid, x2=None, W=None, b_in=None):
-        if xw is None:
+        ext = cfg.ext
+        loop_proj = ()  # (x2, W gate-blocked, b_in): the compiled loop projects the input itself
+        if xw is None and ext is not None and x2.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
+            # chunk by chunk, just before the steps read it: no pass over a (T, B, 4u) buffer
+            # in memory between the projection and the loop (see csrc/fused_cpu.cpp)
+            xw = x2.new_empty(x2.shape[0] // h0.shape[0], h0.shape[0], U.shape[1])
+            b = None if b_in is None else b_in.contiguous()
+            loop_proj = (x2.contiguous(), _step_weight(ext, W, h0.shape[0], gate_blocks=4)[0], b)
+        elif xw is None:
             with torch.no_grad():
                 xw = _linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
         ctx.proj = (x2, W, b_in is not None) if x2 is not None and cfg.save else None
@@ -458,7 +466,6 @@ class _LSTMFunction(torch.autograd.Function):
             P = xw.new_empty(T, B, u if cfg.ext is not None and not ract.needs_input else G4)
         Hin = xw.new_empty(n, B, u) if rd is not None else None
         hbuf = xw.new_empty(B, u) if cfg.mode != "none" else None
-        ext = cfg.ext
         mU = _Right(U, B) if ext is None else None
         if ln:
             M = xw.new_empty(n, B, G4)  # h_in U before its LayerNorm
@@ -473,7 +480,7 @@ class _LSTMFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
-                g_h, g_c, b_c, P, _EPS,
+                g_h, g_c, b_c, P, _EPS, *loop_proj,
             )  # fmt: skip
         for t in range(T if ext is None else 0):
             s = t if save else 0

@@ -5,7 +5,8 @@
 // buffers, same layout, same numbers up to float rounding), without Python's per-op overhead and
 // with the element-wise gate math of a step in one pass per batch row; the LSTM's backward loop
 // also sums the weight gradients over all steps (brgemm_weight_grads, add_weight_grads).
-// Everything else (input projection, autograd) stays in Python. Built on first use by
+// The float32 LSTM loop with brgemm also computes its input projection, a chunk of steps at
+// a time; everything else (the other cells' projection, autograd) stays in Python. Built on first use by
 // rnnkit/kernels/cpu_ext.py.
 // Also here: the weight-gradient product [a_1 | a_2]^T b of the other cells (weight_grads, for
 // fused.py's _tn), the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout) and a
@@ -275,7 +276,9 @@ constexpr int64_t kBrgemmBlock = 256;  // columns per kernel call (measured best
 constexpr int64_t kRowPad = 16;  // floats of padding per row of a product scratch (a cache line)
 // rows per chunk of the weight gradients' sum: oneDNN's linear of transposed chunks, brgemm
 constexpr int64_t kWeightGradRows = 512;
-constexpr int64_t kBrgemmGradRows = 128;  // (measured, 32 x 100, 256 units: 128 < 256 < 512)
+constexpr int64_t kBrgemmGradRows = 128;
+// rows of whole steps per chunk of the LSTM forward loop's input projection
+constexpr int64_t kProjectionRows = 128;  // (measured, 32 x 100, 256 units: 128 < 256 < 512)
 // brgemm sums the LSTM's weight gradients up to this many gate columns (4u), oneDNN's linear
 // above (paired, training, brgemm vs linear: 4u = 256 / 800 / 1024 / 1280 / 1536: 1.05 / 1.07 /
 // 1.03 / 1.04 / 1.02x; 2048 / 2600: 0.95 / 0.94x)
@@ -732,10 +735,21 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
                        const std::optional<at::Tensor>& MU_c, const std::optional<at::Tensor>& RS_c,
                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& g_c,
                        const std::optional<at::Tensor>& b_c, const std::optional<at::Tensor>& P,
-                       double eps) {
+                       double eps, const std::optional<at::Tensor>& XS,
+                       const std::optional<at::Tensor>& W_in,
+                       const std::optional<at::Tensor>& b_in) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const bool ln = g_h.has_value();
   const bool masked = valid.has_value();
+  // The input projection computed here (XS given; G comes uninitialised): x W for a chunk of
+  // steps at a time, each thread its own units' columns, just before the steps read them, so
+  // that the gate pass finds them in cache rather than in memory (written by a projection of
+  // all steps beforehand, (T, B, 4u) is 13 MB at 32 x 100, 256 units); the bias is added in the
+  // gate pass.
+  const bool project = XS.has_value();
+  const int64_t I = project ? XS->size(1) : 0;
+  const int64_t proj_steps = std::max<int64_t>(1, kProjectionRows / B);
+  const T* bin = project && b_in.has_value() ? b_in->data_ptr<T>() : nullptr;
   T* g_all = G.data_ptr<T>();
   T* p_all = save ? ptr<T>(P) : nullptr;  // the gates' pre-activations (SiLU, GELU)
   const int64_t p_width = lstm_pre_width(act, ract, u);
@@ -787,6 +801,10 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
           rs_h[t * B + b] = rs;
         }
         for (int64_t k = 0; k < G4; ++k) g[k] += (mm[k] - mu) * rs * gh[k];
+      } else if (bin != nullptr) {
+        for (int64_t k = 0; k < 4; ++k) {
+          for (int64_t j = j0; j < j1; ++j) g[k * u + j] += mm[k * u + j] + bin[k * u + j];
+        }
       } else {
         for (int64_t k = 0; k < 4; ++k) {
           for (int64_t j = j0; j < j1; ++j) g[k * u + j] += mm[k * u + j];
@@ -852,6 +870,14 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
     const T* x_p = hin.data_ptr<T>();
     for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
       if constexpr (std::is_same_v<T, float>) {
+        if (project && t % proj_steps == 0) {  // x W for these columns of the next steps
+          const int64_t rows = std::min(proj_steps, steps - t) * B;
+          for (int64_t k = 0; k < 4; ++k) {
+            brgemm_block(rows, j1 - j0, I, XS->data_ptr<float>() + t * B * I, I,
+                         W_in->data_ptr<float>() + k * I * u + j0, u, g_t + k * u + j0, G4,
+                         /*add=*/false);
+          }
+        }
         if (brg) {  // (h_in U)[:, k u + j] for the 4 gates, j in [j0, j1), into the scratch
           for (int64_t k = 0; k < 4; ++k) {
             brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * u * u + j0, u,
@@ -875,16 +901,31 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                   const std::optional<at::Tensor>& RS_h, const std::optional<at::Tensor>& MU_c,
                   const std::optional<at::Tensor>& RS_c, const std::optional<at::Tensor>& g_h,
                   const std::optional<at::Tensor>& g_c, const std::optional<at::Tensor>& b_c,
-                  const std::optional<at::Tensor>& P, double eps) {
+                  const std::optional<at::Tensor>& P, double eps,
+                  const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& W_in,
+                  const std::optional<at::Tensor>& b_in) {
   for (const auto* x : {&G, &H, &C, &TC}) check_contiguous(*x, "G/H/C/TC");
   check_lstm_pre_activations(P, G, save, act, ract);
   TORCH_CHECK(!g_h.has_value() || (g_c.has_value() && b_c.has_value()),
               "rnnkit fused_cpu: a layer-norm LSTM needs g_h, g_c and b_c");
+  if (XS.has_value()) {  // the input projection in the loop: brgemm, float32, no layer norm
+    const int64_t TB = G.size(0) * G.size(1), u = G.size(2) / 4, I = XS->size(1);
+    TORCH_CHECK(use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat && !g_h.has_value(),
+                "rnnkit fused_cpu: the LSTM loop's input projection needs brgemm, float32 and "
+                "no layer norm");
+    TORCH_CHECK(W_in.has_value() && XS->is_contiguous() && W_in->is_contiguous() &&
+                    XS->dim() == 2 && XS->size(0) == TB &&
+                    W_in->sizes() == at::IntArrayRef({4, I, u}) &&
+                    (!b_in.has_value() || (b_in->is_contiguous() && b_in->numel() == 4 * u)),
+                "rnnkit fused_cpu: the input projection takes XS (T B, I), W_in (4, I, u) and "
+                "b_in (4u), contiguous");
+  }
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_forward", [&] {
     lstm_forward_impl<scalar_t>(G, W, onednn, H, C, CN, TC, Hin, rd, a, valid, act, ract, mode,
-                                save, M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, P, eps);
+                                save, M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, P, eps, XS, W_in,
+                                b_in);
   });
 }
 
@@ -1892,7 +1933,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor(d!)? CN, Tensor(e!) TC, Tensor(f!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, "
       "int act, int ract, int mode, bool save, Tensor(g!)? M, Tensor(h!)? MU_h, "
       "Tensor(i!)? RS_h, Tensor(j!)? MU_c, Tensor(k!)? RS_c, Tensor? g_h, Tensor? g_c, "
-      "Tensor? b_c, Tensor(l!)? P, float eps) -> ()");
+      "Tensor? b_c, Tensor(l!)? P, float eps, Tensor? XS=None, Tensor? W_in=None, "
+      "Tensor? b_in=None) -> ()");
   m.def(
       "lstm_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor C, Tensor? CN, "
       "Tensor TC, Tensor dY, Tensor(b!) dh, Tensor(c!) dc, Tensor? rd, Tensor? a, "
