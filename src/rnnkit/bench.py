@@ -34,6 +34,8 @@ from torch import nn
 
 from rnnkit import allocator
 from rnnkit.layers import GRU, LSTM, Bidirectional, SimpleRNN, lengths_to_mask
+from rnnkit.models import LanguageModel
+from rnnkit.models.presets import resolve_recipe
 
 LAYERS = {"lstm": LSTM, "gru": GRU, "simple": SimpleRNN}
 TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "simple": nn.RNN}
@@ -419,49 +421,53 @@ def _with_ratios(rows: list[Row], resamples: dict[str, list[Row]] | None = None)
 
 
 def lm_training_benchmark(quick: bool, roofline: float, min_run_time: float) -> dict:
-    """Tokens/s of a training step of a PTB-small-shaped LM (embedding -> 2x LSTM -> softmax).
+    """Tokens/s of a training step of a PTB-small LM (embedding -> 2x LSTM -> softmax).
 
-    Two models of identical shapes: rnnkit layers (``backend="auto"``) and plain ``torch.nn``.
-    FLOPs per token counted as 3x the forward matrix products (forward + 2x for backward).
+    Two models of identical shapes: rnnkit's :class:`~rnnkit.models.LanguageModel` as ``rnnkit lm
+    train --preset small`` builds it (no dropout, ``backend="auto"``, its decoder on oneDNN's
+    products) and plain ``torch.nn`` (``nn.Embedding -> nn.LSTM -> nn.Linear``), one SGD step
+    each. FLOPs per token counted as 3x the forward matrix products (forward + 2x for backward).
     """
     vocab, units, layers, batch, steps = (200, 16, 2, 4, 8) if quick else (10000, 200, 2, 20, 20)
 
-    class _LM(nn.Module):
-        def __init__(self, use_torch: bool):
+    class _TorchLM(nn.Module):
+        def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(vocab, units)
-            if use_torch:
-                self.rnn = nn.LSTM(units, units, layers, batch_first=True)
-            else:
-                self.rnn = nn.ModuleList(
-                    LSTM(units, return_sequences=True, input_size=units) for _ in range(layers)
-                )
+            self.rnn = nn.LSTM(units, units, layers, batch_first=True)
             self.out = nn.Linear(units, vocab)
 
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            h = self.embed(ids)
-            if isinstance(self.rnn, nn.LSTM):
-                h = self.rnn(h)[0]
-            else:
-                for layer in self.rnn:
-                    h = layer(h)
-            return self.out(h)
+        def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            logits = self.out(self.rnn(self.embed(ids))[0])
+            return nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+
+    def rnnkit_lm() -> nn.Module:
+        options = {**resolve_recipe("small").model, "embedding_dim": units}
+        options.update(num_lstm_units=units, num_lstm_layers=layers)
+        model = LanguageModel(vocab, **options)
+        return _Loss(model)
+
+    class _Loss(nn.Module):  # (ids, targets) -> the LM's mean loss
+        def __init__(self, lm: nn.Module):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return self.lm(ids, targets)[1]
 
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, steps + 1), generator=generator)
+    ids = torch.randint(1, vocab, (batch, steps + 1), generator=generator)  # (0: padding)
     flops_per_token = 3 * 2 * (layers * (units + units) * 4 * units + units * vocab)
     result = {
         "shape": {"vocab": vocab, "units": units, "layers": layers, "batch": batch, "steps": steps}
     }
-    for name, use_torch in (("rnnkit", False), ("torch.nn", True)):
-        model = _LM(use_torch)
+    for name, make in (("rnnkit", rnnkit_lm), ("torch.nn", _TorchLM)):
+        model = make()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
         def step(model=model, optimizer=optimizer) -> None:
             optimizer.zero_grad(set_to_none=True)
-            logits = model(ids[:, :-1])
-            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
-            loss.backward()
+            model(ids[:, :-1], ids[:, 1:]).backward()
             optimizer.step()
 
         seconds = median_seconds(step, min_run_time)

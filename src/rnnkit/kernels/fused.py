@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels import cpu_ext
 from rnnkit.kernels.activations import ACTIVATIONS
+from rnnkit.kernels.products import ONEDNN_LINEAR, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
@@ -50,35 +51,12 @@ _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
 
 # ----------------------------------------------------------------------------- matrix products
-# On x86 CPUs PyTorch's float32 matmul goes to MKL, which on some CPUs (AMD EPYC here) is ~2x
-# slower than oneDNN's JIT GEMM that torch.nn.LSTM uses; oneDNN is reachable through the
-# (inductor) op mkldnn._linear_pointwise. Exact float32 (no reduced-precision math mode); float64
-# and other devices use torch.mm.
-def _find_onednn_linear():
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return None
-        op = torch.ops.mkldnn._linear_pointwise
-        x, w = torch.randn(3, 4), torch.randn(5, 4)
-        torch.testing.assert_close(op(x, w, None, "none", [], ""), x @ w.t())
-        return op
-    except Exception:  # noqa: BLE001 - any failure means: not available, use torch.mm
-        return None
-
-
-_ONEDNN_LINEAR = _find_onednn_linear()
-
-
-def _onednn(t: torch.Tensor) -> bool:
-    return _ONEDNN_LINEAR is not None and t.dtype == torch.float32 and t.device.type == "cpu"
-
-
 class _Right:
     """Right-multiplication by a fixed matrix ``mat (K, N)``: ``x @ mat`` for many small ``x``."""
 
     def __init__(self, mat: torch.Tensor, batch: int):
         self.mat = mat
-        self.fast = _onednn(mat)
+        self.fast = onednn(mat)
         if self.fast:
             w = mat.t().contiguous()  # (N, K), torch.nn.Linear layout
             try:
@@ -89,7 +67,7 @@ class _Right:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
-            return _ONEDNN_LINEAR(x, self.w, None, "none", [], "")
+            return ONEDNN_LINEAR(x, self.w, None, "none", [], "")
         return x @ self.mat
 
     def acc_(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -105,25 +83,6 @@ class _Right:
     def mm(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = x @ mat``."""
         return out.copy_(self(x)) if self.fast else torch.mm(x, self.mat, out=out)
-
-
-class _Linear(torch.autograd.Function):
-    """``x @ w + b`` with oneDNN products (used for the input projection of all steps)."""
-
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
-        return _ONEDNN_LINEAR(x, w.t().contiguous(), b, "none", [], "")
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        dx = _nt(dy, w) if ctx.needs_input_grad[0] else None
-        dw = _tn(x, b=dy) if ctx.needs_input_grad[1] else None
-        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db
 
 
 def _step_weight(
@@ -146,65 +105,6 @@ def _step_weight(
         return mat.contiguous(), False
     right = _Right(mat, batch)
     return (right.w, True) if right.fast else (right.mat, False)
-
-
-def _nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous."""
-    if _onednn(a) and _onednn(b):
-        return _ONEDNN_LINEAR(a, b.contiguous(), None, "none", [], "")
-    return a @ b.t()
-
-
-_TN_ROWS = 512  # rows per chunk of the products below: small temporaries
-
-
-def _tn(*lefts: torch.Tensor, b: torch.Tensor):
-    """``a^T @ b`` for each tall ``a (N, K_a)`` of ``lefts`` and ``b (N, K2)``: the weight
-    gradients over all steps (one result per left operand; a single one for a single left).
-
-    Where the compiled loops are built with brgemm and ``b`` has at most
-    ``cpu_ext.weight_grads_max_cols`` columns, their ``weight_grads`` op computes it: the left
-    operands transposed in chunks of ~128 rows, ``b``'s rows read as they are, the sum
-    accumulated in place (paired vs the oneDNN path below, training steps at the bench shape:
-    GRU 1.04x / 1.07x with 1 / 2 threads, SimpleRNN 1.11x / 1.19x, the layer-norm LSTM's input
-    projection 1.03x / 1.04x).
-
-    Otherwise oneDNN's linear computes ``x @ w^T``; it is fed ``x`` = the left operands' chunk
-    transposed into one small ``(sum K_a, rows)`` buffer and ``w = b^T`` as a transposed *view*,
-    which oneDNN reorders itself much faster than a ``.contiguous()`` copy (measured, (3200, 256)
-    x (3200, 1024), 1 thread: 9-10 ms against 16-20 ms with both copied, 17 ms for MKL's
-    ``a.t() @ b`` on this AMD CPU). Stacking the left operands lets each chunk of ``b`` (the gate
-    gradients, the largest operand) be reordered once for all of them. Chunks of ``_TN_ROWS``
-    rows keep the temporaries small; the partial products are summed.
-    """
-    if not (all(_onednn(a) for a in lefts) and _onednn(b)):
-        out = [a.t() @ b for a in lefts]
-        return out[0] if len(lefts) == 1 else tuple(out)
-    ext = cpu_ext.ops()
-    if ext is not None and b.shape[1] <= cpu_ext.weight_grads_max_cols(ext):
-        both = ext.weight_grads([a.contiguous() for a in lefts], b.contiguous())
-        out = both.split([a.shape[1] for a in lefts])
-        return out[0] if len(lefts) == 1 else out
-    # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride
-    # (a column block of the gate buffer) sends oneDNN to a reference path, measured ~1000x slower
-    b = b.contiguous()
-    widths = [a.shape[1] for a in lefts]
-    both = None
-    for s in range(0, b.shape[0], _TN_ROWS):
-        rows = min(_TN_ROWS, b.shape[0] - s)
-        x = b.new_empty(sum(widths), rows)
-        for part, a in zip(x.split(widths), lefts, strict=True):
-            part.copy_(a[s : s + rows].t())
-        prod = _ONEDNN_LINEAR(x, b[s : s + rows].t(), None, "none", [], "")
-        both = prod if both is None else both.add_(prod)
-    out = both.split(widths)
-    return out[0] if len(lefts) == 1 else out
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    if _onednn(x) and _onednn(w):
-        return _Linear.apply(x, w, b)
-    return x @ w if b is None else torch.addmm(b, x, w)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -430,7 +330,7 @@ class _LSTMFunction(torch.autograd.Function):
 
     The input projection comes either as ``xw`` (computed under autograd: the layer-norm form)
     or as ``x2, W, b_in`` with ``xw = None``; it is then computed here and the backward pass
-    computes its gradients together with the recurrent ones (one :func:`_tn`).
+    computes its gradients together with the recurrent ones (one product).
     """
 
     @staticmethod
@@ -445,7 +345,7 @@ class _LSTMFunction(torch.autograd.Function):
             loop_proj = (x2.contiguous(), _step_weight(ext, W, h0.shape[0], gate_blocks=4)[0], b)
         elif xw is None:
             with torch.no_grad():
-                xw = _linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
+                xw = keras_linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
         ctx.proj = (x2, W, b_in is not None) if x2 is not None and cfg.save else None
         T, B, G4 = xw.shape
         u = G4 // 4
@@ -631,7 +531,7 @@ class _LSTMFunction(torch.autograd.Function):
             dh, dh2 = dh2, dh
         if ext is None:  # from the (T B, K) rows
             h_rows, g_rows = h_in.reshape(T * B, u), (M if ln else G).view(T * B, G4)
-            dW, dU = (None, _tn(h_rows, b=g_rows)) if x2 is None else _tn(x2, h_rows, b=g_rows)
+            dW, dU = (None, tn(h_rows, b=g_rows)) if x2 is None else tn(x2, h_rows, b=g_rows)
         else:
             dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
         if ctx.proj is not None and ctx.proj[2] and db is None:
@@ -653,7 +553,7 @@ class _LSTMFunction(torch.autograd.Function):
             )
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
-        dx2 = _nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
+        dx2 = nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
         return None, None, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, dx2, dW, db
 
 
@@ -742,7 +642,7 @@ class _GRUFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P, dg_h,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
-            dU = _tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
+            dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
             db_rec = R.sum((0, 1)) if b_rec is not None else None
             return None, G, dU, dh, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
@@ -787,7 +687,7 @@ class _GRUFunction(torch.autograd.Function):
         dR = D[..., u:]
         src_all = DM if ln else dR
         h_in = Hin if rd is not None else H[:-1]
-        dU = _tn(h_in.reshape(T * B, u), b=src_all.reshape(T * B, G3))
+        dU = tn(h_in.reshape(T * B, u), b=src_all.reshape(T * B, G3))
         db_rec = dR.sum((0, 1)) if b_rec is not None else None
         dg_h = ((M - MU).mul_(RS).mul_(dR)).sum((0, 1)) if ln else None
         return None, D[..., :G3], dU, dh, db_rec, dg_h, None, None, None
@@ -891,8 +791,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             )  # fmt: skip
             dU = torch.cat(
                 [
-                    _tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
-                    _tn(RH.reshape(T * B, u), b=DMh.view(T * B, u)),
+                    tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
+                    tn(RH.reshape(T * B, u), b=DMh.view(T * B, u)),
                 ],
                 dim=1,
             )
@@ -965,8 +865,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
         h_all = (DMh if ln else G[..., :u]).reshape(T * B, u)
         dU = torch.cat(
             [
-                _tn(h_in.reshape(T * B, u), b=zr_all),
-                _tn(RH.reshape(T * B, u), b=h_all),
+                tn(h_in.reshape(T * B, u), b=zr_all),
+                tn(RH.reshape(T * B, u), b=h_all),
             ],
             dim=1,
         )
@@ -1051,7 +951,7 @@ class _SimpleFunction(torch.autograd.Function):
                 G, *_step_weight(ext, U.t(), B), H, dY.contiguous(), dh, rd, a,
                 _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P,
             )  # fmt: skip
-            dU = _tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
+            dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
             return None, G, dU, dh, dg_h, None, None, None
         Y = H[1:] if direct else G  # the activations
         if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary
@@ -1090,7 +990,7 @@ class _SimpleFunction(torch.autograd.Function):
                 dh2.addcmul_(Q[t], dh)
             dh, dh2 = dh2, dh
         src_all = DM if ctx.cfg.layer_norm else G
-        dU = _tn(h_in.reshape(T * B, u), b=src_all.view(T * B, u))
+        dU = tn(h_in.reshape(T * B, u), b=src_all.view(T * B, u))
         dg_h = ((M - MU).mul_(RS).mul_(G)).sum((0, 1)) if ctx.cfg.layer_norm else None
         return None, G, dU, dh, dg_h, None, None, None
 
@@ -1175,13 +1075,13 @@ def run(
             )
         # LN(x W; gamma) + b as one op (b is the LayerNorm's bias)
         xw = F.layer_norm(
-            _linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
+            keras_linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
     elif cell == "lstm":
         xw, proj = None, (x2, W, b_in)
     else:
-        xw = _linear(x2, W, b_in)
+        xw = keras_linear(x2, W, b_in)
     if xw is not None:
         xw = xw.view(T, B, -1)  # (T, B, G*u)
 

@@ -9,8 +9,8 @@
 // a time; everything else (the other cells' projection, autograd) stays in Python. Built on
 // first use by rnnkit/kernels/cpu_ext.py.
 // Also here: the weight-gradient product [a_1 | a_2]^T b of the other cells (weight_grads, for
-// fused.py's _tn), the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout) and a
-// fast 2-D transpose (the vendor backend's weights, rnnkit/kernels/vendor.py).
+// products.py's tn), the counter-based Bernoulli masks of rnnkit/kernels/masks.py (zoneout) and a
+// fast 2-D transpose (the vendor backend's weights, products.py's linear weight gradient).
 //
 // Layout (all contiguous): LSTM G (T, B, 4u) gate columns in Keras' order i, f, c, o (the Python
 // loops permute them to o, i, f, c; these loops need no permutation): pre-activations in,

@@ -1,0 +1,167 @@
+"""Matrix products on the CPU through oneDNN where torch's float32 matmul goes to MKL.
+
+On x86 CPUs PyTorch's float32 ``matmul`` / ``F.linear`` go to MKL, which on some CPUs (AMD EPYC
+here) runs at about half the speed of oneDNN's JIT GEMM, the one ``torch.nn.LSTM`` uses (measured,
+1 thread: (700, 200) x (200, 10000) 32.8 ms through ``F.linear``, 14.9 ms through oneDNN).
+oneDNN is reachable through the (inductor) op ``mkldnn._linear_pointwise``, which computes
+``x @ w^T + b``. Exact float32 (no reduced-precision math mode); float64, other devices and torch
+builds without the op use torch's own products.
+
+- :func:`linear`: ``x @ weight^T + bias`` in ``torch.nn.Linear``'s layout, differentiable (the
+  language model's decoder);
+- :func:`keras_linear`: ``x @ w + b`` for a Keras-layout ``w (K, N)`` (the fused recurrences'
+  input projection);
+- :func:`nt` (``a @ b^T``) and :func:`tn` (``a^T @ b``, the weight gradients over all steps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from rnnkit.kernels import cpu_ext
+
+
+def _find_onednn_linear():
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.randn(3, 4), torch.randn(5, 4)
+        torch.testing.assert_close(op(x, w, None, "none", [], ""), x @ w.t())
+        return op
+    except Exception:  # noqa: BLE001 - any failure means: not available, use torch.mm
+        return None
+
+
+ONEDNN_LINEAR = _find_onednn_linear()
+
+
+def onednn(t: torch.Tensor) -> bool:
+    """Whether ``t``'s products can go to oneDNN (float32 on the CPU, the op available)."""
+    return ONEDNN_LINEAR is not None and t.dtype == torch.float32 and t.device.type == "cpu"
+
+
+def nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous."""
+    if onednn(a) and onednn(b):
+        return ONEDNN_LINEAR(a, b.contiguous(), None, "none", [], "")
+    return a @ b.t()
+
+
+TN_ROWS = 512  # rows per chunk of the products below: small temporaries
+
+
+def tn(*lefts: torch.Tensor, b: torch.Tensor):
+    """``a^T @ b`` for each tall ``a (N, K_a)`` of ``lefts`` and ``b (N, K2)``: the weight
+    gradients over all steps (one result per left operand; a single one for a single left).
+
+    Where the compiled loops are built with brgemm and ``b`` has at most
+    ``cpu_ext.weight_grads_max_cols`` columns, their ``weight_grads`` op computes it: the left
+    operands transposed in chunks of ~128 rows, ``b``'s rows read as they are, the sum
+    accumulated in place (paired vs the oneDNN path below, training steps at the bench shape:
+    GRU 1.04x / 1.07x with 1 / 2 threads, SimpleRNN 1.11x / 1.19x, the layer-norm LSTM's input
+    projection 1.03x / 1.04x).
+
+    Otherwise oneDNN's linear computes ``x @ w^T``; it is fed ``x`` = the left operands' chunk
+    transposed into one small ``(sum K_a, rows)`` buffer and ``w = b^T`` as a transposed *view*,
+    which oneDNN reorders itself much faster than a ``.contiguous()`` copy (measured, (3200, 256)
+    x (3200, 1024), 1 thread: 9-10 ms against 16-20 ms with both copied, 17 ms for MKL's
+    ``a.t() @ b`` on this AMD CPU). Stacking the left operands lets each chunk of ``b`` (the gate
+    gradients, the largest operand) be reordered once for all of them. Chunks of ``TN_ROWS``
+    rows keep the temporaries small; the partial products are summed.
+    """
+    if not (all(onednn(a) for a in lefts) and onednn(b)):
+        out = [a.t() @ b for a in lefts]
+        return out[0] if len(lefts) == 1 else tuple(out)
+    ext = cpu_ext.ops()
+    if ext is not None and b.shape[1] <= cpu_ext.weight_grads_max_cols(ext):
+        both = ext.weight_grads([a.contiguous() for a in lefts], b.contiguous())
+        out = both.split([a.shape[1] for a in lefts])
+        return out[0] if len(lefts) == 1 else out
+    # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride
+    # (a column block of the gate buffer) sends oneDNN to a reference path, measured ~1000x slower
+    b = b.contiguous()
+    widths = [a.shape[1] for a in lefts]
+    both = None
+    for s in range(0, b.shape[0], TN_ROWS):
+        rows = min(TN_ROWS, b.shape[0] - s)
+        x = b.new_empty(sum(widths), rows)
+        for part, a in zip(x.split(widths), lefts, strict=True):
+            part.copy_(a[s : s + rows].t())
+        prod = ONEDNN_LINEAR(x, b[s : s + rows].t(), None, "none", [], "")
+        both = prod if both is None else both.add_(prod)
+    out = both.split(widths)
+    return out[0] if len(lefts) == 1 else out
+
+
+class _KerasLinear(torch.autograd.Function):
+    """``x @ w + b`` for ``w (K, N)`` with oneDNN products (the input projection of all steps)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return ONEDNN_LINEAR(x, w.t().contiguous(), b, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = nt(dy, w) if ctx.needs_input_grad[0] else None
+        dw = tn(x, b=dy) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def keras_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x (M, K) @ w (K, N) + b``: oneDNN's products where :func:`onednn`, else torch's."""
+    if onednn(x) and onednn(w):
+        return _KerasLinear.apply(x, w, b)
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+class _Linear(torch.autograd.Function):
+    """``x @ weight^T + bias`` for ``weight (N, K)`` (``torch.nn.Linear``'s layout), oneDNN's
+    products both ways: ``dx = dy @ weight`` from a transposed view of the weight (oneDNN reorders
+    it itself), ``dweight = dy^T x`` by :func:`tn`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = ONEDNN_LINEAR(dy, weight.t(), None, "none", [], "")
+        dw = _weight_grad(dy, x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def _weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``dy^T x`` (N, K) for ``dy (M, N)``, ``x (M, K)``: as ``(x^T dy)^T``, oneDNN fed the small
+    ``x^T`` as a copy and ``dy^T`` as a view, the product transposed back. Measured, (400, 10000)
+    and (400, 200), 1 thread: 10.2 ms, against 15.1 ms for :func:`tn` (its chunks transpose the
+    wide ``dy``), 12.9 ms for oneDNN fed ``dy^T`` as its left operand, 18.7 ms for MKL."""
+    r = ONEDNN_LINEAR(x.t().contiguous(), dy.t(), None, "none", [], "")  # (K, N)
+    ext = cpu_ext.ops()
+    return ext.transpose(r) if ext is not None else r.t().contiguous()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (``x (..., K)``, ``weight (N, K)``), on oneDNN's products
+    where :func:`onednn` applies to both (about 2x faster than MKL on this AMD CPU; the same
+    numbers up to float rounding), else ``F.linear`` itself."""
+    if not (onednn(x) and onednn(weight)) or (bias is not None and not onednn(bias)):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(), bias)
+    return y.view(*lead, weight.shape[0])

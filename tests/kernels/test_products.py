@@ -1,0 +1,70 @@
+"""The CPU matrix products (kernels/products.py): oneDNN's GEMM, the same numbers as torch's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit.kernels import products
+
+
+def test_weight_gradient_products_accept_strided_operands():
+    """tn gets column blocks of the gate buffer (GRU Python loops): same numbers as a.t() @ b."""
+    a = torch.randn(700, 24)
+    buf = torch.randn(700, 4 * 16)
+    for b in (buf[:, 16:], buf[:, :48], buf):  # strided rows, and contiguous
+        torch.testing.assert_close(products.tn(a, b=b), a.t() @ b, rtol=1e-4, atol=1e-4)
+    x, h = torch.randn(700, 8), torch.randn(700, 24)
+    dW, dU = products.tn(x, h, b=buf[:, 16:])
+    torch.testing.assert_close(dW, x.t() @ buf[:, 16:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dU, h.t() @ buf[:, 16:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(700,), (4, 35)])
+def test_linear_equals_f_linear_forward_and_backward(lead, bias, monkeypatch):
+    # torch.nn.Linear's layout (the language model's decoder, weight tied to the embedding)
+    calls = []
+    if products.ONEDNN_LINEAR is not None:  # count oneDNN's products: forward, dx and dw
+        op = products.ONEDNN_LINEAR
+        monkeypatch.setattr(products, "ONEDNN_LINEAR", lambda *a: calls.append(1) or op(*a))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, 24, generator=g, requires_grad=True)
+    w = (torch.randn(300, 24, generator=g) * 0.2).requires_grad_(True)
+    b = torch.randn(300, generator=g, requires_grad=True) if bias else None
+    dy = torch.randn(*lead, 300, generator=g)
+    ins = [x, w] + ([b] if bias else [])
+    y = products.linear(x, w, b)
+    grads = torch.autograd.grad(y, ins, dy)
+    y_ref = F.linear(x, w, b)
+    grads_ref = torch.autograd.grad(y_ref, ins, dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    if products.ONEDNN_LINEAR is not None:
+        assert len(calls) == 3
+
+
+def test_linear_elsewhere_is_f_linear():
+    # float64 (and other devices): torch's own product, bit for bit
+    x = torch.randn(5, 6, dtype=torch.float64)
+    w = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    y = products.linear(x, w, None)
+    assert torch.equal(y, F.linear(x, w))
+    assert type(y.grad_fn).__name__ == type(F.linear(x, w).grad_fn).__name__
+
+
+def test_linear_gradients_are_the_products():
+    # dx = dy w, dw = dy^T x, db = column sums of dy
+    if products.ONEDNN_LINEAR is None:
+        pytest.skip("torch has no oneDNN linear here")
+    x = torch.randn(6, 5, requires_grad=True)
+    w = torch.randn(4, 5, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = products.linear(x, w, b)
+    dy = torch.randn(6, 4)
+    dx, dw, db = torch.autograd.grad(y, [x, w, b], dy)
+    torch.testing.assert_close(dx, dy @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw, dy.t() @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db, dy.sum(0), rtol=1e-5, atol=1e-5)
