@@ -46,6 +46,16 @@ def test_linear_equals_f_linear_forward_and_backward(lead, bias, monkeypatch):
         assert len(calls) == 3
 
 
+def test_linear_of_no_rows():
+    # an empty batch of real positions (a loss over padding only): zeros, and zero gradients
+    w = torch.randn(30, 24, requires_grad=True)
+    b = torch.zeros(30, requires_grad=True)
+    y = products.linear(torch.zeros(2, 0, 24), w, b)
+    assert y.shape == (2, 0, 30)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
 def test_linear_elsewhere_is_f_linear():
     # float64 (and other devices): torch's own product, bit for bit
     x = torch.randn(5, 6, dtype=torch.float64)

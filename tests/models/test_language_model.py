@@ -119,6 +119,15 @@ def test_calculate_loss_ignores_padding_exactly():
         m.calculate_loss(outputs, binary, targets, reduction="max")
 
 
+def test_calculate_loss_of_padding_only_is_zero_with_zero_gradients():
+    m = tiny()
+    outputs, binary = m.run_lstm(PADDED, is_training=False)
+    loss = m.calculate_loss(outputs, torch.zeros_like(binary), PADDED)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(m.decoder.weight.grad, torch.zeros_like(m.decoder.weight))
+
+
 def test_word_predictions_and_next_word_probabilities():
     m = tiny()
     preds = torch.arange(15).view(3, 5)

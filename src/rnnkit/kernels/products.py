@@ -162,6 +162,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     numbers up to float rounding), else ``F.linear`` itself."""
     if not (onednn(x) and onednn(weight)) or (bias is not None and not onednn(bias)):
         return F.linear(x, weight, bias)
+    if x.numel() == 0 or weight.numel() == 0:  # (oneDNN rejects empty operands)
+        return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     y = _Linear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(), bias)
     return y.view(*lead, weight.shape[0])
