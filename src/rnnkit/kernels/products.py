@@ -125,7 +125,7 @@ def keras_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> to
 class _Linear(torch.autograd.Function):
     """``x @ weight^T + bias`` for ``weight (N, K)`` (``torch.nn.Linear``'s layout), oneDNN's
     products both ways: ``dx = dy @ weight`` from a transposed view of the weight (oneDNN reorders
-    it itself), ``dweight = dy^T x`` by :func:`tn`."""
+    it itself), ``dweight = dy^T x`` by :func:`_weight_grad`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
