@@ -6,9 +6,9 @@ kernel anew, or trimmed off the heap's top and grown back, and every page of it 
 first touched again; glibc's dynamic thresholds do not end that. Measured on this project's
 2-core machine, 1 thread: ``torch.nn.LSTM``, batch 32, 100 steps, 128 -> 256, faults on 7,412
 pages per training step through 150 steps (55 ms per step, 42-45 ms without the faults); the
-PTB-small LM step (:func:`rnnkit.bench.lm_training_benchmark`) 4,850-5,160 tokens/s for rnnkit
-and for ``torch.nn`` alike, 5,400-5,580 with :func:`tune` (418,000-501,000 page faults in its
-timing, 61,000 with it).
+PTB-small LM step (then rnnkit's layers with an ``nn.Linear`` decoder, as in ``torch.nn``)
+4,850-5,160 tokens/s for rnnkit and for ``torch.nn`` alike, 5,400-5,580 with :func:`tune`
+(418,000-501,000 page faults in its timing, 61,000 with it).
 
 :func:`tune` has glibc serve every block below 1 GiB from the heap and keep freed memory there
 (``mallopt(M_MMAP_THRESHOLD)`` and ``mallopt(M_TRIM_THRESHOLD)``): the process keeps its peak
