@@ -587,7 +587,11 @@ def format_table(result: dict) -> str:
             f"{infer_pair} {_fmt(r['peak_mb'], '8.1f')}{samples}"
         )
     lm = result["lm"]
-    lines += ["", f"LM training (embedding -> 2x LSTM -> softmax), shapes {lm['shape']}:"]
+    lines += [
+        "",
+        "LM training (embedding -> 2x LSTM -> softmax; rnnkit: its LanguageModel, PTB-small "
+        f"preset; torch.nn: nn.LSTM + nn.Linear), shapes {lm['shape']}:",
+    ]
     for name in ("rnnkit", "torch.nn"):
         m = lm[name]
         lines.append(
