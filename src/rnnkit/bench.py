@@ -441,16 +441,12 @@ def lm_training_benchmark(quick: bool, roofline: float, min_run_time: float) -> 
             logits = self.out(self.rnn(self.embed(ids))[0])
             return nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
 
-    def rnnkit_lm() -> nn.Module:
-        options = {**resolve_recipe("small").model, "embedding_dim": units}
-        options.update(num_lstm_units=units, num_lstm_layers=layers)
-        model = LanguageModel(vocab, **options)
-        return _Loss(model)
-
-    class _Loss(nn.Module):  # (ids, targets) -> the LM's mean loss
-        def __init__(self, lm: nn.Module):
+    class _RnnkitLM(nn.Module):  # (ids, targets) -> the LanguageModel's mean loss
+        def __init__(self):
             super().__init__()
-            self.lm = lm
+            options = {**resolve_recipe("small").model, "embedding_dim": units}
+            options.update(num_lstm_units=units, num_lstm_layers=layers)
+            self.lm = LanguageModel(vocab, **options)
 
         def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return self.lm(ids, targets)[1]
@@ -461,7 +457,7 @@ def lm_training_benchmark(quick: bool, roofline: float, min_run_time: float) -> 
     result = {
         "shape": {"vocab": vocab, "units": units, "layers": layers, "batch": batch, "steps": steps}
     }
-    for name, make in (("rnnkit", rnnkit_lm), ("torch.nn", _TorchLM)):
+    for name, make in (("rnnkit", _RnnkitLM), ("torch.nn", _TorchLM)):
         model = make()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 

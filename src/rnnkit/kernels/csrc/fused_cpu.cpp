@@ -639,12 +639,13 @@ void transpose_rows(const T* src_all, int64_t G4, const std::optional<at::Tensor
   });
 }
 
-// DWU += LT ST^T for row-major LT (K, n) and ST (4u, n) (DWU = for the first chunk: DWU comes
+// DWU += LT ST^T for row-major LT (K, n) and ST (4u, n) (`first`: DWU = LT ST^T, DWU comes
 // uninitialised): a chunk of the weight gradients' sum over all steps. oneDNN's product of such
-// operands runs at the core's peak, against ~80% for the same product from the (T B, K) rows (it reorders the large operand every call). Measured,
-// LSTM 128 -> 256 units at 32 x 100, 1 thread: dW and dU 15.0-15.3 ms from the rows, 12.4-12.8
-// ms from all rows transposed at once plus 1.5 ms for the transposition; chunks of ~512 rows
-// keep the transposed operands small (a few MB instead of 18 MB at that shape).
+// operands runs at the core's peak, against ~80% for the same product from the (T B, K) rows (it
+// reorders the large operand every call). Measured, LSTM 128 -> 256 units at 32 x 100, 1
+// thread: dW and dU 15.0-15.3 ms from the rows, 12.4-12.8 ms from all rows transposed at once
+// plus 1.5 ms for the transposition; chunks of ~512 rows keep the transposed operands small (a
+// few MB instead of 18 MB at that shape).
 template <typename T>
 void add_weight_grads(const at::Tensor& DWU, const at::Tensor& lt_buf, const at::Tensor& st_buf,
                       int64_t K, int64_t G4, int64_t n, bool first) {
@@ -1153,8 +1154,8 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
-                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h, db, P, XS,
-                                 HS, DWU);
+                                 M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h, db, P,
+                                 XS, HS, DWU);
   });
 }
 
