@@ -7,7 +7,10 @@ run it (rnnkit ``auto``, ``fused``, ``reference``, ``torch.nn`` where exactly ap
 ``nn.LSTMCell``-style loop), this measures tokens per second of a training step (forward +
 backward) and of inference, as the median of :class:`torch.utils.benchmark.Timer` runs, and
 the ratio to ``torch.nn.<LSTM|GRU|RNN>`` in its standard configuration, measured in the same run.
-Tokens are ``batch * time`` positions (padding included), so ratios compare equal work.
+Tokens are ``batch * time`` positions (padding included), so ratios compare equal work. The
+training step computes the input's gradient too, as it is needed after an embedding or another
+layer (``input_grad=False``: a first layer on raw features; torch's kernels compute it either way,
+rnnkit's fused loops only when it is needed).
 
 Also measured: the machine's matrix-product roofline (GFLOP/s of a large float32 product), the
 peak memory of a training step (forward + backward; see :func:`peak_memory_bytes`), and
@@ -336,15 +339,19 @@ class _Step:
     infer: Callable[[], None]
 
 
-def _prepare(config: Config, make: Callable[[], nn.Module], shape: Shape) -> _Step:
+def _prepare(
+    config: Config, make: Callable[[], nn.Module], shape: Shape, input_grad: bool = True
+) -> _Step:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.time, shape.input_size, generator=generator)
+    x.requires_grad_(input_grad)
     mask = _mask(config, shape, generator)
     module = make()
 
     def train() -> None:
         module.train()
         module.zero_grad(set_to_none=True)
+        x.grad = None
         module(x, mask).sum().backward()
 
     def infer() -> None:
@@ -364,11 +371,13 @@ def measure(
     baseline: _Step | None = None,
     paired_rounds: int = 0,
     paired_calls: int = 1,
+    input_grad: bool = True,
 ) -> Row:
     """Time one backend on one configuration; unsupported combinations give a note, not a row.
-    With ``baseline`` and ``paired_rounds``, also the ratios to it by :func:`paired_ratio`."""
+    With ``baseline`` and ``paired_rounds``, also the ratios to it by :func:`paired_ratio`;
+    ``input_grad``: the training step computes the input's gradient."""
     try:
-        step = _prepare(config, make, shape)
+        step = _prepare(config, make, shape, input_grad)
         train_s = median_seconds(step.train, min_run_time)
         peak = peak_memory_bytes(step.train)
         infer_s = median_seconds(step.infer, min_run_time)
@@ -482,6 +491,7 @@ def run_benchmarks(
     progress: Callable[[str], None] | None = None,
     tune_allocator: bool = True,
     paired_rounds: int = 0,
+    input_grad: bool = True,
 ) -> dict:
     """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
     ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``tune_allocator``
@@ -489,7 +499,8 @@ def run_benchmarks(
     training commands run; without it every large buffer page-faults on every step);
     ``paired_rounds > 0`` also measures every ratio by alternating the row's layer with its
     cell's ``torch.nn`` standard layer (:func:`paired_ratio`, 2 calls a side per round; the
-    baseline row paired with itself shows the method's own spread)."""
+    baseline row paired with itself shows the method's own spread); ``input_grad``: training
+    steps compute the input's gradient (as any layer after an embedding or another layer does)."""
     if paired_rounds < 0:
         raise ValueError(f"paired_rounds must be >= 0; received {paired_rounds}")
     setting = allocator.TUNED if tune_allocator and allocator.tune() else allocator.DEFAULT
@@ -505,7 +516,7 @@ def run_benchmarks(
         if b.startswith("torch.nn.")
     }
     steps = (  # cell -> the baseline's step functions, the other side of the paired ratios
-        {cell: _prepare(c, make, shape) for cell, (c, _, make) in baselines.items()}
+        {cell: _prepare(c, make, shape, input_grad) for cell, (c, _, make) in baselines.items()}
         if paired_rounds
         else {}
     )
@@ -517,13 +528,25 @@ def run_benchmarks(
                 progress(f"{config.name} / {backend}")
             base = steps.get(config.cell)
             rows.append(
-                measure(config, backend, make, shape, min_run_time, base, paired_rounds, calls)
+                measure(
+                    config,
+                    backend,
+                    make,
+                    shape,
+                    min_run_time,
+                    base,
+                    paired_rounds,
+                    calls,
+                    input_grad,
+                )  # fmt: skip
             )
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
             if progress:
                 progress(f"{base_config.name} / {base_backend} (again, for the baseline median)")
-            again = measure(base_config, base_backend, base_make, shape, min_run_time)
+            again = measure(
+                base_config, base_backend, base_make, shape, min_run_time, input_grad=input_grad
+            )
             resamples.setdefault(config.cell, []).append(again)
     return {
         "machine": {
@@ -534,6 +557,7 @@ def run_benchmarks(
             "allocator": setting,
         },
         "paired_rounds": paired_rounds,
+        "input_grad": input_grad,
         "shape": asdict(shape),
         "roofline_gflops": roofline,
         "rows": [asdict(r) for r in _with_ratios(rows, resamples)],
@@ -552,8 +576,9 @@ def format_table(result: dict) -> str:
         f"machine: {result['machine']['processor']}, {result['machine']['threads']} threads, "
         f"torch {result['machine']['torch']}, allocator {result['machine'].get('allocator', '?')}",
         f"shapes: batch {s['batch']}, time {s['time']}, {s['input_size']} -> {s['units']}; "
-        "tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same cell "
-        "(its median over the run, * = that many measurements)",
+        f"training steps {'with' if result.get('input_grad', True) else 'without'} the input's "
+        "gradient; tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same "
+        "cell (its median over the run, * = that many measurements)",
         f"roofline (float32 matrix product, faster of torch.mm and oneDNN): "
         f"{result['roofline_gflops']:.1f} GFLOP/s",
         "",

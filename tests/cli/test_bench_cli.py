@@ -113,6 +113,37 @@ def test_allocator_setting_is_recorded(tmp_path):
     assert steady == (allocator.TUNED if allocator.tune() else allocator.DEFAULT)
 
 
+def test_training_steps_compute_the_input_gradient_unless_told_not_to(tmp_path, capsys):
+    inputs = []
+
+    class Probe(torch.nn.Module):  # keeps the input of each call
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, mask):
+            inputs.append(x)
+            return x * self.w
+
+    for input_grad in (True, False):
+        inputs.clear()
+        step = bench._prepare(bench.CONFIGS[0], Probe, bench.QUICK, input_grad)
+        step.train()
+        grad = inputs[-1].grad
+        assert (grad is not None) == input_grad
+        if input_grad:  # the gradient of one step (not summed over steps)
+            step.train()
+            torch.testing.assert_close(inputs[-1].grad, grad)
+    out = tmp_path / "raw.json"
+    args = ["bench", "--quick", "--only", "simple standard", "--json", str(out)]
+    assert main([*args, "--no-input-grad"]) == 0
+    assert json.loads(out.read_text())["input_grad"] is False
+    assert "training steps without the input's gradient" in capsys.readouterr().out
+    assert main(args) == 0
+    assert json.loads(out.read_text())["input_grad"] is True
+    assert "training steps with the input's gradient" in capsys.readouterr().out
+
+
 def test_peak_memory_hides_native_stderr_lines_and_restores_stderr(capfd):
     # the profiler's C++ backend writes "USDT ... profiler_start" to file descriptor 2
     with bench._quiet_native_stderr():

@@ -137,18 +137,20 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "threads, tuned, training, first",
-    [  # the measured rule: fused for training on 1 thread, or on 2 with glibc's defaults
-        (1, True, True, "fused"),
-        (1, False, True, "fused"),
-        (2, False, True, "fused"),
-        (2, True, True, "vendor"),  # tuned, torch's kernel gains more from the second core
-        (4, False, True, "vendor"),  # more threads: not measured, torch's kernel
-        (1, False, False, "vendor"),  # inference: torch's kernel
+    "threads, tuned, training, input_grad, first",
+    [  # the measured rule: fused for training on 1 or 2 threads with glibc's defaults, and tuned
+        # on 1 thread where the input needs no gradient (torch's kernel computes it anyway)
+        (1, True, True, False, "fused"),
+        (1, True, True, True, "vendor"),
+        (1, False, True, True, "fused"),
+        (2, False, True, True, "fused"),
+        (2, True, True, False, "vendor"),  # tuned, torch's kernel gains more from the second core
+        (4, False, True, False, "vendor"),  # more threads: not measured, torch's kernel
+        (1, False, False, False, "vendor"),  # inference: torch's kernel
     ],
 )
 def test_lstm_training_goes_fused_where_measured_faster(
-    threads, tuned, training, first, monkeypatch
+    threads, tuned, training, input_grad, first, monkeypatch
 ):
     from rnnkit import allocator
     from rnnkit.kernels import cpu_ext
@@ -157,6 +159,7 @@ def test_lstm_training_goes_fused_where_measured_faster(
     monkeypatch.setattr(allocator, "is_tuned", lambda: tuned)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     f32 = {"device": torch.device("cpu"), "dtype": torch.float32, "training": training}
+    f32["input_grad"] = input_grad
     assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == first
     assert dispatch.select(RecurrenceSpec("lstm", U), **{**f32, "dtype": torch.float64}) == (
         "vendor"
@@ -165,11 +168,11 @@ def test_lstm_training_goes_fused_where_measured_faster(
     assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == "vendor"
 
 
-def test_run_tells_the_rule_whether_the_call_records(monkeypatch):
+def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monkeypatch):
     seen = []
 
     def order(**kwargs):
-        seen.append(kwargs["training"])
+        seen.append((kwargs["training"], kwargs["input_grad"]))
         return dispatch.AUTO_ORDER
 
     monkeypatch.setattr(dispatch, "auto_order", order)
@@ -183,7 +186,7 @@ def test_run_tells_the_rule_whether_the_call_records(monkeypatch):
         dispatch.run(spec, w, x, state)
     trained = RecurrentWeights(w.kernel.requires_grad_(), w.recurrent_kernel, None)
     dispatch.run(spec, trained, torch.zeros(3, 5, 4), state)
-    assert seen == [False, True, False, True]
+    assert seen == [(False, False), (True, True), (False, False), (True, False)]
 
 
 def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):

@@ -38,6 +38,13 @@ def register(subparsers) -> None:
         "default: rnnkit.allocator.tune(), as rnnkit's training commands run",
     )
     parser.add_argument(
+        "--no-input-grad",
+        action="store_true",
+        help="training steps without the input's gradient (a first layer on raw features); "
+        "default: with it, as after an embedding or another layer (torch's kernels compute it "
+        "either way)",
+    )
+    parser.add_argument(
         "--paired",
         type=int,
         nargs="?",
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
         tune_allocator=not args.fresh_allocator,
         paired_rounds=args.paired,
+        input_grad=not args.no_input_grad,
     )
     print(bench.format_table(result))
     if args.json:

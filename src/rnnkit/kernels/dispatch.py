@@ -11,8 +11,9 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls on one thread,
-or on two when :func:`rnnkit.allocator.tune` is not in effect; on CUDA, masked calls and
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls on one or two
+threads while :func:`rnnkit.allocator.tune` is not in effect, or with it on one thread where the
+input needs no gradient; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
 :func:`auto_order`) go ``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
@@ -54,8 +55,15 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 #   from the second core, most at 64 units); after the padded product rows and the brgemm
 #   weight gradients, 32x100: 1.07x with 1 thread, 0.96-1.01x with 2 (where torch's kernel
 #   through rnnkit reads 0.96-0.98x: no clear winner, the rule stays).
-# So training goes fused first with 1 thread, and with 2 while the allocator is untuned; with more
-# threads (not measured here) it stays on torch's kernel.
+# Those pairs fed inputs that need no gradient. torch's kernel computes the input gradient in its
+# backward pass whether or not it is needed; the fused LSTM computes it only when it is (one more
+# product, 5 ms here). With an input that needs it (any layer after an embedding or another
+# layer), paired again at 32x100 (std3, XGRAD=1), fused / vendor against torch.nn.LSTM: tuned,
+# 1 thread 0.92 / 0.98, 2 threads 0.90 / 0.98; untuned, 1 thread 1.29 / 0.99, 2 threads
+# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.06).
+# So training goes fused first with 1 or 2 threads while the allocator is untuned, and with it
+# tuned on 1 thread when the input needs no gradient; with more threads (not measured here) it
+# stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
@@ -106,16 +114,18 @@ def auto_order(
     dtype=None,
     batch: int | None = None,
     training: bool = False,
+    input_grad: bool = False,
     **_options,
 ) -> tuple[str, ...]:
     """The order in which ``auto`` tries the backends for a call (``batch``: its batch size;
-    ``training``: whether the call records for a backward pass)."""
+    ``training``: whether the call records for a backward pass; ``input_grad``: whether that
+    pass needs the inputs' gradient)."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         if mask is not None or _triton_is_faster(spec, dtype, batch):
             return TRITON_FIRST_ORDER
         return AUTO_ORDER
-    if mask is not None or _fused_is_faster(spec, dtype, training):
+    if mask is not None or _fused_is_faster(spec, dtype, training, input_grad):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
 
@@ -131,7 +141,9 @@ def _triton_is_faster(spec: RecurrenceSpec | None, dtype, batch: int | None) -> 
     return width <= TRITON_MAX_GATE_WIDTH and macs <= TRITON_MAX_STEP_MACS
 
 
-def _fused_is_faster(spec: RecurrenceSpec | None, dtype, training: bool = False) -> bool:
+def _fused_is_faster(
+    spec: RecurrenceSpec | None, dtype, training: bool = False, input_grad: bool = False
+) -> bool:
     """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above)."""
     if spec is None or dtype not in (None, torch.float32):
         return False
@@ -141,12 +153,12 @@ def _fused_is_faster(spec: RecurrenceSpec | None, dtype, training: bool = False)
         return False
     if spec.cell == "gru":
         return True
+    if spec.cell != "lstm" or not training:
+        return False
     threads = torch.get_num_threads()
-    return (
-        spec.cell == "lstm"
-        and training
-        and (threads == 1 or (threads <= FUSED_LSTM_MAX_THREADS and not allocator.is_tuned()))
-    )
+    if not allocator.is_tuned():
+        return threads <= FUSED_LSTM_MAX_THREADS
+    return threads == 1 and not input_grad
 
 
 def register(name: str, module: ModuleType) -> None:
@@ -183,17 +195,22 @@ def select(
     backend: str = "auto",
     batch: int | None = None,
     training: bool = False,
+    input_grad: bool = False,
     **options,
 ) -> str:
     """The backend name that :func:`run` would use for this call (``batch``: its batch size;
-    ``training``: whether it records for a backward pass, see :func:`recording`).
+    ``training``: whether it records for a backward pass, see :func:`recording`; ``input_grad``:
+    whether that pass needs the inputs' gradient).
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
     """
     check_backend_name(backend)
     if backend == "auto":
-        for name in auto_order(spec=spec, batch=batch, training=training, **options):
+        order = auto_order(
+            spec=spec, batch=batch, training=training, input_grad=input_grad, **options
+        )
+        for name in order:
             module = _REGISTRY.get(name)
             if module is not None and (name == "reference" or module.supports(spec, **options)):
                 return name
@@ -246,11 +263,13 @@ def run(
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
     training = recording(weights, inputs, initial_state)
+    input_grad = training and inputs.requires_grad
     name = select(
         spec,
         backend=backend,
         batch=inputs.shape[0],
         training=training,
+        input_grad=input_grad,
         device=inputs.device,
         dtype=inputs.dtype,
         **options,
@@ -264,6 +283,7 @@ def run(
             spec,
             batch=inputs.shape[0],
             training=training,
+            input_grad=input_grad,
             device=inputs.device,
             dtype=inputs.dtype,
             **options,
