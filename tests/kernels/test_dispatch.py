@@ -136,21 +136,26 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
 
 
+SMALL, LARGE = 2**30, 2**30 + 1  # multiply-adds of a call's products (bound: 2**30)
+
+
 @pytest.mark.parametrize(
-    "threads, tuned, training, input_grad, first",
-    [  # the measured rule: fused for training on 1 or 2 threads with glibc's defaults, and tuned
-        # on 1 thread where the input needs no gradient (torch's kernel computes it anyway)
-        (1, True, True, False, "fused"),
-        (1, True, True, True, "vendor"),
-        (1, False, True, True, "fused"),
-        (2, False, True, True, "fused"),
-        (2, True, True, False, "vendor"),  # tuned, torch's kernel gains more from the second core
-        (4, False, True, False, "vendor"),  # more threads: not measured, torch's kernel
-        (1, False, False, False, "vendor"),  # inference: torch's kernel
+    "threads, tuned, training, input_grad, macs, first",
+    [  # the measured rule: fused for training up to 1536 gate columns on 1 or 2 threads with
+        # glibc's defaults, and tuned on 1 thread where the input needs no gradient (torch's
+        # kernel computes it anyway) or the call is small
+        (1, True, True, False, LARGE, "fused"),
+        (1, True, True, True, SMALL, "fused"),
+        (1, True, True, True, LARGE, "vendor"),
+        (1, False, True, True, LARGE, "fused"),
+        (2, False, True, True, LARGE, "fused"),
+        (2, True, True, False, SMALL, "vendor"),  # tuned: torch's kernel gains more from 2 cores
+        (4, False, True, False, SMALL, "vendor"),  # more threads: not measured, torch's kernel
+        (1, False, False, False, SMALL, "vendor"),  # inference: torch's kernel
     ],
 )
 def test_lstm_training_goes_fused_where_measured_faster(
-    threads, tuned, training, input_grad, first, monkeypatch
+    threads, tuned, training, input_grad, macs, first, monkeypatch
 ):
     from rnnkit import allocator
     from rnnkit.kernels import cpu_ext
@@ -159,13 +164,15 @@ def test_lstm_training_goes_fused_where_measured_faster(
     monkeypatch.setattr(allocator, "is_tuned", lambda: tuned)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     f32 = {"device": torch.device("cpu"), "dtype": torch.float32, "training": training}
-    f32["input_grad"] = input_grad
-    assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == first
-    assert dispatch.select(RecurrenceSpec("lstm", U), **{**f32, "dtype": torch.float64}) == (
+    f32.update(input_grad=input_grad, macs=macs)
+    assert dispatch.select(RecurrenceSpec("lstm", 384), **f32) == first
+    # wider than 1536 gate columns (4u): the fused LSTM's weight gradients leave brgemm
+    assert dispatch.select(RecurrenceSpec("lstm", 385), **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("lstm", 384), **{**f32, "dtype": torch.float64}) == (
         "vendor"
     )
     monkeypatch.setattr(cpu_ext, "ops", lambda: None)  # no compiled loops: torch's kernel
-    assert dispatch.select(RecurrenceSpec("lstm", U), **f32) == "vendor"
+    assert dispatch.select(RecurrenceSpec("lstm", 384), **f32) == "vendor"
 
 
 def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monkeypatch):
@@ -173,6 +180,7 @@ def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monke
 
     def order(**kwargs):
         seen.append((kwargs["training"], kwargs["input_grad"]))
+        assert kwargs["macs"] == 3 * 5 * 4 * U * (4 + U)  # T B 4u (I + u)
         return dispatch.AUTO_ORDER
 
     monkeypatch.setattr(dispatch, "auto_order", order)

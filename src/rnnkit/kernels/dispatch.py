@@ -11,9 +11,9 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls on one or two
-threads while :func:`rnnkit.allocator.tune` is not in effect, or with it on one thread where the
-input needs no gradient; on CUDA, masked calls and
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls up to 1536 gate
+columns on one or two threads while :func:`rnnkit.allocator.tune` is not in effect, or with it
+on one thread where the input needs no gradient or the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
 :func:`auto_order`) go ``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
@@ -60,12 +60,21 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # product, 5 ms here). With an input that needs it (any layer after an embedding or another
 # layer), paired again at 32x100 (std3, XGRAD=1), fused / vendor against torch.nn.LSTM: tuned,
 # 1 thread 0.92 / 0.98, 2 threads 0.90 / 0.98; untuned, 1 thread 1.29 / 0.99, 2 threads
-# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.06).
-# So training goes fused first with 1 or 2 threads while the allocator is untuned, and with it
-# tuned on 1 thread when the input needs no gradient; with more threads (not measured here) it
-# stays on torch's kernel.
+# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.06). Other shapes, tuned, 1 thread, with /
+# without the input gradient: 20x20 200->200 (PTB-small) 1.04 / - vs vendor 0.97; 64x50 64->128
+# 1.01 vs 0.97; 20x35 400->400 0.99 / 1.13 vs 0.97; but 256->512 at 32x100 0.85 / 0.97 vs 0.99
+# and 20x35 650->650 (PTB-medium) 0.81 / 0.82 vs 0.95 (untuned 0.74 vs 0.88): above 1536 gate
+# columns (4u) the fused LSTM's weight gradients leave brgemm for oneDNN's linear. With the input
+# gradient the fused LSTM wins on small calls (per-call costs of the vendor path) and loses on
+# large ones: the bound is FUSED_LSTM_MAX_INPUT_GRAD_MACS multiply-adds per call (T B 4u (I + u);
+# 32x100 128->256 is 1.26e9).
+# So training goes fused first up to 1536 gate columns: with 1 or 2 threads while the allocator
+# is untuned, and with it tuned on 1 thread when the input needs no gradient or the call is
+# small; with more threads (not measured here) it stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
+FUSED_LSTM_MAX_GATE_COLUMNS = 1536
+FUSED_LSTM_MAX_INPUT_GRAD_MACS = 2**30
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
@@ -115,17 +124,19 @@ def auto_order(
     batch: int | None = None,
     training: bool = False,
     input_grad: bool = False,
+    macs: int | None = None,
     **_options,
 ) -> tuple[str, ...]:
     """The order in which ``auto`` tries the backends for a call (``batch``: its batch size;
     ``training``: whether the call records for a backward pass; ``input_grad``: whether that
-    pass needs the inputs' gradient)."""
+    pass needs the inputs' gradient; ``macs``: the multiply-adds of its products,
+    ``T B G u (I + u)``)."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         if mask is not None or _triton_is_faster(spec, dtype, batch):
             return TRITON_FIRST_ORDER
         return AUTO_ORDER
-    if mask is not None or _fused_is_faster(spec, dtype, training, input_grad):
+    if mask is not None or _fused_is_faster(spec, dtype, training, input_grad, macs):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
 
@@ -142,7 +153,11 @@ def _triton_is_faster(spec: RecurrenceSpec | None, dtype, batch: int | None) -> 
 
 
 def _fused_is_faster(
-    spec: RecurrenceSpec | None, dtype, training: bool = False, input_grad: bool = False
+    spec: RecurrenceSpec | None,
+    dtype,
+    training: bool = False,
+    input_grad: bool = False,
+    macs: int | None = None,
 ) -> bool:
     """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above)."""
     if spec is None or dtype not in (None, torch.float32):
@@ -153,12 +168,13 @@ def _fused_is_faster(
         return False
     if spec.cell == "gru":
         return True
-    if spec.cell != "lstm" or not training:
+    if spec.cell != "lstm" or not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
         return False
     threads = torch.get_num_threads()
     if not allocator.is_tuned():
         return threads <= FUSED_LSTM_MAX_THREADS
-    return threads == 1 and not input_grad
+    small = macs is not None and macs <= FUSED_LSTM_MAX_INPUT_GRAD_MACS
+    return threads == 1 and (not input_grad or small)
 
 
 def register(name: str, module: ModuleType) -> None:
@@ -196,11 +212,13 @@ def select(
     batch: int | None = None,
     training: bool = False,
     input_grad: bool = False,
+    macs: int | None = None,
     **options,
 ) -> str:
     """The backend name that :func:`run` would use for this call (``batch``: its batch size;
     ``training``: whether it records for a backward pass, see :func:`recording`; ``input_grad``:
-    whether that pass needs the inputs' gradient).
+    whether that pass needs the inputs' gradient; ``macs``: the multiply-adds of the call's
+    products).
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
@@ -208,7 +226,7 @@ def select(
     check_backend_name(backend)
     if backend == "auto":
         order = auto_order(
-            spec=spec, batch=batch, training=training, input_grad=input_grad, **options
+            spec=spec, batch=batch, training=training, input_grad=input_grad, macs=macs, **options
         )
         for name in order:
             module = _REGISTRY.get(name)
@@ -264,12 +282,15 @@ def run(
     }
     training = recording(weights, inputs, initial_state)
     input_grad = training and inputs.requires_grad
+    batch, steps, features = inputs.shape
+    macs = batch * steps * spec.gates * spec.units * (features + spec.units)
     name = select(
         spec,
         backend=backend,
-        batch=inputs.shape[0],
+        batch=batch,
         training=training,
         input_grad=input_grad,
+        macs=macs,
         device=inputs.device,
         dtype=inputs.dtype,
         **options,
@@ -281,9 +302,10 @@ def run(
             raise
         fallback = select(
             spec,
-            batch=inputs.shape[0],
+            batch=batch,
             training=training,
             input_grad=input_grad,
+            macs=macs,
             device=inputs.device,
             dtype=inputs.dtype,
             **options,
