@@ -11,7 +11,7 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls up to 1536 gate
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls up to 1600 gate
 columns on one or two threads while :func:`rnnkit.allocator.tune` is not in effect, or with it
 on one thread where the input needs no gradient or the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
@@ -60,20 +60,22 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # product, 5 ms here). With an input that needs it (any layer after an embedding or another
 # layer), paired again at 32x100 (std3, XGRAD=1), fused / vendor against torch.nn.LSTM: tuned,
 # 1 thread 0.92 / 0.98, 2 threads 0.90 / 0.98; untuned, 1 thread 1.29 / 0.99, 2 threads
-# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.06). Other shapes, tuned, 1 thread, with /
-# without the input gradient: 20x20 200->200 (PTB-small) 1.04 / - vs vendor 0.97; 64x50 64->128
-# 1.01 vs 0.97; 20x35 400->400 0.99 / 1.13 vs 0.97; but 256->512 at 32x100 0.85 / 0.97 vs 0.99
-# and 20x35 650->650 (PTB-medium) 0.81 / 0.82 vs 0.95 (untuned 0.74 vs 0.88): above 1536 gate
-# columns (4u) the fused LSTM's weight gradients leave brgemm for oneDNN's linear. With the input
-# gradient the fused LSTM wins on small calls (per-call costs of the vendor path) and loses on
-# large ones: the bound is FUSED_LSTM_MAX_INPUT_GRAD_MACS multiply-adds per call (T B 4u (I + u);
-# 32x100 128->256 is 1.26e9).
-# So training goes fused first up to 1536 gate columns: with 1 or 2 threads while the allocator
+# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.07). Other shapes, tuned, 1 thread, fused
+# with / without the input gradient against vendor (benchmarks/cpu_lstm_dispatch.py, 12 paired
+# rounds): 20x20 200->200 (PTB-small) 1.01 / 1.19 vs 0.91-0.92; 64x50 64->128 1.04 / 1.15 vs
+# 0.96-0.97; 20x35 400->400 (4u = 1600) 0.99 / 1.14 vs 0.97; but 32x100 256->512 (4u = 2048)
+# 0.85 / 0.97 vs 0.99-1.00 and 20x35 650->650 (PTB-medium) 0.81 / 0.93 vs 0.97 (untuned 0.74 vs
+# 0.88): wider than FUSED_LSTM_MAX_GATE_COLUMNS the fused LSTM loses (its weight gradients leave
+# brgemm above 1536 columns: 1600 still wins). With the input gradient it wins on small calls
+# (the vendor path's per-call costs) and loses on large ones: the bound is
+# FUSED_LSTM_MAX_INPUT_GRAD_MACS multiply-adds per call (T B 4u (I + u); 32x100 128->256 is
+# 1.26e9, 20x35 400->400 0.9e9).
+# So training goes fused first up to 1600 gate columns: with 1 or 2 threads while the allocator
 # is untuned, and with it tuned on 1 thread when the input needs no gradient or the call is
 # small; with more threads (not measured here) it stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
-FUSED_LSTM_MAX_GATE_COLUMNS = 1536
+FUSED_LSTM_MAX_GATE_COLUMNS = 1600
 FUSED_LSTM_MAX_INPUT_GRAD_MACS = 2**30
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
