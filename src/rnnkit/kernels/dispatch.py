@@ -57,17 +57,17 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 #   through rnnkit reads 0.96-0.98x: no clear winner, the rule stays).
 # Those pairs fed inputs that need no gradient. torch's kernel computes the input gradient in its
 # backward pass whether or not it is needed; the fused LSTM computes it only when it is (one more
-# product, 5 ms here). With an input that needs it (any layer after an embedding or another
-# layer), paired again at 32x100 (std3, XGRAD=1), fused / vendor against torch.nn.LSTM: tuned,
-# 1 thread 0.92 / 0.98, 2 threads 0.90 / 0.98; untuned, 1 thread 1.29 / 0.99, 2 threads
-# 1.05 / 0.99 (without it, tuned, 1 thread: fused 1.07). Other shapes, tuned, 1 thread, fused
-# with / without the input gradient against vendor (benchmarks/cpu_lstm_dispatch.py, 12 paired
-# rounds): 20x20 200->200 (PTB-small) 1.01 / 1.19 vs 0.91-0.92; 64x50 64->128 1.04 / 1.15 vs
-# 0.96-0.97; 20x35 400->400 (4u = 1600) 0.99 / 1.14 vs 0.97; but 32x100 256->512 (4u = 2048)
-# 0.85 / 0.97 vs 0.99-1.00 and 20x35 650->650 (PTB-medium) 0.81 / 0.93 vs 0.97 (untuned 0.74 vs
-# 0.88): wider than FUSED_LSTM_MAX_GATE_COLUMNS the fused LSTM loses (its weight gradients leave
-# brgemm above 1536 columns: 1600 still wins). With the input gradient it wins on small calls
-# (the vendor path's per-call costs) and loses on large ones: the bound is
+# product, 5 ms here). benchmarks/cpu_lstm_dispatch.py (paired rounds; runs/dispatch/*.txt), the
+# fused LSTM with / without the input gradient (needed by any layer after an embedding or another
+# layer) against torch.nn.LSTM, torch's kernel through rnnkit (vendor) alongside: 32x100 128->256,
+# tuned, 1 thread 0.93 / 1.07 vs 0.98-0.99, 2 threads 0.88 / 1.01 vs 0.99-1.01; untuned, 1 thread
+# 1.29 / 1.42 vs 0.98. Other shapes, tuned, 1 thread: 20x20 200->200 (PTB-small) 1.01 / 1.19 vs
+# 0.91-0.92 (2 threads 0.94 / 1.08 vs 0.94-0.96); 64x50 64->128 1.04 / 1.15 vs 0.96-0.97; 20x35
+# 400->400 (4u = 1600) 0.99 / 1.14 vs 0.97; but 32x100 256->512 (4u = 2048) 0.85 / 0.97 vs
+# 0.99-1.00 and 20x35 650->650 (PTB-medium) 0.81 / 0.93 vs 0.97 (untuned 0.80 / 0.89 vs
+# 0.82-0.96): wider than FUSED_LSTM_MAX_GATE_COLUMNS the fused LSTM loses (its weight gradients
+# leave brgemm above 1536 columns: 1600 still wins). With the input gradient it wins on small
+# calls (the vendor path's per-call costs) and loses on large ones: the bound is
 # FUSED_LSTM_MAX_INPUT_GRAD_MACS multiply-adds per call (T B 4u (I + u); 32x100 128->256 is
 # 1.26e9, 20x35 400->400 0.9e9).
 # So training goes fused first up to 1600 gate columns: with 1 or 2 threads while the allocator
