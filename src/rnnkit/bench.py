@@ -527,19 +527,10 @@ def run_benchmarks(
             if progress:
                 progress(f"{config.name} / {backend}")
             base = steps.get(config.cell)
-            rows.append(
-                measure(
-                    config,
-                    backend,
-                    make,
-                    shape,
-                    min_run_time,
-                    base,
-                    paired_rounds,
-                    calls,
-                    input_grad,
-                )  # fmt: skip
+            row = measure(
+                config, backend, make, shape, min_run_time, base, paired_rounds, calls, input_grad
             )
+            rows.append(row)
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
             if progress:
