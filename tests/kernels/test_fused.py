@@ -268,6 +268,46 @@ def test_float32_onednn_path_matches_reference():
             _assert_same(_both(spec, w, kw, dtype=torch.float32), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_computed_in_float32(dtype):
+    # bfloat16 / float16: the float32 recurrence on the same (rounded) values, the results cast
+    # back, gradients in the parameters' own dtype (before: the reference's Python loop)
+    for cell, reset_after in CELLS:
+        spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=True)
+        low = _weights(spec, dtype=dtype)
+        wide = low._replace(
+            kernel=low.kernel.detach().float().requires_grad_(True),
+            recurrent_kernel=low.recurrent_kernel.detach().float().requires_grad_(True),
+            bias=low.bias.detach().float().requires_grad_(True),
+            layer_norm=type(low.layer_norm)(
+                *(None if p is None else p.detach().float().requires_grad_(True)
+                  for p in low.layer_norm)
+            ),
+        )  # fmt: skip
+        kw = _options(spec, ("recurrent_dropout", "zoneout"), dtype=dtype)
+        kw["mask"] = _mask("left")
+        assert fused.supports(spec, dtype=dtype, **kw)
+        results = []
+        for w, d in ((low, dtype), (wide, torch.float32)):
+            x = torch.randn(B, T, I, generator=torch.Generator().manual_seed(2)).to(dtype)
+            x = x.to(d).requires_grad_(True)  # the same rounded values in both runs
+            opts = {k: v.to(d) if v.is_floating_point() else v for k, v in kw.items()}
+            out, final = fused.run(spec, w, x, (x.new_zeros(B, U),) * spec.state_count, **opts)
+            loss = (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+            loss = loss + sum(s.float().sum() for s in final)
+            grads = torch.autograd.grad(loss, [x, *_params(w)])
+            results.append((out, final, grads))
+        (o1, s1, g1), (o2, s2, g2) = results
+        assert o1.dtype == dtype and all(s.dtype == dtype for s in s1)
+        assert all(g.dtype == dtype for g in g1)
+        torch.testing.assert_close(o1, o2.to(dtype), rtol=0, atol=0)  # the float32 result
+        for a, b in zip(s1, s2, strict=True):
+            torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0)
+        # the gradients differ by the rounding of the incoming gradient to the outputs' dtype
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2)
+
+
 def test_inference_path_equals_training_forward():
     for cell, reset_after in CELLS:
         spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=True)

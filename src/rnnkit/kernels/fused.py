@@ -26,7 +26,8 @@ and float64, every cell with any named activation runs compiled loops instead
 (:mod:`rnnkit.kernels.cpu_ext`: brgemm step products, steps split between threads by hidden
 units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
 machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
-Function, so that one product gives dW and dU.
+Function, so that one product gives dW and dU. bfloat16 and float16 calls are computed in float32
+(every tensor cast at the boundary, differentiably, the results cast back: ``_run_in_float32``).
 """
 
 from __future__ import annotations
@@ -240,8 +241,8 @@ def unsupported_reason(spec: RecurrenceSpec, **options) -> str | None:
         if key not in _KNOWN_OPTIONS and value is not None and value is not False:
             return f"option {key}={value!r} is not supported by the fused backend"
     dtype = options.get("dtype")
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"dtype {dtype} is not supported (float32, float64)"
+    if dtype is not None and dtype not in (torch.float32, torch.float64, *_HALF):
+        return f"dtype {dtype} is not supported (float32, float64, bfloat16, float16)"
     return None
 
 
@@ -1016,6 +1017,32 @@ def _cols(x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | No
     return x.index_select(-1, idx)
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _run_in_float32(spec, weights, inputs, initial_state, **options):
+    """bfloat16 / float16: the recurrence computed in float32, every tensor cast at the boundary
+    (differentiably: gradients return in the parameters' own dtype), the results cast back.
+    Before, these calls ran the reference's Python loop (measured, a layer-norm LSTM in
+    bfloat16, 32 x 100, 128 -> 256, 1 thread: 122 ms per training step; see README)."""
+    low = inputs.dtype
+
+    def wide(t):
+        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    ln = weights.layer_norm
+    weights = weights._replace(
+        kernel=wide(weights.kernel),
+        recurrent_kernel=wide(weights.recurrent_kernel),
+        bias=wide(weights.bias),
+        layer_norm=None if ln is None else type(ln)(*(wide(p) for p in ln)),
+    )
+    options = {k: wide(v) for k, v in options.items()}
+    state = tuple(wide(s) for s in initial_state)
+    out, final = run(spec, weights, inputs.float(), state, **options)
+    return out.to(low), tuple(s.to(low) for s in final)
+
+
 def run(
     spec: RecurrenceSpec,
     weights: RecurrentWeights,
@@ -1035,6 +1062,13 @@ def run(
     reason = unsupported_reason(spec, dtype=inputs.dtype, **extra)
     if reason is not None:
         raise ValueError(f"the fused backend cannot run this configuration: {reason}")
+    if inputs.dtype in _HALF:
+        return _run_in_float32(
+            spec, weights, inputs, initial_state, mask=mask, go_backwards=go_backwards,
+            zero_output_for_mask=zero_output_for_mask, input_dropout_mask=input_dropout_mask,
+            recurrent_dropout_mask=recurrent_dropout_mask, zoneout_mask=zoneout_mask,
+            recurrent_kernel_dropout_mask=recurrent_kernel_dropout_mask,
+        )  # fmt: skip
     B, T, _ = inputs.shape
     u, cell = spec.units, spec.cell
     if T == 0:

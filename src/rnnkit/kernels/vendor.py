@@ -104,11 +104,11 @@ class _Transpose(torch.autograd.Function):
 
 def _transposed(w: torch.Tensor) -> torch.Tensor:
     """``w^T`` for torch's kernels: a view on CUDA (the flat weight buffer is one copy anyway),
-    a contiguous matrix on the CPU."""
+    a contiguous matrix on the CPU (compiled for float32 / float64, torch's copy otherwise)."""
     if w.device.type != "cpu":
         return w.t()
     ops = cpu_ext.ops()
-    if ops is None:
+    if ops is None or w.dtype not in (torch.float32, torch.float64):  # (compiled for those)
         return w.t().contiguous()
     if not (torch.is_grad_enabled() and w.requires_grad):  # nothing to record: no Function
         return ops.transpose(w)  # (its bookkeeping, ~9 us a matrix, is a batch-1 step's 6%)
