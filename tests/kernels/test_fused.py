@@ -268,6 +268,21 @@ def test_float32_onednn_path_matches_reference():
             _assert_same(_both(spec, w, kw, dtype=torch.float32), atol=1e-4, rtol=1e-3)
 
 
+def _leaves(w: RecurrentWeights, dtype) -> RecurrentWeights:
+    """``w``'s values as new leaf tensors of ``dtype``."""
+
+    def leaf(p):
+        return None if p is None else p.detach().to(dtype).requires_grad_(True)
+
+    ln = w.layer_norm
+    return RecurrentWeights(
+        leaf(w.kernel),
+        leaf(w.recurrent_kernel),
+        leaf(w.bias),
+        None if ln is None else LayerNormWeights(*(leaf(p) for p in ln)),
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_is_computed_in_float32(dtype):
     # bfloat16 / float16: the float32 recurrence on the same (rounded) values, the results cast
@@ -275,15 +290,7 @@ def test_half_precision_is_computed_in_float32(dtype):
     for cell, reset_after in CELLS:
         spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=True)
         low = _weights(spec, dtype=dtype)
-        wide = low._replace(
-            kernel=low.kernel.detach().float().requires_grad_(True),
-            recurrent_kernel=low.recurrent_kernel.detach().float().requires_grad_(True),
-            bias=low.bias.detach().float().requires_grad_(True),
-            layer_norm=type(low.layer_norm)(
-                *(None if p is None else p.detach().float().requires_grad_(True)
-                  for p in low.layer_norm)
-            ),
-        )  # fmt: skip
+        wide = _leaves(low, torch.float32)  # the same rounded values
         kw = _options(spec, ("recurrent_dropout", "zoneout"), dtype=dtype)
         kw["mask"] = _mask("left")
         assert fused.supports(spec, dtype=dtype, **kw)

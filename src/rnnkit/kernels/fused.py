@@ -46,6 +46,7 @@ from rnnkit.kernels.products import ONEDNN_LINEAR, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
+_HALF = (torch.bfloat16, torch.float16)  # computed in float32 (_run_in_float32)
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
@@ -1015,9 +1016,6 @@ def _cols(x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | No
     if x is None or idx is None:
         return x
     return x.index_select(-1, idx)
-
-
-_HALF = (torch.bfloat16, torch.float16)
 
 
 def _run_in_float32(spec, weights, inputs, initial_state, **options):
