@@ -522,10 +522,22 @@ def run_benchmarks(
     )
     calls = 1 if quick else 2
     resamples: dict[str, list[Row]] = {}
+    total = sum(
+        len(_candidates(c, shape)) + (c.cell in baselines and not c.standard) for c in configs
+    )
+    done, start = 0, time.perf_counter()
+
+    def report(what: str) -> None:
+        nonlocal done
+        if progress:
+            elapsed = time.perf_counter() - start
+            left = f", ~{_clock(elapsed / done * (total - done))} left" if done else ""
+            progress(f"[{done + 1}/{total}, {_clock(elapsed)} elapsed{left}] measuring {what}")
+        done += 1
+
     for config in configs:
         for backend, make in _candidates(config, shape).items():
-            if progress:
-                progress(f"{config.name} / {backend}")
+            report(f"{config.name} / {backend}")
             base = steps.get(config.cell)
             row = measure(
                 config, backend, make, shape, min_run_time, base, paired_rounds, calls, input_grad
@@ -533,8 +545,7 @@ def run_benchmarks(
             rows.append(row)
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
-            if progress:
-                progress(f"{base_config.name} / {base_backend} (again, for the baseline median)")
+            report(f"{base_config.name} / {base_backend} (again, for the baseline median)")
             again = measure(
                 base_config, base_backend, base_make, shape, min_run_time, input_grad=input_grad
             )
@@ -554,6 +565,12 @@ def run_benchmarks(
         "rows": [asdict(r) for r in _with_ratios(rows, resamples)],
         "lm": lm_training_benchmark(quick, roofline, min_run_time),
     }
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

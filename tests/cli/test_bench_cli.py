@@ -45,6 +45,14 @@ def test_bench_only_filters_keeps_the_baseline_and_rejects_unknown(tmp_path, cap
     assert main(["bench", "--quick", "--only", "gru layer_norm", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {r["config"] for r in rows} == {"gru layer_norm", "gru standard"}
+    # progress: one line per measurement, counted, with the time so far (and left, from the 2nd)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "measuring" in line]
+    assert len(lines) == 9  # 5 backends of the standard GRU, 3 of layer norm, the baseline again
+    assert lines[0].startswith("  [1/9, 0:0") and "left" not in lines[0]
+    assert (
+        lines[-1].startswith("  [9/9, ")
+        and "left] measuring gru standard / torch.nn.GRU" in (lines[-1])
+    )
     assert all(r["train_ratio"] > 0 for r in rows if not r["note"])
     assert main(["bench", "--quick", "--only", "no such config"]) == 1
     assert "matches no configuration" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result = bench.run_benchmarks(
         quick=args.quick,
         configs=configs,
-        progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
+        progress=lambda what: print(f"  {what}", file=sys.stderr, flush=True),
         tune_allocator=not args.fresh_allocator,
         paired_rounds=args.paired,
         input_grad=not args.no_input_grad,
