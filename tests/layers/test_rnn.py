@@ -8,6 +8,7 @@ from rnnkit.layers import (
     GRU,
     LSTM,
     RNN,
+    Bidirectional,
     GRUCell,
     LSTMCell,
     SimpleRNN,
@@ -269,6 +270,33 @@ def test_layers_train_in_half_precision_on_the_cpu(cls, dtype, options):
     spec = low.cell.spec
     picked = dispatch.select(spec, training=True, device=x.device, dtype=dtype)
     assert picked == ("fused" if options else "vendor")
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LSTM(6, return_sequences=True, input_size=4),  # torch's kernel
+        lambda: LSTM(6, return_sequences=True, input_size=4, layer_norm=True, zoneout=0.2),
+        lambda: Bidirectional(GRU(6, return_sequences=True, input_size=4)),
+    ],
+    ids=["lstm", "lstm_layer_norm_zoneout", "bidirectional_gru"],
+)
+def test_layers_work_under_torch_compile(make, backend):
+    # the kernels (compiled loops, oneDNN's ops, zoneout's mask op) have no fake-tensor
+    # implementations: dynamo raised tracing into them; dispatch.run and the mask op are opaque
+    # to it now, so a compiled model breaks its graph there and runs them as without compiling
+    torch.manual_seed(0)
+    layer = make()
+    compiled = torch.compile(layer, backend=backend)
+    x = torch.randn(3, 7, 4, requires_grad=True)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, :3] = False
+    compiled(x, mask=mask).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, mask=mask), layer(x, mask=mask))
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,10 @@ def recording(
     return any(t is not None and t.requires_grad for t in tensors)
 
 
+# torch.compile: the backends' kernels (compiled C++ loops, oneDNN's inductor-only ops, Triton with
+# CUDA graphs) have no fake-tensor implementations, so a compiled model breaks its graph here
+# and runs each recurrence as it runs without compilation.
+@torch.compiler.disable
 def run(
     spec: RecurrenceSpec,
     weights: RecurrentWeights,

@@ -22,6 +22,7 @@ from rnnkit.kernels import cpu_ext
 _SEED_BOUND = 2**62
 
 
+@torch.compiler.disable  # (a compiled op without a fake-tensor kernel; see dispatch.run)
 def bernoulli_mask(
     shape: tuple[int, ...],
     p: float,

@@ -157,6 +157,7 @@ def _weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ext.transpose(r) if ext is not None else r.t().contiguous()
 
 
+@torch.compiler.disable  # (inductor cannot lower mkldnn._linear_pointwise from eager code)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (``x (..., K)``, ``weight (N, K)``), on oneDNN's products
     where :func:`onednn` applies to both (about 2x faster than MKL on this AMD CPU; the same
