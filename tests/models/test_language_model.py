@@ -429,7 +429,8 @@ def test_run_lstm_dropout_only_in_training():
     torch.testing.assert_close(c, d)
 
 
-def test_language_model_works_under_torch_compile():
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_language_model_works_under_torch_compile():  # (the warning: inside torch's inductor)
     # inductor could not lower the decoder's oneDNN op (products.linear) nor trace the compiled
     # recurrence; both are opaque to torch.compile now (graph breaks), the numbers unchanged
     torch.manual_seed(0)
