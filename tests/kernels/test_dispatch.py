@@ -142,14 +142,15 @@ SMALL, LARGE = 2**30, 2**30 + 1  # multiply-adds of a call's products (bound: 2*
 @pytest.mark.parametrize(
     "threads, tuned, training, input_grad, macs, first",
     [  # the measured rule: fused for training up to 1600 gate columns on 1 or 2 threads with
-        # glibc's defaults, and tuned on 1 thread where the input needs no gradient (torch's
-        # kernel computes it anyway) or the call is small
+        # glibc's defaults or where the input needs no gradient (torch's kernel computes it
+        # anyway), and tuned with the input's gradient on 1 thread where the call is small
         (1, True, True, False, LARGE, "fused"),
+        (2, True, True, False, LARGE, "fused"),
         (1, True, True, True, SMALL, "fused"),
         (1, True, True, True, LARGE, "vendor"),
+        (2, True, True, True, SMALL, "vendor"),  # tuned: torch's kernel gains more from 2 cores
         (1, False, True, True, LARGE, "fused"),
         (2, False, True, True, LARGE, "fused"),
-        (2, True, True, False, SMALL, "vendor"),  # tuned: torch's kernel gains more from 2 cores
         (4, False, True, False, SMALL, "vendor"),  # more threads: not measured, torch's kernel
         (1, False, False, False, SMALL, "vendor"),  # inference: torch's kernel
     ],

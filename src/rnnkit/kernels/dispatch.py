@@ -12,8 +12,8 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
 :mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls up to 1600 gate
-columns on one or two threads while :func:`rnnkit.allocator.tune` is not in effect, or with it
-on one thread where the input needs no gradient or the call is small; on CUDA, masked calls and
+columns on one or two threads while :func:`rnnkit.allocator.tune` is not in effect or the input
+needs no gradient, or on one thread where the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
 :func:`auto_order`) go ``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
@@ -70,9 +70,12 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # calls (the vendor path's per-call costs) and loses on large ones: the bound is
 # FUSED_LSTM_MAX_INPUT_GRAD_MACS multiply-adds per call (T B 4u (I + u); 32x100 128->256 is
 # 1.26e9, 20x35 400->400 0.9e9).
+# 2 threads, tuned, without the input gradient, fused vs vendor: 64x50 64->128 1.01 vs 0.94,
+# 20x35 400->400 1.08 vs 0.96, PTB-small 1.08 vs 0.93-0.94, 32x100 1.01 vs 1.00-1.01; with it
+# 0.92-0.95 vs 0.94-0.96 (runs/dispatch/t2b.txt).
 # So training goes fused first up to 1600 gate columns: with 1 or 2 threads while the allocator
-# is untuned, and with it tuned on 1 thread when the input needs no gradient or the call is
-# small; with more threads (not measured here) it stays on torch's kernel.
+# is untuned or the input needs no gradient, and tuned with the input's gradient on 1 thread
+# when the call is small; with more threads (not measured here) it stays on torch's kernel.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
 FUSED_LSTM_MAX_GATE_COLUMNS = 1600
@@ -173,10 +176,9 @@ def _fused_is_faster(
     if spec.cell != "lstm" or not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
         return False
     threads = torch.get_num_threads()
-    if not allocator.is_tuned():
+    if not allocator.is_tuned() or not input_grad:
         return threads <= FUSED_LSTM_MAX_THREADS
-    small = macs is not None and macs <= FUSED_LSTM_MAX_INPUT_GRAD_MACS
-    return threads == 1 and (not input_grad or small)
+    return threads == 1 and macs is not None and macs <= FUSED_LSTM_MAX_INPUT_GRAD_MACS
 
 
 def register(name: str, module: ModuleType) -> None:
