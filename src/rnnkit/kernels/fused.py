@@ -26,8 +26,9 @@ and float64, every cell with any named activation runs compiled loops instead
 (:mod:`rnnkit.kernels.cpu_ext`: brgemm step products, steps split between threads by hidden
 units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
 machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
-Function, so that one product gives dW and dU. bfloat16 and float16 calls are computed in float32
-(every tensor cast at the boundary, differentiably, the results cast back: ``_run_in_float32``).
+Function, so that one product gives dW and dU. bfloat16 and float16 calls project their input in
+that dtype (oneDNN's half-precision products) and run the recurrence in float32, every other
+tensor cast at the boundary (differentiably) and the results cast back.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from rnnkit.kernels.products import ONEDNN_LINEAR, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
-_HALF = (torch.bfloat16, torch.float16)  # computed in float32 (_run_in_float32)
+_HALF = (torch.bfloat16, torch.float16)  # the recurrence in float32 (see run)
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
@@ -1018,29 +1019,6 @@ def _cols(x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | No
     return x.index_select(-1, idx)
 
 
-def _run_in_float32(spec, weights, inputs, initial_state, **options):
-    """bfloat16 / float16: the recurrence computed in float32, every tensor cast at the boundary
-    (differentiably: gradients return in the parameters' own dtype), the results cast back.
-    Before, these calls ran the reference's Python loop (measured, a layer-norm LSTM in
-    bfloat16, 32 x 100, 128 -> 256, 1 thread: 122 ms per training step; see README)."""
-    low = inputs.dtype
-
-    def wide(t):
-        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-
-    ln = weights.layer_norm
-    weights = weights._replace(
-        kernel=wide(weights.kernel),
-        recurrent_kernel=wide(weights.recurrent_kernel),
-        bias=wide(weights.bias),
-        layer_norm=None if ln is None else type(ln)(*(wide(p) for p in ln)),
-    )
-    options = {k: wide(v) for k, v in options.items()}
-    state = tuple(wide(s) for s in initial_state)
-    out, final = run(spec, weights, inputs.float(), state, **options)
-    return out.to(low), tuple(s.to(low) for s in final)
-
-
 def run(
     spec: RecurrenceSpec,
     weights: RecurrentWeights,
@@ -1060,18 +1038,20 @@ def run(
     reason = unsupported_reason(spec, dtype=inputs.dtype, **extra)
     if reason is not None:
         raise ValueError(f"the fused backend cannot run this configuration: {reason}")
-    if inputs.dtype in _HALF:
-        return _run_in_float32(
-            spec, weights, inputs, initial_state, mask=mask, go_backwards=go_backwards,
-            zero_output_for_mask=zero_output_for_mask, input_dropout_mask=input_dropout_mask,
-            recurrent_dropout_mask=recurrent_dropout_mask, zoneout_mask=zoneout_mask,
-            recurrent_kernel_dropout_mask=recurrent_kernel_dropout_mask,
-        )  # fmt: skip
     B, T, _ = inputs.shape
     u, cell = spec.units, spec.cell
     if T == 0:
         return inputs.new_zeros(B, 0, u), tuple(initial_state)
-    dtype, dev = inputs.dtype, inputs.device
+    # bfloat16 / float16: the input projection in that dtype (its products on oneDNN's half-
+    # precision kernels, twice as fast as float32 here), the recurrence in float32, the results
+    # cast back (before: the reference's Python loop)
+    low = inputs.dtype if inputs.dtype in _HALF else None
+    dtype, dev = (torch.float32 if low else inputs.dtype), inputs.device
+    if low:
+        initial_state = tuple(s.float() for s in initial_state)
+        weights = _widened(weights)
+        recurrent_kernel_dropout_mask = _wide(recurrent_kernel_dropout_mask)
+        zoneout_mask, recurrent_dropout_mask = _wide(zoneout_mask), _wide(recurrent_dropout_mask)
     x = inputs if input_dropout_mask is None else inputs * input_dropout_mask[:, None, :]
     x = x.transpose(0, 1)  # (T, B, I) time-major, in processing order
     if go_backwards:
@@ -1080,7 +1060,7 @@ def run(
 
     act = _resolve(spec.activation)
     ract = _resolve(spec.recurrent_activation) if cell != "simple" else act
-    ext = _compiled_ops(cell, act, ract, inputs)
+    ext = _compiled_ops(cell, act, ract, inputs.new_empty(0, dtype=dtype))
     if ext is not None and cell == "lstm":  # the compiled LSTM loops take Keras' gate order
         idx_in = idx_rec = None
     else:
@@ -1095,8 +1075,9 @@ def run(
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask
     U = _cols(U, idx_rec)
-    W = _cols(weights.kernel, idx_in)
+    W = _cols(weights.kernel if low is None else weights.kernel.to(low), idx_in)
     b_in = _cols(b_in, idx_in)
+    project = keras_linear if low is None else _half_linear
     g_h = g_c = b_c = None
     proj = (None, None, None)  # (x2, W, b_in): the LSTM computes its own input projection
     if spec.layer_norm:
@@ -1107,13 +1088,13 @@ def run(
             )
         # LN(x W; gamma) + b as one op (b is the LayerNorm's bias)
         xw = F.layer_norm(
-            keras_linear(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
+            project(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
-    elif cell == "lstm":
+    elif cell == "lstm" and low is None:
         xw, proj = None, (x2, W, b_in)
     else:
-        xw = keras_linear(x2, W, b_in)
+        xw = project(x2, W, b_in)
     if xw is not None:
         xw = xw.view(T, B, -1)  # (T, B, G*u)
 
@@ -1166,4 +1147,28 @@ def run(
         shown = valid if zero_output_for_mask else (m.cumsum(0) > 0)[..., None]
         out = out * shown.to(dtype)  # zeros before the first valid step (or at every masked one)
     outputs = out.transpose(0, 1)  # (B, T, u) in processing order
-    return outputs, ((h_T, c_T) if cell == "lstm" else (h_T,))
+    final = (h_T, c_T) if cell == "lstm" else (h_T,)
+    if low:
+        return outputs.to(low), tuple(s.to(low) for s in final)
+    return outputs, final
+
+
+def _wide(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+
+def _widened(weights: RecurrentWeights) -> RecurrentWeights:
+    """The float32 recurrence's parameters (differentiably: gradients return in their dtype);
+    the input kernel stays as it is (the projection runs in the inputs' dtype)."""
+    ln = weights.layer_norm
+    return weights._replace(
+        recurrent_kernel=_wide(weights.recurrent_kernel),
+        bias=_wide(weights.bias),
+        layer_norm=None if ln is None else type(ln)(*(_wide(p) for p in ln)),
+    )
+
+
+def _half_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w + b`` in ``w``'s half-precision dtype (``b`` float32), as float32."""
+    y = (x.to(w.dtype) @ w).float()
+    return y if b is None else y + b
