@@ -4,9 +4,11 @@ For each configuration (standard LSTM/GRU/SimpleRNN, masked left-/right-padded, 
 recurrent dropout, layer norm, custom activations (hard-sigmoid gates, GELU), zoneout, DropConnect,
 the GRU with ``reset_after=False``) and each backend that can
 run it (rnnkit ``auto``, ``fused``, ``reference``, ``torch.nn`` where exactly applicable, a naive
-``nn.LSTMCell``-style loop), this measures tokens per second of a training step (forward +
-backward) and of inference, as the median of :class:`torch.utils.benchmark.Timer` runs, and
-the ratio to ``torch.nn.<LSTM|GRU|RNN>`` in its standard configuration, measured in the same run.
+``nn.LSTMCell``-style loop, and Keras 3's own layer on its torch backend where ``keras`` imports
+with that backend: :func:`keras_module`), this measures tokens per second of a training step
+(forward + backward) and of inference, as the median of :class:`torch.utils.benchmark.Timer`
+runs, and the ratio to ``torch.nn.<LSTM|GRU|RNN>`` in its standard configuration, measured in the
+same run.
 Tokens are ``batch * time`` positions (padding included), so ratios compare equal work. The
 training step computes the input's gradient too, as it is needed after an embedding or another
 layer (``input_grad=False``: a first layer on raw features; torch's kernels compute it either way,
@@ -313,6 +315,39 @@ class _RnnkitLayer(nn.Module):
         return self.layer(x, mask=mask)
 
 
+# the layer options Keras' own LSTM / GRU / SimpleRNN take (layer norm, zoneout and DropConnect
+# on the recurrent kernel are rnnkit's)
+_KERAS_OPTIONS = {"recurrent_dropout", "activation", "recurrent_activation", "reset_after"}
+KERAS_BACKEND_NAME = "keras (torch backend)"
+
+
+def keras_module():
+    """Keras 3 on its torch backend, for the bench's Keras rows; ``None`` where it does not
+    import, or imports with another backend. Sets ``KERAS_BACKEND=torch`` for this process when
+    unset and Keras is not imported yet (its layers are then ``torch.nn.Module`` s)."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except Exception:  # noqa: BLE001 - not installed, or its backend fails to import
+        return None
+    return keras if keras.backend.backend() == "torch" else None
+
+
+class _KerasLayer(nn.Module):
+    """Keras' own recurrent layer (torch backend), as a Keras user runs it on PyTorch."""
+
+    def __init__(self, keras, config: Config, shape: Shape):
+        super().__init__()
+        cls = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
+        layer = cls[config.cell](shape.units, return_sequences=True, **config.options)
+        self.layer = keras.layers.Bidirectional(layer) if config.bidirectional else layer
+        self.layer.build((shape.batch, shape.time, shape.input_size))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.layer(x, mask=mask, training=self.training)
+
+
 def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Module]]:
     """Backend name -> constructor of the module that runs ``config`` on it."""
     out: dict[str, Callable[[], nn.Module]] = {
@@ -327,6 +362,9 @@ def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Modul
     if not config.options and not config.bidirectional:
         name = f"nn.{TORCH_CELLS[config.cell].__name__} loop"
         out[name] = lambda: _CellLoop(config.cell, shape.input_size, shape.units)
+    keras = keras_module()
+    if keras is not None and set(config.options) <= _KERAS_OPTIONS:
+        out[KERAS_BACKEND_NAME] = lambda: _KerasLayer(keras, config, shape)
     return out
 
 

@@ -47,12 +47,12 @@ def test_bench_only_filters_keeps_the_baseline_and_rejects_unknown(tmp_path, cap
     assert {r["config"] for r in rows} == {"gru layer_norm", "gru standard"}
     # progress: one line per measurement, counted, with the time so far (and left, from the 2nd)
     lines = [line for line in capsys.readouterr().err.splitlines() if "measuring" in line]
-    assert len(lines) == 9  # 5 backends of the standard GRU, 3 of layer norm, the baseline again
-    assert lines[0].startswith("  [1/9, 0:0") and "left" not in lines[0]
-    assert (
-        lines[-1].startswith("  [9/9, ")
-        and "left] measuring gru standard / torch.nn.GRU" in (lines[-1])
-    )
+    chosen = [c for c in bench.CONFIGS if c.name in ("gru standard", "gru layer_norm")]
+    n = sum(len(bench._candidates(c, bench.QUICK)) for c in chosen) + 1  # + the baseline again
+    assert len(lines) == n
+    assert lines[0].startswith(f"  [1/{n}, 0:0") and "left" not in lines[0]
+    assert lines[-1].startswith(f"  [{n}/{n}, ")
+    assert "left] measuring gru standard / torch.nn.GRU" in lines[-1]
     assert all(r["train_ratio"] > 0 for r in rows if not r["note"])
     assert main(["bench", "--quick", "--only", "no such config"]) == 1
     assert "matches no configuration" in capsys.readouterr().err
@@ -150,6 +150,38 @@ def test_training_steps_compute_the_input_gradient_unless_told_not_to(tmp_path, 
     assert main(args) == 0
     assert json.loads(out.read_text())["input_grad"] is True
     assert "training steps with the input's gradient" in capsys.readouterr().out
+
+
+def test_bench_measures_keras_own_layers_where_keras_runs_on_torch(tmp_path):
+    # the issue's "Keras if keras is importable": Keras 3's layers on its torch backend, for the
+    # configurations Keras has (not layer norm, zoneout or DropConnect)
+    pytest.importorskip("keras")
+    if bench.keras_module() is None:
+        pytest.skip("keras imports here with another backend than torch")
+    out = tmp_path / "keras.json"
+    only = ["--only", "lstm recurrent_dropout", "--json", str(out)]
+    assert main(["bench", "--quick", *only]) == 0
+    rows = {(r["config"], r["backend"]): r for r in json.loads(out.read_text())["rows"]}
+    for config in ("lstm standard", "lstm recurrent_dropout=0.25"):
+        row = rows[(config, bench.KERAS_BACKEND_NAME)]
+        assert row["note"] == "" and row["train_ratio"] > 0 and row["infer_tokens_per_s"] > 0
+    names = {c.name: c for c in bench.CONFIGS}
+    for config in ("lstm layer_norm", "lstm zoneout=0.1", "lstm DropConnect=0.3"):
+        assert bench.KERAS_BACKEND_NAME not in bench._candidates(names[config], bench.QUICK)
+    for config in ("gru reset_after=False", "lstm bidirectional", "lstm gelu"):
+        assert bench.KERAS_BACKEND_NAME in bench._candidates(names[config], bench.QUICK)
+
+
+def test_keras_rows_need_keras_on_its_torch_backend(monkeypatch):
+    import sys
+    import types
+
+    other = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "jax"))
+    monkeypatch.setitem(sys.modules, "keras", other)
+    assert bench.keras_module() is None
+    monkeypatch.setitem(sys.modules, "keras", None)  # (import raises ImportError)
+    assert bench.keras_module() is None
+    assert bench.KERAS_BACKEND_NAME not in bench._candidates(bench.CONFIGS[0], bench.QUICK)
 
 
 def test_peak_memory_hides_native_stderr_lines_and_restores_stderr(capfd):
