@@ -560,9 +560,8 @@ def run_benchmarks(
     )
     calls = 1 if quick else 2
     resamples: dict[str, list[Row]] = {}
-    total = sum(
-        len(_candidates(c, shape)) + (c.cell in baselines and not c.standard) for c in configs
-    )
+    plan = [(c, _candidates(c, shape)) for c in configs]
+    total = sum(len(cands) + (c.cell in baselines and not c.standard) for c, cands in plan)
     done, start = 0, time.perf_counter()
 
     def report(what: str) -> None:
@@ -573,8 +572,8 @@ def run_benchmarks(
             progress(f"[{done + 1}/{total}, {_clock(elapsed)} elapsed{left}] measuring {what}")
         done += 1
 
-    for config in configs:
-        for backend, make in _candidates(config, shape).items():
+    for config, candidates in plan:
+        for backend, make in candidates.items():
             report(f"{config.name} / {backend}")
             base = steps.get(config.cell)
             row = measure(

@@ -288,7 +288,6 @@ def test_half_precision_projects_in_its_dtype_and_recurs_in_float32(dtype, monke
     # bfloat16 / float16: the input projection in that dtype (never the float32 products), the
     # recurrence in float32 on the same (rounded) values, the results cast back, gradients in the
     # parameters' own dtype (before: the reference's Python loop). Against float32 throughout.
-    monkeypatch.setattr(fused, "keras_linear", None)  # (would raise if the projection used it)
     for cell, reset_after in CELLS:
         for layer_norm in (False, True):
             spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm)
@@ -303,14 +302,14 @@ def test_half_precision_projects_in_its_dtype_and_recurs_in_float32(dtype, monke
                 x = x.to(d).requires_grad_(True)
                 opts = {k: v.to(d) if v.is_floating_point() else v for k, v in kw.items()}
                 state = (x.new_zeros(B, U),) * spec.state_count
-                if d == torch.float32:
-                    monkeypatch.undo()  # the float32 run uses the float32 products
-                out, final = fused.run(spec, w, x, state, **opts)
+                with monkeypatch.context() as patch:
+                    if d == dtype:  # (would raise if the half run used the float32 products)
+                        patch.setattr(fused, "keras_linear", None)
+                    out, final = fused.run(spec, w, x, state, **opts)
                 loss = (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
                 loss = loss + sum(s.float().sum() for s in final)
                 grads = torch.autograd.grad(loss, [x, *_params(w)])
                 results.append((out, final, grads))
-            monkeypatch.setattr(fused, "keras_linear", None)
             (o1, s1, g1), (o2, s2, g2) = results
             assert o1.dtype == dtype and all(s.dtype == dtype for s in s1)
             assert all(g.dtype == dtype for g in g1)

@@ -1171,4 +1171,4 @@ def _widened(weights: RecurrentWeights) -> RecurrentWeights:
 def _half_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """``x @ w + b`` in ``w``'s half-precision dtype (``b`` float32), as float32."""
     y = (x.to(w.dtype) @ w).float()
-    return y if b is None else y + b
+    return y if b is None else y.add_(b)  # (y is this function's own float32 copy)
