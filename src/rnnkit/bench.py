@@ -17,6 +17,8 @@ rnnkit's fused loops only when it is needed).
 Also measured: the machine's matrix-product roofline (GFLOP/s of a large float32 product), the
 peak memory of a training step (forward + backward; see :func:`peak_memory_bytes`), and
 end-to-end LM training throughput (PTB-small shapes) with its fraction of the roofline.
+:func:`format_table` prints a result, :func:`plot_results` draws it (ratio bars per
+configuration and backend), :func:`load_results` reads one back from its JSON.
 
 Benchmarks are not tests: nothing here asserts a speed.
 """
@@ -32,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -665,3 +668,153 @@ def format_table(result: dict) -> str:
             f"{100 * m['roofline_fraction']:5.1f}% of roofline"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reading, drawing
+_RESULT_KEYS = ("machine", "shape", "roofline_gflops", "rows", "lm")
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """A result of :func:`run_benchmarks` read back from the JSON that ``rnnkit bench --json``
+    wrote (to print or plot it again without measuring).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or not a bench result (the missing keys are named).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc})") from exc
+    missing = [k for k in _RESULT_KEYS if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise ValueError(
+            f"{path} is not an `rnnkit bench --json` result: missing {', '.join(missing)}"
+        )
+    return result
+
+
+# the backends as the plot groups them (each cell's torch.nn layer and cell loop together), in
+# drawing order: rnnkit first, then what users would otherwise run
+_ROLES = (
+    ("rnnkit auto", "rnnkit auto", "#1f77b4"),
+    ("rnnkit fused", "rnnkit fused", "#9ecae1"),
+    ("torch.nn", "torch.nn.LSTM / GRU / RNN", "#2ca02c"),
+    ("keras", "Keras 3 (torch backend)", "#d62728"),
+    ("loop", "nn.LSTMCell / GRUCell / RNNCell loop", "#ff7f0e"),
+    ("rnnkit reference", "rnnkit reference (Python loop)", "#bdbdbd"),
+)
+
+
+def _role(backend: str) -> str:
+    """The plot's name for a backend row: ``torch.nn.GRU`` -> ``torch.nn``, ``nn.GRUCell loop``
+    -> ``loop``, the Keras rows -> ``keras``; rnnkit's own names as they are."""
+    if backend.startswith("torch.nn."):
+        return "torch.nn"
+    if backend.endswith(" loop"):
+        return "loop"
+    if backend.startswith("keras"):
+        return "keras"
+    return backend
+
+
+def ratio_series(result: dict, phase: str = "train") -> tuple[list[str], dict[str, list]]:
+    """What :func:`plot_results` draws for ``phase`` (``"train"`` or ``"infer"``): the
+    configurations in the run's order and, per backend (each cell's ``torch.nn`` layers as
+    ``"torch.nn"``, its cell loops as ``"loop"``, Keras as ``"keras"``; rnnkit first), the speed
+    relative to the cell's ``torch.nn`` standard layer for each configuration: the paired ratio
+    where the run measured one, else the ratio of medians; ``None`` where the backend has no row
+    or its row is n/a. Backends without any value are left out."""
+    if phase not in ("train", "infer"):
+        raise ValueError(f"phase must be 'train' or 'infer'; received {phase!r}")
+    order = [key for key, _, _ in _ROLES]
+    configs = list(dict.fromkeys(r["config"] for r in result["rows"]))
+    roles = sorted(
+        dict.fromkeys(_role(r["backend"]) for r in result["rows"]),
+        key=lambda b: (order.index(b) if b in order else len(order), b),
+    )
+    series: dict[str, list] = {b: [None] * len(configs) for b in roles}
+    for r in result["rows"]:
+        value = r.get(f"{phase}_paired")
+        if value is None:
+            value = r.get(f"{phase}_ratio")
+        if value is not None and not r.get("note"):
+            series[_role(r["backend"])][configs.index(r["config"])] = float(value)
+    return configs, {b: v for b, v in series.items() if any(x is not None for x in v)}
+
+
+def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Draw a bench result to a PNG: for training and inference, one group of horizontal bars per
+    configuration, one bar per backend that ran it, labelled with its speed relative to
+    ``torch.nn``'s standard layer of the same cell (1.0, the dashed line; paired ratios where
+    the run measured them, see :func:`ratio_series`).
+
+    Returns:
+        The path written (folders are created).
+
+    Raises:
+        ValueError: the result has no measured rows.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    panels = [("train", "training step (forward + backward)"), ("infer", "inference")]
+    drawn = [(label, *ratio_series(result, phase)) for phase, label in panels]
+    values = [v for _, _, s in drawn for vals in s.values() for v in vals if v is not None]
+    if not values:
+        raise ValueError("the bench result has no measured rows: nothing to plot")
+    configs = drawn[0][1]
+    style = {key: (label, colour) for key, label, colour in _ROLES}
+    roles = list(dict.fromkeys(b for _, _, s in drawn for b in s))
+    colours = {b: style.get(b, (b, f"C{k}"))[1] for k, b in enumerate(roles)}
+
+    # each configuration a band of height 1 holding the bars of the backends that ran it
+    def ran(backend: str, i: int) -> bool:
+        return any(s.get(backend, [None] * len(configs))[i] is not None for _, _, s in drawn)
+
+    present = [[b for b in roles if ran(b, i)] for i in range(len(configs))]
+    bars_total = sum(len(p) for p in present)
+    width = 0.84 / max(len(p) for p in present)
+    fig = Figure(figsize=(13, 1.6 + 0.17 * bars_total), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(ncols=2, sharey=True)
+    for ax, (label, _, series) in zip(axes, drawn, strict=True):
+        for i, here in enumerate(present):  # bars of one thickness, centred in the band
+            for k, backend in enumerate(here):
+                value = series.get(backend, [None] * len(configs))[i]
+                if value is None:
+                    continue
+                y = i + (k - (len(here) - 1) / 2) * width
+                bar = ax.barh(y, value, height=width * 0.92, color=colours[backend])
+                ax.bar_label(bar, fmt="%.2f", padding=2, fontsize=7)
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlim(0, max(values) * 1.12)
+        ax.set_title(label)
+        ax.set_xlabel("speed relative to torch.nn's standard layer of the cell (dashed: 1.0)")
+        ax.grid(True, axis="x", alpha=0.3)
+        for i in range(1, len(configs)):
+            ax.axhline(i - 0.5, color="grey", linewidth=0.4, alpha=0.5)
+    axes[0].set_yticks(range(len(configs)), configs)
+    axes[0].set_ylim(len(configs) - 0.5, -0.5)
+    fig.legend(
+        handles=[Patch(color=colours[b], label=style.get(b, (b,))[0]) for b in roles],
+        loc="outside lower center",
+        ncols=min(len(roles), 3),
+    )
+    m, s = result["machine"], result["shape"]
+    grad = "with" if result.get("input_grad", True) else "without"
+    kind = "paired ratios" if result.get("paired_rounds") else "ratios of medians"
+    fig.suptitle(
+        title
+        or f"rnnkit bench: batch {s['batch']}, {s['time']} steps, {s['input_size']} -> "
+        f"{s['units']}; {m['threads']} thread(s), torch {m['torch']}; training {grad} the "
+        f"input's gradient; {kind}"
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out

@@ -11,8 +11,9 @@ from rnnkit.cli.main import main
 
 
 def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    out, png = tmp_path / "bench.json", tmp_path / "plots" / "bench.png"
+    assert main(["bench", "--quick", "--json", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert {r["config"] for r in rows} == {c.name for c in bench.CONFIGS}
@@ -244,3 +245,83 @@ def test_bench_paired_adds_paired_ratios(tmp_path, capsys):
     assert "paired = the ratio measured alternating" in capsys.readouterr().out
     assert main(["bench", "--quick", "--paired", "-1"]) == 1
     assert "--paired must be >= 1 rounds; received -1" in capsys.readouterr().err
+
+
+def _saved_result(rows):
+    return {
+        "machine": {"platform": "p", "processor": "cpu", "torch": "2", "threads": 1},
+        "paired_rounds": 3,
+        "input_grad": True,
+        "shape": {"batch": 2, "time": 3, "input_size": 4, "units": 5},
+        "roofline_gflops": 10.0,
+        "rows": rows,
+        "lm": {
+            "shape": {},
+            "rnnkit": {"tokens_per_s": 2.0, "gflops": 1.0, "roofline_fraction": 0.1},
+            "torch.nn": {"tokens_per_s": 1.0, "gflops": 0.5, "roofline_fraction": 0.05},
+        },
+    }
+
+
+def _row(config, backend, ratio, paired=None, note=""):
+    return {
+        "config": config, "backend": backend, "train_tokens_per_s": 1.0, "train_ratio": ratio,
+        "infer_tokens_per_s": 1.0, "infer_ratio": ratio / 2, "peak_mb": 1.0,
+        "train_paired": paired, "infer_paired": None, "note": note,
+    }  # fmt: skip
+
+
+def test_ratio_series_groups_backends_and_prefers_paired_ratios():
+    result = _saved_result([
+        _row("lstm standard", "torch.nn.LSTM", 1.0, paired=1.0),
+        _row("lstm standard", "nn.LSTMCell loop", 0.4),
+        _row("lstm standard", "rnnkit auto", 0.9, paired=0.95),
+        _row("lstm gelu", "rnnkit auto", 0.8),
+        _row("lstm gelu", "keras (torch backend)", 0.3, note="n/a: not in keras"),
+        _row("gru standard", "torch.nn.GRU", 1.0),
+        _row("gru standard", "nn.GRUCell loop", 0.6),
+    ])  # fmt: skip
+    configs, series = bench.ratio_series(result, "train")
+    assert configs == ["lstm standard", "lstm gelu", "gru standard"]
+    # rnnkit first; each cell's torch.nn layer and cell loop on one series; the n/a Keras row
+    # leaves no series
+    assert list(series) == ["rnnkit auto", "torch.nn", "loop"]
+    assert series["rnnkit auto"] == [0.95, 0.8, None]  # paired where measured
+    assert series["torch.nn"] == [1.0, None, 1.0]
+    assert series["loop"] == [0.4, None, 0.6]
+    _, infer = bench.ratio_series(result, "infer")
+    assert infer["rnnkit auto"] == [0.45, 0.4, None]
+    with pytest.raises(ValueError, match="phase must be 'train' or 'infer'; received 'eval'"):
+        bench.ratio_series(result, "eval")
+    with pytest.raises(ValueError, match="no measured rows"):
+        bench.plot_results(_saved_result([_row("lstm gelu", "rnnkit auto", 1, note="n/a")]), "x")
+
+
+def test_bench_from_prints_and_plots_a_saved_run_without_measuring(tmp_path, capsys, monkeypatch):
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(_saved_result([
+        _row("lstm standard", "torch.nn.LSTM", 1.0), _row("lstm standard", "rnnkit auto", 0.9)
+    ])))  # fmt: skip
+
+    def measure(**_):
+        raise AssertionError("--from must not measure")
+
+    monkeypatch.setattr(bench, "run_benchmarks", measure)
+    png = tmp_path / "run.png"
+    assert main(["bench", "--from", str(saved), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "lstm standard" in out and "rnnkit auto" in out and f"wrote {png}" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    # options that change what is measured cannot apply to a saved run
+    assert main(["bench", "--from", str(saved), "--quick", "--threads", "2"]) == 2
+    assert "it takes no --quick, --threads" in capsys.readouterr().err
+    assert main(["bench", "--from", str(tmp_path / "none.json")]) == 1
+    assert "none.json" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    assert main(["bench", "--from", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "not an `rnnkit bench --json` result: missing machine, shape" in err
+    other.write_text("{")
+    assert main(["bench", "--from", str(other)]) == 1
+    assert "is not JSON" in capsys.readouterr().err

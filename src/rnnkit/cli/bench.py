@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from rnnkit.cli.main import UsageError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -55,7 +57,25 @@ def register(subparsers) -> None:
         "call by call, ROUNDS rounds (default 15; steadier on a shared machine, about twice "
         "the run time)",
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw the results: bars of each configuration's speed per backend, relative "
+        "to torch.nn's standard layer, training and inference",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_json",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print (and with --plot draw) the results a --json run wrote",
+    )
     parser.set_defaults(run=run)
+
+
+# the options that change what is measured, which --from cannot honour
+_MEASURING = ("quick", "only", "threads", "fresh_allocator", "no_input_grad", "paired", "json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +83,14 @@ def run(args: argparse.Namespace) -> int:
 
     from rnnkit import bench
 
+    if args.from_json is not None:
+        given = [f"--{k.replace('_', '-')}" for k in _MEASURING if getattr(args, k)]
+        if given:
+            raise UsageError(f"--from prints a saved run; it takes no {', '.join(given)}")
+        result = bench.load_results(args.from_json)
+        print(bench.format_table(result))
+        _plot(bench, result, args.plot)
+        return 0
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1; received {args.threads}")
@@ -91,4 +119,10 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    _plot(bench, result, args.plot)
     return 0
+
+
+def _plot(bench, result: dict, path: Path | None) -> None:
+    if path is not None:
+        print(f"wrote {bench.plot_results(result, path)}")
