@@ -1,13 +1,14 @@
-"""Which kernel should train an unmasked LSTM layer on the CPU (issue 6, ``dispatch.py``'s rule).
+"""Which kernel should run an unmasked LSTM layer on the CPU (issue 6, ``dispatch.py``'s rule).
 
     PYTHONPATH=src python3 benchmarks/cpu_lstm_dispatch.py [--threads N] [--rounds R]
-        [--shapes B,T,I,U ...] [--fresh-allocator]
+        [--shapes B,T,I,U ...] [--fresh-allocator] [--inference]
 
 For each shape, a training step (forward + backward, the input's gradient computed or not) of
 ``torch.nn.LSTM`` and of rnnkit's ``LSTM`` layer on its ``vendor`` (torch's kernel) and ``fused``
 backends, and on ``auto`` (with the backend it picked), paired: every round times each in turn
 (2 calls each), and each ratio is the median over the rounds of torch's time over the layer's,
-with its quartiles. Prints one line per (shape, input gradient, backend).
+with its quartiles. Prints one line per (shape, input gradient, backend). ``--inference``: the
+same for inference calls (``no_grad``, eval mode; small calls repeated to ~2 ms per timing).
 """
 
 from __future__ import annotations
@@ -35,30 +36,44 @@ def _step(module, x: torch.Tensor):
     return step
 
 
-def sweep(shape: str, input_grad: bool, rounds: int) -> None:
+def _inference(module, x: torch.Tensor):
+    module.eval()
+
+    def step() -> None:
+        with torch.no_grad():
+            module(x)
+
+    return step
+
+
+def sweep(shape: str, input_grad: bool, rounds: int, training: bool = True) -> None:
     batch, steps, features, units = (int(v) for v in shape.split(","))
-    x = torch.randn(batch, steps, features).requires_grad_(input_grad)
-    steps_by_name = {"torch.nn.LSTM": _step(torch.nn.LSTM(features, units, batch_first=True), x)}
+    x = torch.randn(batch, steps, features).requires_grad_(input_grad and training)
+    make = _step if training else _inference
+    steps_by_name = {"torch.nn.LSTM": make(torch.nn.LSTM(features, units, batch_first=True), x)}
     for backend in ("auto", "vendor", "fused"):
         layer = LSTM(units, return_sequences=True, backend=backend, input_size=features)
-        steps_by_name[f"rnnkit {backend}"] = _step(layer, x)
+        steps_by_name[f"rnnkit {backend}"] = make(layer, x)
     for step in steps_by_name.values():
         step()
         step()
+    macs = batch * steps * 4 * units * (features + units)
+    calls = 2 if training else max(2, min(200, int(2e-3 * 5e10 / macs)))  # ~2 ms or more
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(rounds):
         for name, step in steps_by_name.items():
             start = time.perf_counter()
-            step()
-            step()
-            times[name].append((time.perf_counter() - start) / 2)
+            for _ in range(calls):
+                step()
+            times[name].append((time.perf_counter() - start) / calls)
     spec = LSTM(units, input_size=features).cell.spec
     picked = dispatch.select(
         spec,
         batch=batch,
-        training=True,
-        input_grad=input_grad,
-        macs=batch * steps * 4 * units * (features + units),
+        steps=steps,
+        training=training,
+        input_grad=input_grad and training,
+        macs=macs,
         device=x.device,
         dtype=x.dtype,
     )
@@ -67,8 +82,9 @@ def sweep(shape: str, input_grad: bool, rounds: int) -> None:
         ratios = [b / s for b, s in zip(base, seconds, strict=True)]
         q1, _, q3 = statistics.quantiles(ratios)
         note = f"  (auto picks {picked})" if name == "rnnkit auto" else ""
+        what = f"input grad {'yes' if input_grad else 'no ':3}" if training else "inference"
         print(
-            f"{shape:>16}  input grad {'yes' if input_grad else 'no ':3}  {name:15} "
+            f"{shape:>16}  {what}  {name:15} "
             f"{statistics.median(seconds) * 1e3:8.2f} ms  ratio {statistics.median(ratios):.3f} "
             f"(q1 {q1:.3f} q3 {q3:.3f}){note}",
             flush=True,
@@ -81,12 +97,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), metavar="B,T,I,U")
     parser.add_argument("--fresh-allocator", action="store_true", help="glibc's defaults")
+    parser.add_argument("--inference", action="store_true", help="inference calls, not training")
     args = parser.parse_args()
     if not args.fresh_allocator:
         allocator.tune()
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, allocator {'tuned' if allocator.is_tuned() else 'default'}")
     for shape in args.shapes:
+        if args.inference:
+            sweep(shape, False, args.rounds, training=False)
+            continue
         for input_grad in (True, False):
             sweep(shape, input_grad, args.rounds)
 

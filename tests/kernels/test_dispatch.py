@@ -176,12 +176,37 @@ def test_lstm_training_goes_fused_where_measured_faster(
     assert dispatch.select(RecurrenceSpec("lstm", 400), **f32) == "vendor"
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("tuned", [False, True])
+def test_small_lstm_calls_go_fused_on_one_or_two_threads(training, tuned, monkeypatch):
+    # at most 96 tokens (batch x steps) torch's kernel's per-call costs dominate (measured:
+    # 1x1 200 units 1.29x vs 0.70x, 4x20 1.08x vs 0.90x; 1x100 0.94x vs 1.03x), at any width
+    from rnnkit import allocator
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
+    monkeypatch.setattr(allocator, "is_tuned", lambda: tuned)
+    threads = [2]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    call = {"device": torch.device("cpu"), "dtype": torch.float32, "training": training}
+    call.update(input_grad=training, macs=LARGE)  # (the training rule alone: vendor when tuned)
+    wide = RecurrenceSpec("lstm", 650)
+    assert dispatch.select(wide, batch=1, steps=1, **call) == "fused"
+    assert dispatch.select(wide, batch=16, steps=6, **call) == "fused"
+    assert dispatch.select(wide, batch=1, steps=97, **call) == "vendor"  # 97 tokens
+    assert dispatch.select(wide, batch=16, **call) == "vendor"  # steps unknown: not small
+    assert dispatch.select(wide, batch=1, steps=1, **{**call, "dtype": torch.float64}) == "vendor"
+    threads[0] = 4  # more threads: not measured, torch's kernel
+    assert dispatch.select(wide, batch=1, steps=1, **call) == "vendor"
+
+
 def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monkeypatch):
     seen = []
 
     def order(**kwargs):
         seen.append((kwargs["training"], kwargs["input_grad"]))
         assert kwargs["macs"] == 3 * 5 * 4 * U * (4 + U)  # T B 4u (I + u)
+        assert (kwargs["batch"], kwargs["steps"]) == (3, 5)
         return dispatch.AUTO_ORDER
 
     monkeypatch.setattr(dispatch, "auto_order", order)
@@ -214,7 +239,8 @@ def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):
     spec = RecurrenceSpec("lstm", U)
     torch.manual_seed(0)
     w = RecurrentWeights(torch.randn(3, 4 * U), torch.randn(U, 4 * U), torch.randn(4 * U))
-    x, state = torch.randn(2, 5, 3), (torch.zeros(2, U), torch.zeros(2, U))
+    # 4 x 25: more tokens than a small call (which would go fused first)
+    x, state = torch.randn(4, 25, 3), (torch.zeros(4, U), torch.zeros(4, U))
     with pytest.warns(RuntimeWarning, match="vendor backend cannot run on this machine"):
         out, _ = dispatch.run(spec, w, x, state)
     torch.testing.assert_close(out, reference.run(spec, w, x, state)[0])

@@ -11,9 +11,10 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``backend="auto"`` takes the first that supports the call exactly, in the order
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
-:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and the LSTM's training calls up to 1600 gate
-columns on one or two threads while :func:`rnnkit.allocator.tune` is not in effect or the input
-needs no gradient, or on one thread where the call is small; on CUDA, masked calls and
+:mod:`rnnkit.kernels.cpu_ext` are available) GRU, and on one or two threads the LSTM's small
+calls (at most 96 tokens, batch x steps: torch's kernel's per-call costs dominate them) and its
+training calls up to 1600 gate columns while :func:`rnnkit.allocator.tune` is not in effect or the
+input needs no gradient, or on one thread where the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
 :func:`auto_order`) go ``triton, vendor, fused, reference``;
 naming a backend that cannot run the call raises ``ValueError``.
@@ -45,9 +46,9 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # threads: SimpleRNN 2.09x / 1.99x at 32x100 128->256, 1.75x / 1.61x at 20x20 200->200; GRU
 # 2.14x / 2.07x and 1.93x / 1.86x; SimpleRNN's Python loops alone 1.46x and 0.98x with 1 thread).
 # The LSTM depends on what is measured. Inference stays on torch's oneDNN kernel (the fused LSTM:
-# 0.89-0.93x of it with 1 thread, 0.72-0.80x with 2). Training, paired call by call against
-# torch.nn.LSTM (the vendor backend 0.97-1.00x of it throughout), 32x100 128->256 / 64x400
-# 128->64:
+# 0.89-0.93x of it with 1 thread, 0.72-0.80x with 2) except for small calls (below). Training,
+# paired call by call against torch.nn.LSTM (the vendor backend 0.97-1.00x of it throughout),
+# 32x100 128->256 / 64x400 128->64:
 # - glibc's default allocator (any script that does not call rnnkit.allocator.tune()): torch's
 #   kernel page-faults its large workspace in again on every step; the fused LSTM 1.33x / 1.97x
 #   with 1 thread, 1.40x / 1.62x with 2;
@@ -76,10 +77,26 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # So training goes fused first up to 1600 gate columns: with 1 or 2 threads while the allocator
 # is untuned or the input needs no gradient, and tuned with the input's gradient on 1 thread
 # when the call is small; with more threads (not measured here) it stays on torch's kernel.
+# Calls of few tokens (batch x steps: a stateful layer fed a chunk at a time, a classifier on one
+# short text) are dominated by per-call costs: torch's kernel reorders its weights on every call
+# (and rnnkit's vendor path transposes them first), where the fused LSTM's gate-blocked weight
+# copy is cheaper. benchmarks/cpu_lstm_dispatch.py --inference (paired, tuned; runs/dispatch/
+# inf-*.txt), B x T I->u, fused vs vendor as a ratio to torch.nn.LSTM, 1 thread: 1x1 200 1.29 vs
+# 0.70, 1x1 650 1.28 vs 0.65, 1x1 1500 1.13 vs 0.59, 1x5 1.19 vs 0.74, 1x20 200 1.01 vs 0.85, 1x20
+# 650 0.99 vs 0.75, 1x50 0.93 vs 0.90, 4x20 1.08 vs 0.90, 2x40 1.24 vs 0.94, 8x10 0.95 vs 0.87,
+# 16x6 0.97 vs 0.88, 32x3 256 1.18 vs 1.03, 8x12 650 0.97 vs 0.70; but 1x80 0.91 vs 0.96, 1x100
+# 128->256 0.94 vs 1.03, 8x35 0.92 vs 0.96, 20x35 200 0.93 vs 0.97, 32x100 0.92 vs 0.97. 2 threads:
+# 1x1 1.45 vs 0.74, 1x20 1.14 vs 0.87, 4x20 1.12 vs 0.92, 16x6 1.06 vs 0.93; 1x100 0.97 vs 0.98,
+# 8x35 0.89 vs 0.95. Untuned alike (1x20 650: 1.08 vs 0.43). Training steps of such calls too, 2
+# threads, tuned, with / without the input's gradient: 1x20 200 0.92 / 1.16 vs 0.85 / 0.85, 4x20
+# 0.97 / 1.22 vs 0.88 / 0.85, 16x6 0.97 / 1.14 vs 0.89 / 0.85, 1x1 650 1.35 / 1.42 vs 0.73 / 0.73.
+# So any LSTM call of at most FUSED_LSTM_MAX_SMALL_TOKENS tokens goes fused first (1 or 2
+# threads, any width).
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
 FUSED_LSTM_MAX_GATE_COLUMNS = 1600
 FUSED_LSTM_MAX_INPUT_GRAD_MACS = 2**30
+FUSED_LSTM_MAX_SMALL_TOKENS = 96
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
@@ -127,21 +144,23 @@ def auto_order(
     spec: RecurrenceSpec | None = None,
     dtype=None,
     batch: int | None = None,
+    steps: int | None = None,
     training: bool = False,
     input_grad: bool = False,
     macs: int | None = None,
     **_options,
 ) -> tuple[str, ...]:
-    """The order in which ``auto`` tries the backends for a call (``batch``: its batch size;
-    ``training``: whether the call records for a backward pass; ``input_grad``: whether that
-    pass needs the inputs' gradient; ``macs``: the multiply-adds of its products,
-    ``T B G u (I + u)``)."""
+    """The order in which ``auto`` tries the backends for a call (``batch``, ``steps``: its batch
+    size and time steps; ``training``: whether the call records for a backward pass;
+    ``input_grad``: whether that pass needs the inputs' gradient; ``macs``: the multiply-adds of
+    its products, ``T B G u (I + u)``)."""
     on_cpu = device is None or torch.device(device).type == "cpu"
     if not on_cpu:
         if mask is not None or _triton_is_faster(spec, dtype, batch):
             return TRITON_FIRST_ORDER
         return AUTO_ORDER
-    if mask is not None or _fused_is_faster(spec, dtype, training, input_grad, macs):
+    tokens = None if batch is None or steps is None else batch * steps
+    if mask is not None or _fused_is_faster(spec, dtype, training, input_grad, macs, tokens):
         return FUSED_FIRST_ORDER
     return AUTO_ORDER
 
@@ -163,8 +182,10 @@ def _fused_is_faster(
     training: bool = False,
     input_grad: bool = False,
     macs: int | None = None,
+    tokens: int | None = None,
 ) -> bool:
-    """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above)."""
+    """Unmasked CPU calls where the fused recurrence beats torch's kernel (measurements above;
+    ``tokens``: batch x steps)."""
     if spec is None or dtype not in (None, torch.float32):
         return False
     if spec.cell == "simple":
@@ -173,9 +194,13 @@ def _fused_is_faster(
         return False
     if spec.cell == "gru":
         return True
-    if spec.cell != "lstm" or not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
-        return False
     threads = torch.get_num_threads()
+    if spec.cell != "lstm" or threads > FUSED_LSTM_MAX_THREADS:
+        return False
+    if tokens is not None and tokens <= FUSED_LSTM_MAX_SMALL_TOKENS:
+        return True  # per-call costs dominate, training or not, any width
+    if not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
+        return False
     if not allocator.is_tuned() or not input_grad:
         return threads <= FUSED_LSTM_MAX_THREADS
     return threads == 1 and macs is not None and macs <= FUSED_LSTM_MAX_INPUT_GRAD_MACS
@@ -214,15 +239,16 @@ def select(
     *,
     backend: str = "auto",
     batch: int | None = None,
+    steps: int | None = None,
     training: bool = False,
     input_grad: bool = False,
     macs: int | None = None,
     **options,
 ) -> str:
-    """The backend name that :func:`run` would use for this call (``batch``: its batch size;
-    ``training``: whether it records for a backward pass, see :func:`recording`; ``input_grad``:
-    whether that pass needs the inputs' gradient; ``macs``: the multiply-adds of the call's
-    products).
+    """The backend name that :func:`run` would use for this call (``batch``, ``steps``: its batch
+    size and time steps; ``training``: whether it records for a backward pass, see
+    :func:`recording`; ``input_grad``: whether that pass needs the inputs' gradient; ``macs``: the
+    multiply-adds of the call's products).
 
     Raises:
         ValueError: unknown backend, or a named backend that cannot run this call exactly.
@@ -230,7 +256,13 @@ def select(
     check_backend_name(backend)
     if backend == "auto":
         order = auto_order(
-            spec=spec, batch=batch, training=training, input_grad=input_grad, macs=macs, **options
+            spec=spec,
+            batch=batch,
+            steps=steps,
+            training=training,
+            input_grad=input_grad,
+            macs=macs,
+            **options,
         )
         for name in order:
             module = _REGISTRY.get(name)
@@ -296,6 +328,7 @@ def run(
         spec,
         backend=backend,
         batch=batch,
+        steps=steps,
         training=training,
         input_grad=input_grad,
         macs=macs,
@@ -311,6 +344,7 @@ def run(
         fallback = select(
             spec,
             batch=batch,
+            steps=steps,
             training=training,
             input_grad=input_grad,
             macs=macs,
