@@ -26,6 +26,7 @@ Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -682,8 +683,6 @@ def load_results(path: str | os.PathLike) -> dict:
         FileNotFoundError: no such file.
         ValueError: not JSON, or not a bench result (the missing keys are named).
     """
-    import json
-
     path = Path(path)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
