@@ -42,6 +42,7 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 
 from rnnkit import allocator
+from rnnkit.kernels import dispatch
 from rnnkit.layers import GRU, LSTM, Bidirectional, SimpleRNN, lengths_to_mask
 from rnnkit.models import LanguageModel
 from rnnkit.models.presets import resolve_recipe
@@ -124,6 +125,9 @@ class Row:
     infer_paired_iqr: tuple[float, float] | None = None
     note: str = ""
     samples: int = 1  # baseline rows: the median of this many measurements spread over the run
+    # rnnkit rows: the backends its recurrences ran on, {"train": [...], "infer": [...]} (what
+    # ``auto`` picked; both directions of a bidirectional layer, once each when they agree)
+    kernels: dict[str, list[str]] | None = None
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -430,6 +434,12 @@ def measure(
             infer_tokens_per_s=shape.tokens / infer_s,
             peak_mb=peak / 2**20,
         )
+        if backend.startswith("rnnkit"):
+            row.kernels = {}
+            for phase, fn in (("train", step.train), ("infer", step.infer)):
+                with dispatch.record_choices() as used:
+                    fn()
+                row.kernels[phase] = list(dict.fromkeys(used))
         if baseline is not None and paired_rounds > 0:
             rounds, calls = paired_rounds, paired_calls
             m, q1, q3 = paired_ratio(baseline.train, step.train, rounds, calls)
@@ -618,6 +628,21 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
+def _picked(row: dict) -> str | None:
+    """``"vendor"``, or ``"fused / vendor"`` (training / inference), for an ``auto`` row that
+    recorded its kernels; else ``None``."""
+    kernels = row.get("kernels") or {}
+    if row["backend"] != "rnnkit auto" or not kernels.get("train") or not kernels.get("infer"):
+        return None
+    train, infer = ("+".join(kernels[k]) for k in ("train", "infer"))
+    return train if train == infer else f"{train} / {infer}"
+
+
+def _backend_label(row: dict) -> str:
+    picked = _picked(row)
+    return row["backend"] if picked is None else f"{row['backend']} ({picked})"
+
+
 def format_table(result: dict) -> str:
     """The human-readable report of :func:`run_benchmarks`."""
     s = result["shape"]
@@ -639,19 +664,21 @@ def format_table(result: dict) -> str:
             f"of {result['paired_rounds']} rounds"
         )
     pair_head = f" {'paired':>6}" if paired else ""
+    lines[1] += "; rnnkit auto (x): the kernel it picked (training / inference where they differ)"
     lines.append(
-        f"{'configuration':<30} {'backend':<22} {'train tok/s':>12} {'ratio':>6}{pair_head} "
+        f"{'configuration':<30} {'backend':<30} {'train tok/s':>12} {'ratio':>6}{pair_head} "
         f"{'infer tok/s':>12} {'ratio':>6}{pair_head} {'peak MB':>8}"
     )
     for r in result["rows"]:
+        backend = _backend_label(r)
         if r["note"]:
-            lines.append(f"{r['config']:<30} {r['backend']:<22} {r['note'][:60]}")
+            lines.append(f"{r['config']:<30} {backend:<30} {r['note'][:60]}")
             continue
         samples = f" *{r['samples']}" if r.get("samples", 1) > 1 else ""
         train_pair = f" {_fmt(r.get('train_paired'), '6.2f')}" if paired else ""
         infer_pair = f" {_fmt(r.get('infer_paired'), '6.2f')}" if paired else ""
         lines.append(
-            f"{r['config']:<30} {r['backend']:<22} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
+            f"{r['config']:<30} {backend:<30} {_fmt(r['train_tokens_per_s'], '12,.0f')} "
             f"{_fmt(r['train_ratio'], '6.2f')}{train_pair} "
             f"{_fmt(r['infer_tokens_per_s'], '12,.0f')} {_fmt(r['infer_ratio'], '6.2f')}"
             f"{infer_pair} {_fmt(r['peak_mb'], '8.1f')}{samples}"
@@ -749,7 +776,8 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
     """Draw a bench result to a PNG: for training and inference, one group of horizontal bars per
     configuration, one bar per backend that ran it, labelled with its speed relative to
     ``torch.nn``'s standard layer of the same cell (1.0, the dashed line; paired ratios where
-    the run measured them, see :func:`ratio_series`).
+    the run measured them, see :func:`ratio_series`); ``rnnkit auto``'s bars also name the kernel
+    it picked where the run recorded it.
 
     Returns:
         The path written (folders are created).
@@ -781,7 +809,12 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
     fig = Figure(figsize=(13, 1.6 + 0.17 * bars_total), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(ncols=2, sharey=True)
-    for ax, (label, _, series) in zip(axes, drawn, strict=True):
+    for ax, (phase, _), (label, _, series) in zip(axes, panels, drawn, strict=True):
+        picked = {  # the auto bars' labels name the kernel auto picked
+            r["config"]: "+".join(r["kernels"][phase])
+            for r in result["rows"]
+            if r["backend"] == "rnnkit auto" and (r.get("kernels") or {}).get(phase)
+        }
         for i, here in enumerate(present):  # bars of one thickness, centred in the band
             for k, backend in enumerate(here):
                 value = series.get(backend, [None] * len(configs))[i]
@@ -789,7 +822,10 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
                     continue
                 y = i + (k - (len(here) - 1) / 2) * width
                 bar = ax.barh(y, value, height=width * 0.92, color=colours[backend])
-                ax.bar_label(bar, fmt="%.2f", padding=2, fontsize=7)
+                text = f"{value:.2f}"
+                if backend == "rnnkit auto" and configs[i] in picked:
+                    text += f" ({picked[configs[i]]})"
+                ax.bar_label(bar, labels=[text], padding=2, fontsize=7)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_xlim(0, max(values) * 1.12)
         ax.set_title(label)

@@ -8,6 +8,7 @@ import torch
 
 from rnnkit import allocator, bench
 from rnnkit.cli.main import main
+from rnnkit.kernels import dispatch
 
 
 def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, capsys):
@@ -25,6 +26,17 @@ def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, c
             assert row["note"] == "", row
             assert row["train_tokens_per_s"] > 0 and row["infer_tokens_per_s"] > 0
             assert row["train_ratio"] > 0 and row["peak_mb"] > 0
+        # the kernels each rnnkit row ran on: named backends run their own, auto picks one that
+        # computes the configuration exactly (torch's kernel cannot do layer norm)
+        assert by[(config.name, "rnnkit reference")]["kernels"] == {
+            "train": ["reference"], "infer": ["reference"]
+        }  # fmt: skip
+        picked = by[(config.name, "rnnkit auto")]["kernels"]
+        assert set(picked) == {"train", "infer"} and all(picked.values())
+        assert set(picked["train"] + picked["infer"]) <= set(dispatch.available())
+    ln = by[("lstm layer_norm", "rnnkit auto")]["kernels"]
+    assert "vendor" not in ln["train"] + ln["infer"]
+    assert by[("lstm standard", "torch.nn.LSTM")]["kernels"] is None
     # the reference rows exist, have ratio 1 by definition, and are the median of one
     # measurement per configuration of their cell (re-measured between the others)
     counts = {"lstm": 0, "gru": 0, "simple": 0}
@@ -39,6 +51,9 @@ def test_bench_quick_writes_every_configuration_and_reference_ratios(tmp_path, c
     assert result["lm"]["rnnkit"]["tokens_per_s"] > 0
     table = capsys.readouterr().out
     assert "roofline" in table and "lstm layer_norm" in table
+    label = "+".join(ln["train"]) if ln["train"] == ln["infer"] else None
+    if label is not None:  # the table names auto's pick
+        assert f"rnnkit auto ({label})" in table
 
 
 def test_bench_only_filters_keeps_the_baseline_and_rejects_unknown(tmp_path, capsys):

@@ -242,9 +242,28 @@ def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):
     # 4 x 25: more tokens than a small call (which would go fused first)
     x, state = torch.randn(4, 25, 3), (torch.zeros(4, U), torch.zeros(4, U))
     with pytest.warns(RuntimeWarning, match="vendor backend cannot run on this machine"):
-        out, _ = dispatch.run(spec, w, x, state)
+        with dispatch.record_choices() as used:
+            out, _ = dispatch.run(spec, w, x, state)
+    assert used == [dispatch.select(spec, device=x.device, dtype=x.dtype)]  # the fallback's name
+    assert used != ["vendor"]
     torch.testing.assert_close(out, reference.run(spec, w, x, state)[0])
     assert dispatch.select(spec, device=torch.device("cpu"), dtype=torch.float32) != "vendor"
     with pytest.raises(BackendUnavailable):  # a backend named explicitly is not replaced
         broken.clear()
         dispatch.run(spec, w, x, state, backend="vendor")
+
+
+def test_record_choices_lists_each_call_s_backend_inside_its_block():
+    spec = RecurrenceSpec("lstm", U)
+    w = RecurrentWeights(torch.zeros(3, 4 * U), torch.zeros(U, 4 * U), None)
+    x, state = torch.zeros(2, 4, 3), (torch.zeros(2, U), torch.zeros(2, U))
+    dispatch.run(spec, w, x, state)  # outside any block: recorded nowhere
+    with dispatch.record_choices() as outer:
+        dispatch.run(spec, w, x, state, backend="reference")
+        with dispatch.record_choices() as inner:
+            dispatch.run(spec, w, x, state, backend="vendor")
+        dispatch.run(spec, w, x, state, backend="reference")
+    dispatch.run(spec, w, x, state, backend="vendor")  # after the blocks
+    assert outer == ["reference", "vendor", "reference"]
+    assert inner == ["vendor"]
+    assert dispatch._RECORDERS == []

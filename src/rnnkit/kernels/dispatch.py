@@ -17,7 +17,8 @@ training calls up to 1600 gate columns while :func:`rnnkit.allocator.tune` is no
 input needs no gradient, or on one thread where the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
 :func:`auto_order`) go ``triton, vendor, fused, reference``;
-naming a backend that cannot run the call raises ``ValueError``.
+naming a backend that cannot run the call raises ``ValueError``. :func:`record_choices` tells
+which backend each call of a block ran on.
 
 >>> from rnnkit.kernels.spec import RecurrenceSpec
 >>> select(RecurrenceSpec("lstm", 8))
@@ -28,8 +29,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -280,6 +283,34 @@ def select(
     return backend
 
 
+_RECORDERS: list[list[str]] = []  # the lists of the open record_choices() blocks
+
+
+@contextlib.contextmanager
+def record_choices() -> Iterator[list[str]]:
+    """Collect the backend that each recurrence run inside the block ran on, in call order (what
+    ``auto`` picked, after any fallback):
+
+    >>> from rnnkit.layers import LSTM
+    >>> with record_choices() as used:
+    ...     _ = LSTM(4, input_size=3, recurrent_activation="hard_sigmoid")(torch.zeros(2, 5, 3))
+    >>> used in (["fused"], ["reference"])
+    True
+    """
+    seen: list[str] = []
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDERS.remove(seen)
+
+
+def _record(name: str) -> str:
+    for seen in _RECORDERS:
+        seen.append(name)
+    return name
+
+
 def recording(
     weights: RecurrentWeights, inputs: torch.Tensor, initial_state: tuple[torch.Tensor, ...]
 ) -> bool:
@@ -337,7 +368,9 @@ def run(
         **options,
     )
     try:
-        return _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
+        result = _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
+        _record(name)
+        return result
     except BackendUnavailable as err:
         if backend != "auto":
             raise
@@ -358,4 +391,6 @@ def run(
             RuntimeWarning,
             stacklevel=2,
         )
-        return _REGISTRY[fallback].run(spec, weights, inputs, tuple(initial_state), **options)
+        result = _REGISTRY[fallback].run(spec, weights, inputs, tuple(initial_state), **options)
+        _record(fallback)
+        return result
