@@ -375,3 +375,31 @@ def test_repeated_backward_when_allowed(monkeypatch):
     (g1,) = torch.autograd.grad(out.sum(), [w.kernel], retain_graph=True)
     (g2,) = torch.autograd.grad(out.sum(), [w.kernel])
     torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("h0_grad", [False, True], ids=["constant_zero_h0", "trainable_zero_h0"])
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_masked_outputs_before_the_first_valid_step_with_a_zero_initial_state(
+    cell, reset_after, h0_grad
+):
+    # a zero initial state that needs no gradient is carried as the zero outputs the masking
+    # rule asks for before each row's first valid step (the fused backend then skips zeroing
+    # them); one that needs its gradient must get none from those outputs
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after)
+    w = _weights(spec)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, I, generator=g, dtype=F64).requires_grad_(True)
+    state = tuple(
+        torch.zeros(B, U, dtype=F64).requires_grad_(h0_grad) for _ in range(spec.state_count)
+    )
+    for mask_name in ("left", "arbitrary_empty_row"):
+        results = []
+        for backend in (reference, fused):
+            out, final = backend.run(spec, w, x, state, mask=_mask(mask_name))
+            weight = torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)
+            loss = (out * weight).sum() + sum((s * 2).sum() for s in final)
+            wrt = [x, *_params(w), *(state if h0_grad else ())]
+            results.append((out, final, torch.autograd.grad(loss, wrt)))
+        _assert_same(results)
+        before = (_mask(mask_name).cumsum(1) == 0)[..., None]  # before each row's first step
+        assert before.any() and not results[1][0].masked_select(before).any()

@@ -1144,13 +1144,26 @@ def run(
 
     # out = H[1:] (T, B, u), h_T = H[T]: views of the Function's one state buffer
     if valid is not None:
-        shown = valid if zero_output_for_mask else (m.cumsum(0) > 0)[..., None]
-        out = out * shown.to(dtype)  # zeros before the first valid step (or at every masked one)
+        if zero_output_for_mask:
+            out = out * valid.to(dtype)  # zeros at every masked step
+        elif not _zeros_already(m, h0):
+            out = out * (m.cumsum(0) > 0)[..., None].to(dtype)  # zeros before the first valid step
     outputs = out.transpose(0, 1)  # (B, T, u) in processing order
     final = (h_T, c_T) if cell == "lstm" else (h_T,)
     if low:
         return outputs.to(low), tuple(s.to(low) for s in final)
     return outputs, final
+
+
+def _zeros_already(m: torch.Tensor, h0: torch.Tensor) -> bool:
+    """Whether the outputs before each row's first valid step (``m`` (T, B) in processing order)
+    are zeros as they come: the loops carry ``h0`` there, so when every row starts valid, or
+    ``h0`` is a constant zero (no gradient to stop). Saves a pass over (T, B, u) and its
+    backward."""
+    if bool(m[0].all()):
+        return True
+    constant = not (torch.is_grad_enabled() and h0.requires_grad)
+    return constant and not bool(h0.any())
 
 
 def _wide(t: torch.Tensor | None) -> torch.Tensor | None:
