@@ -205,7 +205,7 @@ def _fused_is_faster(
     if not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
         return False
     if not allocator.is_tuned() or not input_grad:
-        return threads <= FUSED_LSTM_MAX_THREADS
+        return True
     return threads == 1 and macs is not None and macs <= FUSED_LSTM_MAX_INPUT_GRAD_MACS
 
 
@@ -305,10 +305,9 @@ def record_choices() -> Iterator[list[str]]:
         _RECORDERS.remove(seen)
 
 
-def _record(name: str) -> str:
+def _record(name: str) -> None:
     for seen in _RECORDERS:
         seen.append(name)
-    return name
 
 
 def recording(
