@@ -94,7 +94,9 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # threads, tuned, with / without the input's gradient: 1x20 200 0.92 / 1.16 vs 0.85 / 0.85, 4x20
 # 0.97 / 1.22 vs 0.88 / 0.85, 16x6 0.97 / 1.14 vs 0.89 / 0.85, 1x1 650 1.35 / 1.42 vs 0.73 / 0.73.
 # So any LSTM call of at most FUSED_LSTM_MAX_SMALL_TOKENS tokens goes fused first (1 or 2
-# threads, any width).
+# threads, any width). Since the fused LSTM reads its weights as they come in calls of a few
+# steps (fused._gate_blocked; runs/dispatch/inf-t1-plain.txt), `auto` there, 1 thread: 1x1 200
+# 1.70, 1x1 650 5.07, 1x20 1.13, 4x20 1.20, 16x6 1.07, 8x12 650 1.13.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
 FUSED_LSTM_MAX_GATE_COLUMNS = 1600

@@ -88,6 +88,27 @@ class _Right:
         return out.copy_(self(x)) if self.fast else torch.mm(x, self.mat, out=out)
 
 
+# The compiled LSTM loops read their weights gate-blocked, (4, K, u), or the plain (K, 4u) matrix
+# as it comes. Blocking is a copy of both weights per call; it pays where the plain matrix's gate
+# columns have rows a multiple of 4 KB apart (u a multiple of 256), which the caches hold badly
+# (133 -> 104 us a step at 256 units), in calls of more than a few steps. Paired, inference, plain
+# vs blocked speed: 1 x 1 step 200 / 650 / 1500 units 1.53 / 4.25 / 3.22; 256 units 1 x 4 1.24,
+# 32 x 4 1.00, 1 x 8 1.04, 32 x 8 0.97, 1 x 32 0.81, 32 x 100 0.92 (512 and 1024 units alike at
+# long calls: 0.91-0.94); other widths 1 x 8 / 16 / 32 at 650 units 1.69 / 1.51 / 1.27, 20 x 8 /
+# 16 / 35 1.14 / 1.04 / 1.03, 1 x 32 at 200 1.16, 32 x 8 at 384 1.09, long calls 0.97-1.03
+# (200, 128, 64, 160, 320, 384, 650 units; training 0.99-1.01). So: plain up to
+# PLAIN_MAX_STEPS steps, or up to PLAIN_MAX_STEPS_UNALIGNED where u is no multiple of 256.
+PLAIN_MAX_STEPS = 4
+PLAIN_MAX_STEPS_UNALIGNED = 32
+
+
+def _gate_blocked(steps: int, units: int) -> bool:
+    """Whether the compiled LSTM loops read gate-blocked weights for a call (see above)."""
+    if steps <= PLAIN_MAX_STEPS:
+        return False
+    return units % 256 == 0 or steps > PLAIN_MAX_STEPS_UNALIGNED
+
+
 def _step_weight(
     ext, mat: torch.Tensor, batch: int, gate_blocks: int = 1
 ) -> tuple[torch.Tensor, bool]:
@@ -339,13 +360,17 @@ class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid, x2=None, W=None, b_in=None):
         ext = cfg.ext
-        loop_proj = ()  # (x2, W gate-blocked, b_in): the compiled loop projects the input itself
+        steps = (x2.shape[0] // h0.shape[0]) if xw is None else xw.shape[0]
+        # the compiled loops' weights gate-blocked or plain (_gate_blocked; layer norm: blocked)
+        blocks = 4 if cfg.layer_norm or _gate_blocked(steps, U.shape[0]) else 1
+        loop_proj = ()  # (x2, W, b_in): the compiled loop projects the input itself
         if xw is None and ext is not None and x2.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
             # chunk by chunk, just before the steps read it: no pass over a (T, B, 4u) buffer
             # in memory between the projection and the loop (see csrc/fused_cpu.cpp)
-            xw = x2.new_empty(x2.shape[0] // h0.shape[0], h0.shape[0], U.shape[1])
+            xw = x2.new_empty(steps, h0.shape[0], U.shape[1])
             b = None if b_in is None else b_in.contiguous()
-            loop_proj = (x2.contiguous(), _step_weight(ext, W, h0.shape[0], gate_blocks=4)[0], b)
+            w_loop = _step_weight(ext, W, h0.shape[0], gate_blocks=blocks)[0]
+            loop_proj = (x2.contiguous(), w_loop, b)
         elif xw is None:
             with torch.no_grad():
                 xw = keras_linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
@@ -379,7 +404,7 @@ class _LSTMFunction(torch.autograd.Function):
             direct = not save and mU is not None and mU.fast  # the product as it comes
         if ext is not None:
             ext.lstm_forward(
-                G, *_step_weight(ext, U, B, gate_blocks=4), H, C, CN, TC, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B, gate_blocks=blocks), H, C, CN, TC, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),

@@ -778,6 +778,13 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   // inference 1.07x, training 1.03x; 20 x 35, 200 units: inference 1.08x)
   const int64_t ld_r = G4 + kRowPad;
   std::vector<T> r_scratch(brg ? B * ld_r : 0);
+  // brgemm's weights: gate-blocked (4, K, u), or for calls of a few steps the plain (K, 4u)
+  // matrix as it comes (no copy; its gate columns' rows lie 4u apart): gate k's block at
+  // k * gate, rows ld apart
+  const bool w_plain = W.dim() == 2;
+  const int64_t w_gate = w_plain ? u : u * u, w_ld = w_plain ? G4 : u;
+  const bool win_plain = project && W_in->dim() == 2;
+  const int64_t win_gate = win_plain ? u : I * u, win_ld = win_plain ? G4 : u;
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
@@ -876,13 +883,13 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
           const int64_t rows = std::min(proj_steps, steps - t) * B;
           for (int64_t k = 0; k < 4; ++k) {
             brgemm_block(rows, j1 - j0, I, XS->data_ptr<float>() + t * B * I, I,
-                         W_in->data_ptr<float>() + k * I * u + j0, u, g_t + k * u + j0, G4,
-                         /*add=*/false);
+                         W_in->data_ptr<float>() + k * win_gate + j0, win_ld, g_t + k * u + j0,
+                         G4, /*add=*/false);
           }
         }
         if (brg) {  // (h_in U)[:, k u + j] for the 4 gates, j in [j0, j1), into the scratch
           for (int64_t k = 0; k < 4; ++k) {
-            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * u * u + j0, u,
+            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * w_gate + j0, w_ld,
                          r_scratch.data() + k * u + j0, ld_r, /*add=*/false);
           }
         }
@@ -917,10 +924,19 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                 "no layer norm");
     TORCH_CHECK(W_in.has_value() && XS->is_contiguous() && W_in->is_contiguous() &&
                     XS->dim() == 2 && XS->size(0) == TB &&
-                    W_in->sizes() == at::IntArrayRef({4, I, u}) &&
+                    (W_in->sizes() == at::IntArrayRef({4, I, u}) ||
+                     W_in->sizes() == at::IntArrayRef({I, 4 * u})) &&
                     (!b_in.has_value() || (b_in->is_contiguous() && b_in->numel() == 4 * u)),
-                "rnnkit fused_cpu: the input projection takes XS (T B, I), W_in (4, I, u) and "
-                "b_in (4u), contiguous");
+                "rnnkit fused_cpu: the input projection takes XS (T B, I), W_in (4, I, u) or (I, "
+                "4u) and b_in (4u), contiguous");
+  }
+  if (use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat) {  // brgemm's weight layouts
+    const int64_t u = G.size(2) / 4;
+    const bool blocked = W.sizes() == at::IntArrayRef({4, u, u});
+    TORCH_CHECK(W.is_contiguous() && (blocked || (W.sizes() == at::IntArrayRef({u, 4 * u}) &&
+                                                   !g_h.has_value())),
+                "rnnkit fused_cpu: the recurrent weight takes (4, u, u), or (u, 4u) without "
+                "layer norm, contiguous");
   }
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
