@@ -185,25 +185,28 @@ def test_input_projection_in_the_loop_chunk_by_chunk(case, threads, monkeypatch)
 @pytest.mark.parametrize(
     "case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "silu+gelu+mask"]
 )
-def test_lstm_loops_read_gate_blocked_or_plain_weights(case, blocked, threads, monkeypatch):
-    # the compiled LSTM loops read (4, K, u) gate blocks or the (K, 4u) matrix as it comes
-    # (fused._gate_blocked: plain for calls of a few steps); 40 units: 32 + 8 with 2 threads
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loops_read_gate_blocked_or_plain_weights(cell, case, blocked, threads, monkeypatch):
+    # the compiled LSTM and GRU loops read (G, K, u) gate blocks or the (K, G u) matrix as it
+    # comes (fused._gate_blocked: plain for calls of a few steps); 40 units: 32 + 8 units (LSTM)
+    # or column blocks (GRU) with 2 threads
     _brgemm_available()
-    monkeypatch.setattr(fused, "_gate_blocked", lambda steps, units: blocked)
+    monkeypatch.setattr(fused, "_gate_blocked", lambda steps, width: blocked)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _check_against_python_loops("lstm", case, torch.float32, 40, monkeypatch, tame=True)
+        _check_against_python_loops(cell, case, torch.float32, 40, monkeypatch, tame=True)
     finally:
         torch.set_num_threads(saved)
 
 
-def test_which_weight_layout_the_lstm_loops_read():
-    # plain for a few steps at any width, and for up to 32 where u is no multiple of 256 (its
-    # plain rows would lie a multiple of 4 KB apart)
-    assert not fused._gate_blocked(4, 256) and fused._gate_blocked(5, 256)
-    assert not fused._gate_blocked(32, 650) and fused._gate_blocked(33, 650)
-    assert fused._gate_blocked(8, 512) and not fused._gate_blocked(8, 200)
+def test_which_weight_layout_the_loops_read():
+    # plain for a few steps at any width, and for up to 32 where the weight's rows (G u floats)
+    # are no multiple of 4 KB: LSTM units no multiple of 256, GRU units no multiple of 1024
+    assert not fused._gate_blocked(4, 4 * 256) and fused._gate_blocked(5, 4 * 256)
+    assert not fused._gate_blocked(32, 4 * 650) and fused._gate_blocked(33, 4 * 650)
+    assert fused._gate_blocked(8, 4 * 512) and not fused._gate_blocked(8, 4 * 200)
+    assert not fused._gate_blocked(8, 3 * 256) and fused._gate_blocked(8, 3 * 1024)
 
 
 @pytest.mark.parametrize("case", ["plain", "layer_norm"])

@@ -97,16 +97,18 @@ class _Right:
 # long calls: 0.91-0.94); other widths 1 x 8 / 16 / 32 at 650 units 1.69 / 1.51 / 1.27, 20 x 8 /
 # 16 / 35 1.14 / 1.04 / 1.03, 1 x 32 at 200 1.16, 32 x 8 at 384 1.09, long calls 0.97-1.03
 # (200, 128, 64, 160, 320, 384, 650 units; training 0.99-1.01). So: plain up to
-# PLAIN_MAX_STEPS steps, or up to PLAIN_MAX_STEPS_UNALIGNED where u is no multiple of 256.
+# PLAIN_MAX_STEPS steps, or up to PLAIN_MAX_STEPS_UNALIGNED where the rows are no multiple of
+# 4 KB (the LSTM's 4u floats: u no multiple of 256; the GRU's 3u: u no multiple of 1024).
 PLAIN_MAX_STEPS = 4
 PLAIN_MAX_STEPS_UNALIGNED = 32
 
 
-def _gate_blocked(steps: int, units: int) -> bool:
-    """Whether the compiled LSTM loops read gate-blocked weights for a call (see above)."""
+def _gate_blocked(steps: int, width: int) -> bool:
+    """Whether the compiled LSTM / GRU loops read gate-blocked weights for a call of ``steps``
+    whose weights have ``width`` columns (G u; see above)."""
     if steps <= PLAIN_MAX_STEPS:
         return False
-    return units % 256 == 0 or steps > PLAIN_MAX_STEPS_UNALIGNED
+    return (4 * width) % 4096 == 0 or steps > PLAIN_MAX_STEPS_UNALIGNED
 
 
 def _step_weight(
@@ -362,7 +364,7 @@ class _LSTMFunction(torch.autograd.Function):
         ext = cfg.ext
         steps = (x2.shape[0] // h0.shape[0]) if xw is None else xw.shape[0]
         # the compiled loops' weights gate-blocked or plain (_gate_blocked; layer norm: blocked)
-        blocks = 4 if cfg.layer_norm or _gate_blocked(steps, U.shape[0]) else 1
+        blocks = 4 if cfg.layer_norm or _gate_blocked(steps, U.shape[1]) else 1
         loop_proj = ()  # (x2, W, b_in): the compiled loop projects the input itself
         if xw is None and ext is not None and x2.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
             # chunk by chunk, just before the steps read it: no pass over a (T, B, 4u) buffer
@@ -610,7 +612,8 @@ class _GRUFunction(torch.autograd.Function):
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
         if ext is not None:
             ext.gru_forward(
-                G, *_step_weight(ext, U, B, gate_blocks=3), H, R, b_rec, Hin, rd, a, valid,
+                G, *_step_weight(ext, U, B, gate_blocks=3 if _gate_blocked(T, G3) else 1),
+                H, R, b_rec, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
                 P, _EPS,
             )  # fmt: skip
@@ -1100,8 +1103,7 @@ def run(
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask
     U = _cols(U, idx_rec)
-    W = _cols(weights.kernel if low is None else weights.kernel.to(low), idx_in)
-    b_in = _cols(b_in, idx_in)
+    W = weights.kernel if low is None else weights.kernel.to(low)  # Keras' gate order
     project = keras_linear if low is None else _half_linear
     g_h = g_c = b_c = None
     proj = (None, None, None)  # (x2, W, b_in): the LSTM computes its own input projection
@@ -1113,13 +1115,17 @@ def run(
             )
         # LN(x W; gamma) + b as one op (b is the LayerNorm's bias)
         xw = F.layer_norm(
-            project(x2, W, None), (W.shape[1],), _cols(ln.input_gamma, idx_in), b_in, _EPS
+            _projected(project, x2, W, None, idx_in),
+            (W.shape[1],),
+            _cols(ln.input_gamma, idx_in),
+            _cols(b_in, idx_in),
+            _EPS,
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
     elif cell == "lstm" and low is None:
-        xw, proj = None, (x2, W, b_in)
+        xw, proj = None, (x2, _cols(W, idx_in), _cols(b_in, idx_in))
     else:
-        xw = project(x2, W, b_in)
+        xw = _projected(project, x2, W, b_in, idx_in)
     if xw is not None:
         xw = xw.view(T, B, -1)  # (T, B, G*u)
 
@@ -1178,6 +1184,15 @@ def run(
     if low:
         return outputs.to(low), tuple(s.to(low) for s in final)
     return outputs, final
+
+
+def _projected(project, x2: torch.Tensor, W: torch.Tensor, b, idx) -> torch.Tensor:
+    """``x2 W + b`` with the columns in the loops' gate order (``idx``): the weight's columns
+    permuted first, or where ``x2`` has fewer rows than ``W`` the product's (a copy of a few rows
+    instead of the weight: a 1-step GRU call at 650 units spent 1.3 ms of 4 permuting it)."""
+    if idx is not None and x2.shape[0] < W.shape[0]:
+        return _cols(project(x2, W, b), idx)
+    return project(x2, _cols(W, idx), _cols(b, idx))
 
 
 def _zeros_already(m: torch.Tensor, h0: torch.Tensor) -> bool:

@@ -103,7 +103,10 @@ class _KerasLinear(torch.autograd.Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return ONEDNN_LINEAR(x, w.t().contiguous(), b, "none", [], "")
+        # the transposed view as it is: oneDNN reorders the weight itself, faster than a
+        # contiguous copy first (paired, 1 thread: (1, 650) x (650, 1950) 0.11 ms against 1.03,
+        # (3200, 128) x (128, 1024) 4.57 against 4.73)
+        return ONEDNN_LINEAR(x, w.t(), b, "none", [], "")
 
     @staticmethod
     @once_differentiable

@@ -1207,7 +1207,8 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
     // the recurrent product: with brgemm straight into R[s] (no LN) or into M[s] / a scratch
     at::Tensor m = brg ? (!ln ? R[s] : save ? (*M)[s] : m_scratch) : matmul(hin, W, onednn);
     if constexpr (std::is_same_v<T, float>) {
-      if (brg) brgemm_gates(hin, W, 3, m.data_ptr<float>(), G3);
+      if (brg && W.dim() == 3) brgemm_gates(hin, W, 3, m.data_ptr<float>(), G3);
+      if (brg && W.dim() == 2) brgemm_product(hin, W, m.data_ptr<float>(), G3, /*add=*/false);
     }
     if (ln) {
       if (save && !brg) (*M)[s].copy_(m);
@@ -1259,6 +1260,13 @@ void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at
                  const std::optional<at::Tensor>& P, double eps) {
   for (const auto* x : {&G, &H, &R}) check_contiguous(*x, "G/H/R");
   check_pre_activations(P, G, save, act, ract);
+  if (use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat) {  // brgemm's weight layouts
+    const int64_t u = G.size(2) / 3;
+    TORCH_CHECK(W.is_contiguous() && (W.sizes() == at::IntArrayRef({3, u, u}) ||
+                                      W.sizes() == at::IntArrayRef({u, 3 * u})),
+                "rnnkit fused_cpu: the GRU's recurrent weight takes (3, u, u) or (u, 3u), "
+                "contiguous");
+  }
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_forward", [&] {
