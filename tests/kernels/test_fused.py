@@ -405,18 +405,21 @@ def test_masked_outputs_before_the_first_valid_step_with_a_zero_initial_state(
         assert before.any() and not results[1][0].masked_select(before).any()
 
 
+@pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("layer_norm", [False, True], ids=["", "layer_norm"])
 @pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
-def test_calls_with_fewer_rows_than_the_kernel_permute_the_product(cell, reset_after, layer_norm):
+def test_calls_with_fewer_rows_than_the_kernel_permute_the_product(
+    cell, reset_after, layer_norm, steps
+):
     # batch x steps below the input size: the input projection's columns are put in the loops'
-    # gate order after the product, not in the kernel before it
+    # gate order after the product, not in the kernel before it (1 row: torch's product)
     spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm)
     wide = 12  # > 1 x 3 rows
     g = torch.Generator().manual_seed(4)
     base = _weights(spec)
     kernel = (torch.randn(wide, spec.gates * U, generator=g, dtype=F64) * 0.4).requires_grad_()
     w = RecurrentWeights(kernel, base.recurrent_kernel, base.bias, base.layer_norm)
-    x = torch.randn(1, 3, wide, generator=g, dtype=F64).requires_grad_(True)
+    x = torch.randn(1, steps, wide, generator=g, dtype=F64).requires_grad_(True)
     state = tuple(torch.randn(1, U, generator=g, dtype=F64) for _ in range(spec.state_count))
     results = []
     for backend in (reference, fused):

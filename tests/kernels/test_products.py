@@ -81,3 +81,30 @@ def test_linear_gradients_are_the_products():
     torch.testing.assert_close(dx, dy @ w, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dw, dy.t() @ x, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(db, dy.sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 37])
+@pytest.mark.parametrize("bias", [True, False])
+def test_keras_linear_equals_torch_forward_and_backward(rows, bias, monkeypatch):
+    # x @ w + b for Keras' (K, N) kernel: oneDNN from 2 rows (handed w's transposed view, no
+    # copy), torch's matrix-vector product for a single row
+    calls = []
+    if products.ONEDNN_LINEAR is not None:
+        op = products.ONEDNN_LINEAR
+        monkeypatch.setattr(
+            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
+        )
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, 40, generator=g, requires_grad=True)
+    w = (torch.randn(40, 96, generator=g) * 0.2).requires_grad_(True)
+    b = torch.randn(96, generator=g, requires_grad=True) if bias else None
+    dy = torch.randn(rows, 96, generator=g)
+    ins = [x, w] + ([b] if bias else [])
+    got = torch.autograd.grad(products.keras_linear(x, w, b), ins, dy)
+    want = torch.autograd.grad(x @ w + (b if bias else 0), ins, dy)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    y = products.keras_linear(x, w, b)
+    torch.testing.assert_close(y, x @ w + (b if bias else 0), rtol=1e-4, atol=1e-4)
+    if products.ONEDNN_LINEAR is not None:
+        assert ((rows, 40) in calls) == (rows > 1)
