@@ -1,7 +1,7 @@
 """Which kernel should run an unmasked LSTM layer on the CPU (issue 6, ``dispatch.py``'s rule).
 
     PYTHONPATH=src python3 benchmarks/cpu_lstm_dispatch.py [--threads N] [--rounds R]
-        [--shapes B,T,I,U ...] [--fresh-allocator] [--inference]
+        [--shapes B,T,I,U ...] [--fresh-allocator] [--inference] [--cell lstm|gru|simple]
 
 For each shape, a training step (forward + backward, the input's gradient computed or not) of
 ``torch.nn.LSTM`` and of rnnkit's ``LSTM`` layer on its ``vendor`` (torch's kernel) and ``fused``
@@ -9,6 +9,8 @@ backends, and on ``auto`` (with the backend it picked), paired: every round time
 (2 calls each), and each ratio is the median over the rounds of torch's time over the layer's,
 with its quartiles. Prints one line per (shape, input gradient, backend). ``--inference``: the
 same for inference calls (``no_grad``, eval mode; small calls repeated to ~2 ms per timing).
+``--cell gru`` / ``simple``: the same for rnnkit's GRU / SimpleRNN against ``torch.nn.GRU`` /
+``RNN``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import torch
 
 from rnnkit import allocator
 from rnnkit.kernels import dispatch
-from rnnkit.layers import LSTM
+from rnnkit.layers import GRU, LSTM, SimpleRNN
+
+CELLS = {
+    "lstm": (LSTM, torch.nn.LSTM, 4),
+    "gru": (GRU, torch.nn.GRU, 3),
+    "simple": (SimpleRNN, torch.nn.RNN, 1),
+}
 
 SHAPES = ("32,100,128,256", "20,20,200,200", "64,50,64,128", "20,35,400,400", "20,35,650,650")
 
@@ -46,18 +54,22 @@ def _inference(module, x: torch.Tensor):
     return step
 
 
-def sweep(shape: str, input_grad: bool, rounds: int, training: bool = True) -> None:
+def sweep(
+    shape: str, input_grad: bool, rounds: int, training: bool = True, cell: str = "lstm"
+) -> None:
     batch, steps, features, units = (int(v) for v in shape.split(","))
+    layer_cls, torch_cls, gates = CELLS[cell]
     x = torch.randn(batch, steps, features).requires_grad_(input_grad and training)
     make = _step if training else _inference
-    steps_by_name = {"torch.nn.LSTM": make(torch.nn.LSTM(features, units, batch_first=True), x)}
+    baseline = f"torch.nn.{torch_cls.__name__}"
+    steps_by_name = {baseline: make(torch_cls(features, units, batch_first=True), x)}
     for backend in ("auto", "vendor", "fused"):
-        layer = LSTM(units, return_sequences=True, backend=backend, input_size=features)
+        layer = layer_cls(units, return_sequences=True, backend=backend, input_size=features)
         steps_by_name[f"rnnkit {backend}"] = make(layer, x)
     for step in steps_by_name.values():
         step()
         step()
-    macs = batch * steps * 4 * units * (features + units)
+    macs = batch * steps * gates * units * (features + units)
     calls = 2 if training else max(2, min(200, int(2e-3 * 5e10 / macs)))  # ~2 ms or more
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(rounds):
@@ -66,7 +78,7 @@ def sweep(shape: str, input_grad: bool, rounds: int, training: bool = True) -> N
             for _ in range(calls):
                 step()
             times[name].append((time.perf_counter() - start) / calls)
-    spec = LSTM(units, input_size=features).cell.spec
+    spec = layer_cls(units, input_size=features).cell.spec
     picked = dispatch.select(
         spec,
         batch=batch,
@@ -77,7 +89,7 @@ def sweep(shape: str, input_grad: bool, rounds: int, training: bool = True) -> N
         device=x.device,
         dtype=x.dtype,
     )
-    base = times["torch.nn.LSTM"]
+    base = times[baseline]
     for name, seconds in times.items():
         ratios = [b / s for b, s in zip(base, seconds, strict=True)]
         q1, _, q3 = statistics.quantiles(ratios)
@@ -98,6 +110,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), metavar="B,T,I,U")
     parser.add_argument("--fresh-allocator", action="store_true", help="glibc's defaults")
     parser.add_argument("--inference", action="store_true", help="inference calls, not training")
+    parser.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     args = parser.parse_args()
     if not args.fresh_allocator:
         allocator.tune()
@@ -105,10 +118,10 @@ def main() -> None:
     print(f"threads {args.threads}, allocator {'tuned' if allocator.is_tuned() else 'default'}")
     for shape in args.shapes:
         if args.inference:
-            sweep(shape, False, args.rounds, training=False)
+            sweep(shape, False, args.rounds, training=False, cell=args.cell)
             continue
         for input_grad in (True, False):
-            sweep(shape, input_grad, args.rounds)
+            sweep(shape, input_grad, args.rounds, cell=args.cell)
 
 
 if __name__ == "__main__":
