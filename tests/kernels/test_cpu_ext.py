@@ -183,7 +183,8 @@ def test_input_projection_in_the_loop_chunk_by_chunk(case, threads, monkeypatch)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("blocked", [True, False], ids=["gate_blocked", "plain_weights"])
 @pytest.mark.parametrize(
-    "case", ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "silu+gelu+mask"]
+    "case",
+    ["plain", "left-padded", "recurrent_dropout", "zoneout+mask", "silu+gelu+mask", "layer_norm"],
 )
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_loops_read_gate_blocked_or_plain_weights(cell, case, blocked, threads, monkeypatch):

@@ -363,8 +363,8 @@ class _LSTMFunction(torch.autograd.Function):
     def forward(ctx, cfg, xw, U, h0, c0, g_h, g_c, b_c, rd, a, valid, x2=None, W=None, b_in=None):
         ext = cfg.ext
         steps = (x2.shape[0] // h0.shape[0]) if xw is None else xw.shape[0]
-        # the compiled loops' weights gate-blocked or plain (_gate_blocked; layer norm: blocked)
-        blocks = 4 if cfg.layer_norm or _gate_blocked(steps, U.shape[1]) else 1
+        # the compiled loops' weights gate-blocked or plain (_gate_blocked)
+        blocks = 4 if _gate_blocked(steps, U.shape[1]) else 1
         loop_proj = ()  # (x2, W, b_in): the compiled loop projects the input itself
         if xw is None and ext is not None and x2.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
             # chunk by chunk, just before the steps read it: no pass over a (T, B, 4u) buffer

@@ -859,7 +859,11 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
       const T* m_all = nullptr;
       if constexpr (std::is_same_v<T, float>) {
         if (brg) {
-          brgemm_gates(hin, W, 4, r_scratch.data(), ld_r);
+          if (w_plain) {
+            brgemm_product(hin, W, r_scratch.data(), ld_r, /*add=*/false);
+          } else {
+            brgemm_gates(hin, W, 4, r_scratch.data(), ld_r);
+          }
           m_all = r_scratch.data();
         }
       }
@@ -933,10 +937,8 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
   if (use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat) {  // brgemm's weight layouts
     const int64_t u = G.size(2) / 4;
     const bool blocked = W.sizes() == at::IntArrayRef({4, u, u});
-    TORCH_CHECK(W.is_contiguous() && (blocked || (W.sizes() == at::IntArrayRef({u, 4 * u}) &&
-                                                   !g_h.has_value())),
-                "rnnkit fused_cpu: the recurrent weight takes (4, u, u), or (u, 4u) without "
-                "layer norm, contiguous");
+    TORCH_CHECK(W.is_contiguous() && (blocked || W.sizes() == at::IntArrayRef({u, 4 * u})),
+                "rnnkit fused_cpu: the recurrent weight takes (4, u, u) or (u, 4u), contiguous");
   }
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
