@@ -427,3 +427,14 @@ def test_stacked_layer_equals_stepping_the_stacked_cell(go_backwards):
     torch.testing.assert_close(out, torch.stack(outs, 1))
     for a, b in zip(final, state, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["auto", "vendor", "fused", "reference"])
+@pytest.mark.parametrize("cls", [LSTM, GRU, SimpleRNN], ids=["lstm", "gru", "simple"])
+def test_an_empty_batch_gives_empty_outputs_on_every_backend(cls, backend):
+    # (an empty last batch, a filter that kept nothing) the fused backend used to raise
+    layer = cls(4, input_size=3, return_sequences=True, return_state=True, backend=backend)
+    out, *states = layer(torch.zeros(0, 5, 3))
+    assert out.shape == (0, 5, 4) and all(s.shape == (0, 4) for s in states)
+    mask = torch.zeros(0, 5, dtype=torch.bool)
+    assert layer(torch.zeros(0, 5, 3), mask=mask)[0].shape == (0, 5, 4)

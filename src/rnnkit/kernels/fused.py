@@ -1068,8 +1068,8 @@ def run(
         raise ValueError(f"the fused backend cannot run this configuration: {reason}")
     B, T, _ = inputs.shape
     u, cell = spec.units, spec.cell
-    if T == 0:
-        return inputs.new_zeros(B, 0, u), tuple(initial_state)
+    if T == 0 or B == 0:  # nothing to run (as the vendor backend: zeros, the initial state)
+        return inputs.new_zeros(B, T, u), tuple(initial_state)
     # bfloat16 / float16: the input projection in that dtype (its products on oneDNN's half-
     # precision kernels, twice as fast as float32 here), the recurrence in float32, the results
     # cast back (before: the reference's Python loop)
