@@ -88,19 +88,18 @@ class _Right:
         return out.copy_(self(x)) if self.fast else torch.mm(x, self.mat, out=out)
 
 
-# The compiled LSTM and GRU loops read their weights gate-blocked, (G, K, u), or the plain
-# (K, G u) matrix as it comes (float32 with brgemm). Blocking is a copy per call; it pays where
-# the plain matrix's gate
-# columns have rows a multiple of 4 KB apart (u a multiple of 256), which the caches hold badly
-# (133 -> 104 us a step at 256 units), in calls of more than a few steps. Paired, inference, plain
-# vs blocked speed: 1 x 1 step 200 / 650 / 1500 units 1.53 / 4.25 / 3.22; 256 units 1 x 4 1.24,
-# 32 x 4 1.00, 1 x 8 1.04, 32 x 8 0.97, 1 x 32 0.81, 32 x 100 0.92 (512 and 1024 units alike at
-# long calls: 0.91-0.94); other widths 1 x 8 / 16 / 32 at 650 units 1.69 / 1.51 / 1.27, 20 x 8 /
-# 16 / 35 1.14 / 1.04 / 1.03, 1 x 32 at 200 1.16, 32 x 8 at 384 1.09, long calls 0.97-1.03
-# (200, 128, 64, 160, 320, 384, 650 units; training 0.99-1.01); GRU 1 x 1 at 650 2.06, 1 x 4
-# at 256 1.12, longer 0.98-1.04; layer-norm LSTM 1 x 1 at 650 2.35. So: plain up to
-# PLAIN_MAX_STEPS steps, or up to PLAIN_MAX_STEPS_UNALIGNED where the rows are no multiple of
-# 4 KB (the LSTM's 4u floats: u no multiple of 256; the GRU's 3u: u no multiple of 1024).
+# The compiled LSTM and GRU loops read their weights gate-blocked, (G, K, u), or the plain (K, G
+# u) matrix as it comes (float32 with brgemm). Blocking is a copy per call; it pays where the
+# plain matrix's gate columns have rows a multiple of 4 KB apart (u a multiple of 256), which the
+# caches hold badly (133 -> 104 us a step at 256 units), in calls of more than a few steps.
+# Paired, inference, plain vs blocked speed: 1 x 1 step 200 / 650 / 1500 units 1.53 / 4.25 / 3.22;
+# 256 units 1 x 4 1.24, 32 x 4 1.00, 1 x 8 1.04, 32 x 8 0.97, 1 x 32 0.81, 32 x 100 0.92 (512 and
+# 1024 units alike at long calls: 0.91-0.94); other widths 1 x 8 / 16 / 32 at 650 units 1.69 /
+# 1.51 / 1.27, 20 x 8 / 16 / 35 1.14 / 1.04 / 1.03, 1 x 32 at 200 1.16, 32 x 8 at 384 1.09, long
+# calls 0.97-1.03 (200, 128, 64, 160, 320, 384, 650 units; training 0.99-1.01); GRU 1 x 1 at 650
+# 2.06, 1 x 4 at 256 1.12, longer 0.98-1.04; layer-norm LSTM 1 x 1 at 650 2.35. So: plain up to
+# PLAIN_MAX_STEPS steps, or up to PLAIN_MAX_STEPS_UNALIGNED where the rows are no multiple of 4 KB
+# (the LSTM's 4u floats: u no multiple of 256; the GRU's 3u: u no multiple of 1024).
 PLAIN_MAX_STEPS = 4
 PLAIN_MAX_STEPS_UNALIGNED = 32
 
