@@ -88,8 +88,8 @@ class _Right:
         return out.copy_(self(x)) if self.fast else torch.mm(x, self.mat, out=out)
 
 
-# The compiled LSTM and GRU loops read their weights gate-blocked, (G, K, u), or the plain (K, G
-# u) matrix as it comes (float32 with brgemm). Blocking is a copy per call; it pays where the
+# The compiled LSTM and GRU loops read their weights gate-blocked, (G, K, u), or the plain
+# (K, G u) matrix as it comes (float32 with brgemm). Blocking is a copy per call; it pays where the
 # plain matrix's gate columns have rows a multiple of 4 KB apart (u a multiple of 256), which the
 # caches hold badly (133 -> 104 us a step at 256 units), in calls of more than a few steps.
 # Paired, inference, plain vs blocked speed: 1 x 1 step 200 / 650 / 1500 units 1.53 / 4.25 / 3.22;
