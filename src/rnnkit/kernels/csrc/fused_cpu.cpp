@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -525,22 +526,50 @@ inline void for_backward_parts(bool ln, int64_t B, int64_t grain, int64_t u, int
   }
 }
 
-// Scratch rows of n values, one per thread of the loops' parallel regions, allocated once per
-// call (zeroed: also per-thread accumulators, summed by the caller after the loop).
+// Zeroed scratch memory of n values, aligned to a cache line. The loops' threads write disjoint
+// column ranges of its rows, whole cache lines of them when the base is aligned; std::vector's
+// 16-byte alignment let a line straddle two threads' ranges on every row (false sharing). (Not
+// measurable above this machine's noise on 2 threads; torch's own buffers are 64-byte aligned.)
+template <typename T>
+constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // values per cache line
+
+template <typename T>
+struct Scratch {
+  T* p = nullptr;
+  explicit Scratch(int64_t n) {
+    if (n <= 0) return;
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    p = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(p != nullptr, "rnnkit fused_cpu: cannot allocate ", bytes, " bytes of scratch");
+    std::memset(p, 0, bytes);
+  }
+  ~Scratch() { std::free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return p; }
+};
+
+// Scratch rows of n values, one per thread of the loops' parallel regions (each on its own cache
+// lines), allocated once per call (zeroed: also per-thread accumulators, summed by the caller
+// after the loop).
 template <typename T>
 struct ThreadRows {
-  int64_t n, threads;
-  std::vector<T> data;
+  int64_t n, stride, threads;
+  Scratch<T> data;
   explicit ThreadRows(int64_t n)
-      : n(n), threads(std::max<int64_t>(1, at::get_num_threads())), data(n * threads) {}
+      : n(n),
+        stride((n + kLineValues<T> - 1) / kLineValues<T> * kLineValues<T>),
+        threads(std::max<int64_t>(1, at::get_num_threads())),
+        data(stride * threads) {}
   T* mine() {
     const int64_t tid = at::get_thread_num();
     TORCH_CHECK(tid < threads, "rnnkit fused_cpu: thread ", tid, " of ", threads);
-    return data.data() + tid * n;
+    return data.data() + tid * stride;
   }
   void sum_into(T* out) const {  // out[k] += every thread's k-th value
     for (int64_t i = 0; i < threads; ++i) {
-      for (int64_t k = 0; k < n; ++k) out[k] += data[i * n + k];
+      const T* row = data.data() + i * stride;
+      for (int64_t k = 0; k < n; ++k) out[k] += row[k];
     }
   }
 };
@@ -761,7 +790,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   T* tc_all = TC.data_ptr<T>();
   const bool* v_all = masked ? valid->data_ptr<bool>() : nullptr;
   const Weight<T> wa(a);
-  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  Scratch<T> hbuf(mode != 0 ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   const int64_t chunk = unit_chunk(u);
   const bool keep_stats = ln && save;  // what the backward pass needs: M, MU_*, RS_*
@@ -777,7 +806,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   // (add, 4 KB apart at u = 256) it took ~7% longer (paired, 32 x 100, 256 units, 1 thread:
   // inference 1.07x, training 1.03x; 20 x 35, 200 units: inference 1.08x)
   const int64_t ld_r = G4 + kRowPad;
-  std::vector<T> r_scratch(brg ? B * ld_r : 0);
+  Scratch<T> r_scratch(brg ? B * ld_r : 0);
   // brgemm's weights: gate-blocked (4, K, u), or for calls of a few steps the plain (K, 4u)
   // matrix as it comes (no copy; its gate columns' rows lie 4u apart): gate k's block at
   // k * gate, rows ld apart
@@ -1014,7 +1043,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   TORCH_CHECK(db_p == nullptr || !ln, "rnnkit fused_cpu: db is summed in Python with layer norm");
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   const int64_t chunk = unit_chunk(u);
-  std::vector<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
+  Scratch<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
   ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
   // per thread, with layer norm: the cell LayerNorm's gamma and beta gradients (u each)
@@ -1199,7 +1228,7 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
   const T* bias = (!ln && b_rec.has_value()) ? b_rec->data_ptr<T>() : nullptr;
   const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
   const Weight<T> wa(a);
-  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  Scratch<T> hbuf(mode != 0 ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   const bool brg = use_brgemm<T>(onednn);
   const at::Tensor m_scratch = brg && ln && !save ? at::empty({B, G3}, G.options()) : at::Tensor();
@@ -1301,7 +1330,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   at::Tensor dh = dh_in;
   at::Tensor dh2 = at::empty_like(dh);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
-  std::vector<T> rec_scratch(B * u);  // d h_in of the step: the recurrent product
+  Scratch<T> rec_scratch(B * u);  // d h_in of the step: the recurrent product
   ThreadRows<T> y_rows(G3), dhn_rows(u);  // per thread: a row's activations, a dh
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
@@ -1403,9 +1432,9 @@ void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::T
   const bool* v_all = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
   const Weight<T> wa(a);
   const T* gh = ln ? g_h->data_ptr<T>() : nullptr;
-  std::vector<T> hbuf(mode != 0 ? B * u : 0);
+  Scratch<T> hbuf(mode != 0 ? B * u : 0);
   // the products: straight into the gate columns, or (layer norm) into Mzr / Mh or scratch
-  std::vector<T> mzr_scratch(ln && !save ? B * 2 * u : 0), mh_scratch(ln && !save ? B * u : 0);
+  Scratch<T> mzr_scratch(ln && !save ? B * 2 * u : 0), mh_scratch(ln && !save ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
@@ -1658,11 +1687,11 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
   const int64_t grain = std::max<int64_t>(1, 8192 / u);
   const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
-  std::vector<T> m_scratch(brg && ln && !save ? B * u : 0);
+  Scratch<T> m_scratch(brg && ln && !save ? B * u : 0);
   // brgemm's product into a row-padded scratch, added in the row pass, as the LSTM's (paired,
   // 32 x 100, 256 units, 1 thread: inference 1.07x, training 1.03x; the GRU's 3u rows: 0.98x)
   const int64_t ld_r = u + kRowPad;
-  std::vector<T> r_scratch(brg && !ln ? B * ld_r : 0);
+  Scratch<T> r_scratch(brg && !ln ? B * ld_r : 0);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
@@ -1781,7 +1810,7 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
   const int64_t grain = std::max<int64_t>(1, 8192 / u);
   const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
-  std::vector<T> r_scratch(brg ? B * u : 0);
+  Scratch<T> r_scratch(brg ? B * u : 0);
   // per thread: a scratch row, the pre-activations of a row (SiLU, GELU), the gamma gradient
   ThreadRows<T> tmp_rows(u), x_rows(needs_input(act) ? u : 0), dgh_rows(ln ? u : 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
