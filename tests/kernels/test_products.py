@@ -108,3 +108,19 @@ def test_keras_linear_equals_torch_forward_and_backward(rows, bias, monkeypatch)
     torch.testing.assert_close(y, x @ w + (b if bias else 0), rtol=1e-4, atol=1e-4)
     if products.ONEDNN_LINEAR is not None:
         assert ((rows, 40) in calls) == (rows > 1)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_nt_equals_torch(rows, monkeypatch):
+    # a @ b^T (the input gradient of a projection): oneDNN from 2 rows, torch for a single one
+    calls = []
+    if products.ONEDNN_LINEAR is not None:
+        op = products.ONEDNN_LINEAR
+        monkeypatch.setattr(
+            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
+        )
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(rows, 96, generator=g), torch.randn(40, 96, generator=g)
+    torch.testing.assert_close(products.nt(a, b), a @ b.t(), rtol=1e-4, atol=1e-4)
+    if products.ONEDNN_LINEAR is not None:
+        assert bool(calls) == (rows > 1)

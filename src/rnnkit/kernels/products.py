@@ -44,8 +44,9 @@ def onednn(t: torch.Tensor) -> bool:
 
 
 def nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous."""
-    if onednn(a) and onednn(b):
+    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous; a
+    single row torch's matrix-vector product (as :func:`keras_linear`)."""
+    if onednn(a) and onednn(b) and a.shape[0] > 1:
         return ONEDNN_LINEAR(a, b.contiguous(), None, "none", [], "")
     return a @ b.t()
 
