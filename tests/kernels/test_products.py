@@ -9,6 +9,17 @@ import torch.nn.functional as F
 from rnnkit.kernels import products
 
 
+def _onednn_calls(monkeypatch) -> list:
+    """The left operands' shapes of oneDNN's products made from now on (none without oneDNN)."""
+    calls = []
+    if products.ONEDNN_LINEAR is not None:
+        op = products.ONEDNN_LINEAR
+        monkeypatch.setattr(
+            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
+        )
+    return calls
+
+
 def test_weight_gradient_products_accept_strided_operands():
     """tn gets column blocks of the gate buffer (GRU Python loops): same numbers as a.t() @ b."""
     a = torch.randn(700, 24)
@@ -25,12 +36,7 @@ def test_weight_gradient_products_accept_strided_operands():
 @pytest.mark.parametrize("lead", [(700,), (4, 35)])
 def test_linear_equals_f_linear_forward_and_backward(lead, bias, monkeypatch):
     # torch.nn.Linear's layout (the language model's decoder, weight tied to the embedding)
-    calls = []  # the left operands' shapes of oneDNN's products: forward (x) and dx (dy) at least
-    if products.ONEDNN_LINEAR is not None:
-        op = products.ONEDNN_LINEAR
-        monkeypatch.setattr(
-            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
-        )
+    calls = _onednn_calls(monkeypatch)  # forward (x) and dx (dy) at least
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*lead, 24, generator=g, requires_grad=True)
     w = (torch.randn(300, 24, generator=g) * 0.2).requires_grad_(True)
@@ -88,12 +94,7 @@ def test_linear_gradients_are_the_products():
 def test_keras_linear_equals_torch_forward_and_backward(rows, bias, monkeypatch):
     # x @ w + b for Keras' (K, N) kernel: oneDNN from 2 rows (handed w's transposed view, no
     # copy), torch's matrix-vector product for a single row
-    calls = []
-    if products.ONEDNN_LINEAR is not None:
-        op = products.ONEDNN_LINEAR
-        monkeypatch.setattr(
-            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
-        )
+    calls = _onednn_calls(monkeypatch)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(rows, 40, generator=g, requires_grad=True)
     w = (torch.randn(40, 96, generator=g) * 0.2).requires_grad_(True)
@@ -113,12 +114,7 @@ def test_keras_linear_equals_torch_forward_and_backward(rows, bias, monkeypatch)
 @pytest.mark.parametrize("rows", [1, 5])
 def test_nt_equals_torch(rows, monkeypatch):
     # a @ b^T (the input gradient of a projection): oneDNN from 2 rows, torch for a single one
-    calls = []
-    if products.ONEDNN_LINEAR is not None:
-        op = products.ONEDNN_LINEAR
-        monkeypatch.setattr(
-            products, "ONEDNN_LINEAR", lambda *a: calls.append(tuple(a[0].shape)) or op(*a)
-        )
+    calls = _onednn_calls(monkeypatch)
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(rows, 96, generator=g), torch.randn(40, 96, generator=g)
     torch.testing.assert_close(products.nt(a, b), a @ b.t(), rtol=1e-4, atol=1e-4)
