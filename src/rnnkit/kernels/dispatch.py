@@ -353,21 +353,18 @@ def run(
         "recurrent_kernel_dropout_mask": recurrent_kernel_dropout_mask,
     }
     training = recording(weights, inputs, initial_state)
-    input_grad = training and inputs.requires_grad
     batch, steps, features = inputs.shape
-    macs = batch * steps * spec.gates * spec.units * (features + spec.units)
-    name = select(
-        spec,
-        backend=backend,
-        batch=batch,
-        steps=steps,
-        training=training,
-        input_grad=input_grad,
-        macs=macs,
-        device=inputs.device,
-        dtype=inputs.dtype,
+    call = {  # what the rule reads of this call, and its options
+        "batch": batch,
+        "steps": steps,
+        "training": training,
+        "input_grad": training and inputs.requires_grad,
+        "macs": batch * steps * spec.gates * spec.units * (features + spec.units),
+        "device": inputs.device,
+        "dtype": inputs.dtype,
         **options,
-    )
+    }
+    name = select(spec, backend=backend, **call)
     try:
         result = _REGISTRY[name].run(spec, weights, inputs, tuple(initial_state), **options)
         _record(name)
@@ -375,17 +372,7 @@ def run(
     except BackendUnavailable as err:
         if backend != "auto":
             raise
-        fallback = select(
-            spec,
-            batch=batch,
-            steps=steps,
-            training=training,
-            input_grad=input_grad,
-            macs=macs,
-            device=inputs.device,
-            dtype=inputs.dtype,
-            **options,
-        )
+        fallback = select(spec, **call)
         warnings.warn(
             f"rnnkit: the {name} backend cannot run on this machine ({err}); "
             f"using {fallback} from now on",
