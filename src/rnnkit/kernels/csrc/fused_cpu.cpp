@@ -28,7 +28,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -315,9 +314,14 @@ inline void brgemm_product(const at::Tensor& x, const at::Tensor& w, float* out,
 // out (M, gates * u; row stride ld_out) = x (M, K) @ w for a gate-blocked weight w (gates, K, u)
 // (each gate's (K, u) block contiguous: the column blocks of a plain (K, gates * u) matrix have
 // rows 4 KB apart at u = 256, which the caches hold badly; measured, LSTM forward loop 133 ->
-// 104 us per step, 1 thread); the gate blocks are spread over the threads.
+// 104 us per step, 1 thread); the gate blocks are spread over the threads. A plain w (K, gates
+// * u), as calls of a few steps hand it over (fused.py's _gate_blocked): brgemm_product.
 inline void brgemm_gates(const at::Tensor& x, const at::Tensor& w, int64_t gates, float* out,
                          int64_t ld_out) {
+  if (w.dim() == 2) {
+    brgemm_product(x, w, out, ld_out, /*add=*/false);
+    return;
+  }
   const int64_t M = x.size(0), K = x.size(1), u = w.size(2);
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
@@ -418,6 +422,16 @@ inline void weight_grad(const T* dh, const Weight<T>& wa, int64_t t, int64_t b, 
 template <typename T>
 T* ptr(const std::optional<at::Tensor>& x) {
   return x.has_value() ? x->data_ptr<T>() : nullptr;
+}
+
+// The recurrent weight brgemm reads (float32): gate-blocked (gates, u, u) or plain (u, gates * u).
+void check_step_weight(const at::Tensor& W, const at::Tensor& G, int64_t gates, bool onednn) {
+  if (!use_brgemm<float>(onednn) || G.scalar_type() != at::kFloat) return;
+  const int64_t u = G.size(2) / gates;
+  TORCH_CHECK(W.is_contiguous() && (W.sizes() == at::IntArrayRef({gates, u, u}) ||
+                                    W.sizes() == at::IntArrayRef({u, gates * u})),
+              "rnnkit fused_cpu: the recurrent weight takes (", gates, ", u, u) or (u, ", gates,
+              " u), contiguous");
 }
 
 void check_contiguous(const at::Tensor& x, const char* name) {
@@ -526,27 +540,19 @@ inline void for_backward_parts(bool ln, int64_t B, int64_t grain, int64_t u, int
   }
 }
 
-// Zeroed scratch memory of n values, aligned to a cache line. The loops' threads write disjoint
-// column ranges of its rows, whole cache lines of them when the base is aligned; std::vector's
-// 16-byte alignment let a line straddle two threads' ranges on every row (false sharing). (Not
-// measurable above this machine's noise on 2 threads; torch's own buffers are 64-byte aligned.)
+// Zeroed scratch memory of n values from torch's CPU allocator, which aligns to a cache line.
+// The loops' threads write disjoint column ranges of its rows, whole cache lines of them when
+// the base is aligned; std::vector's 16-byte alignment let a line straddle two threads' ranges
+// on every row (false sharing). (Not measurable above this machine's noise on 2 threads.)
 template <typename T>
 constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // values per cache line
 
 template <typename T>
 struct Scratch {
-  T* p = nullptr;
-  explicit Scratch(int64_t n) {
-    if (n <= 0) return;
-    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
-    p = static_cast<T*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(p != nullptr, "rnnkit fused_cpu: cannot allocate ", bytes, " bytes of scratch");
-    std::memset(p, 0, bytes);
-  }
-  ~Scratch() { std::free(p); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  T* data() const { return p; }
+  at::Tensor buf;
+  explicit Scratch(int64_t n)
+      : buf(at::zeros({std::max<int64_t>(n, 0)}, at::dtype(c10::CppTypeToScalarType<T>::value))) {}
+  T* data() const { return buf.data_ptr<T>(); }
 };
 
 // Scratch rows of n values, one per thread of the loops' parallel regions (each on its own cache
@@ -888,11 +894,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
       const T* m_all = nullptr;
       if constexpr (std::is_same_v<T, float>) {
         if (brg) {
-          if (w_plain) {
-            brgemm_product(hin, W, r_scratch.data(), ld_r, /*add=*/false);
-          } else {
-            brgemm_gates(hin, W, 4, r_scratch.data(), ld_r);
-          }
+          brgemm_gates(hin, W, 4, r_scratch.data(), ld_r);
           m_all = r_scratch.data();
         }
       }
@@ -963,12 +965,7 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
                 "rnnkit fused_cpu: the input projection takes XS (T B, I), W_in (4, I, u) or (I, "
                 "4u) and b_in (4u), contiguous");
   }
-  if (use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat) {  // brgemm's weight layouts
-    const int64_t u = G.size(2) / 4;
-    const bool blocked = W.sizes() == at::IntArrayRef({4, u, u});
-    TORCH_CHECK(W.is_contiguous() && (blocked || W.sizes() == at::IntArrayRef({u, 4 * u})),
-                "rnnkit fused_cpu: the recurrent weight takes (4, u, u) or (u, 4u), contiguous");
-  }
+  check_step_weight(W, G, 4, onednn);
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -1238,8 +1235,7 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
     // the recurrent product: with brgemm straight into R[s] (no LN) or into M[s] / a scratch
     at::Tensor m = brg ? (!ln ? R[s] : save ? (*M)[s] : m_scratch) : matmul(hin, W, onednn);
     if constexpr (std::is_same_v<T, float>) {
-      if (brg && W.dim() == 3) brgemm_gates(hin, W, 3, m.data_ptr<float>(), G3);
-      if (brg && W.dim() == 2) brgemm_product(hin, W, m.data_ptr<float>(), G3, /*add=*/false);
+      if (brg) brgemm_gates(hin, W, 3, m.data_ptr<float>(), G3);
     }
     if (ln) {
       if (save && !brg) (*M)[s].copy_(m);
@@ -1291,13 +1287,7 @@ void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at
                  const std::optional<at::Tensor>& P, double eps) {
   for (const auto* x : {&G, &H, &R}) check_contiguous(*x, "G/H/R");
   check_pre_activations(P, G, save, act, ract);
-  if (use_brgemm<float>(onednn) && G.scalar_type() == at::kFloat) {  // brgemm's weight layouts
-    const int64_t u = G.size(2) / 3;
-    TORCH_CHECK(W.is_contiguous() && (W.sizes() == at::IntArrayRef({3, u, u}) ||
-                                      W.sizes() == at::IntArrayRef({u, 3 * u})),
-                "rnnkit fused_cpu: the GRU's recurrent weight takes (3, u, u) or (u, 3u), "
-                "contiguous");
-  }
+  check_step_weight(W, G, 3, onednn);
   if (a.has_value()) check_contiguous(*a, "a");
   if (valid.has_value()) check_contiguous(*valid, "valid");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_forward", [&] {
