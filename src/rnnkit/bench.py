@@ -590,10 +590,19 @@ def run_benchmarks(
         for backend, make in candidates.items():
             report(f"{config.name} / {backend}")
             base = steps.get(config.cell)
-            row = measure(
-                config, backend, make, shape, min_run_time, base, paired_rounds, calls, input_grad
+            rows.append(
+                measure(
+                    config,
+                    backend,
+                    make,
+                    shape,
+                    min_run_time,
+                    base,
+                    paired_rounds,
+                    calls,
+                    input_grad,
+                )
             )
-            rows.append(row)
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
             report(f"{base_config.name} / {base_backend} (again, for the baseline median)")
@@ -628,13 +637,19 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
+def _auto_kernel(row: dict, phase: str) -> str | None:
+    """The kernel(s) an ``auto`` row ran on in ``phase`` (``"fused"``, ``"fused+vendor"``); else
+    ``None`` (another backend, or a run that did not record them)."""
+    used = (row.get("kernels") or {}).get(phase) if row["backend"] == "rnnkit auto" else None
+    return "+".join(used) if used else None
+
+
 def _picked(row: dict) -> str | None:
     """``"vendor"``, or ``"fused / vendor"`` (training / inference), for an ``auto`` row that
     recorded its kernels; else ``None``."""
-    kernels = row.get("kernels") or {}
-    if row["backend"] != "rnnkit auto" or not kernels.get("train") or not kernels.get("infer"):
+    train, infer = _auto_kernel(row, "train"), _auto_kernel(row, "infer")
+    if train is None or infer is None:
         return None
-    train, infer = ("+".join(kernels[k]) for k in ("train", "infer"))
     return train if train == infer else f"{train} / {infer}"
 
 
@@ -811,9 +826,7 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
     axes = fig.subplots(ncols=2, sharey=True)
     for ax, (phase, _), (label, _, series) in zip(axes, panels, drawn, strict=True):
         picked = {  # the auto bars' labels name the kernel auto picked
-            r["config"]: "+".join(r["kernels"][phase])
-            for r in result["rows"]
-            if r["backend"] == "rnnkit auto" and (r.get("kernels") or {}).get(phase)
+            r["config"]: _auto_kernel(r, phase) for r in result["rows"] if _auto_kernel(r, phase)
         }
         for i, here in enumerate(present):  # bars of one thickness, centred in the band
             for k, backend in enumerate(here):
