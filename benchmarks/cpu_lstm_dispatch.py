@@ -26,9 +26,9 @@ from rnnkit.kernels import dispatch
 from rnnkit.layers import GRU, LSTM, SimpleRNN
 
 CELLS = {
-    "lstm": (LSTM, torch.nn.LSTM, 4),
-    "gru": (GRU, torch.nn.GRU, 3),
-    "simple": (SimpleRNN, torch.nn.RNN, 1),
+    "lstm": (LSTM, torch.nn.LSTM),
+    "gru": (GRU, torch.nn.GRU),
+    "simple": (SimpleRNN, torch.nn.RNN),
 }
 
 SHAPES = ("32,100,128,256", "20,20,200,200", "64,50,64,128", "20,35,400,400", "20,35,650,650")
@@ -58,7 +58,8 @@ def sweep(
     shape: str, input_grad: bool, rounds: int, training: bool = True, cell: str = "lstm"
 ) -> None:
     batch, steps, features, units = (int(v) for v in shape.split(","))
-    layer_cls, torch_cls, gates = CELLS[cell]
+    layer_cls, torch_cls = CELLS[cell]
+    spec = layer_cls(units, input_size=features).cell.spec
     x = torch.randn(batch, steps, features).requires_grad_(input_grad and training)
     make = _step if training else _inference
     baseline = f"torch.nn.{torch_cls.__name__}"
@@ -69,7 +70,7 @@ def sweep(
     for step in steps_by_name.values():
         step()
         step()
-    macs = batch * steps * gates * units * (features + units)
+    macs = batch * steps * spec.gates * units * (features + units)
     calls = 2 if training else max(2, min(200, int(2e-3 * 5e10 / macs)))  # ~2 ms or more
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(rounds):
@@ -78,7 +79,6 @@ def sweep(
             for _ in range(calls):
                 step()
             times[name].append((time.perf_counter() - start) / calls)
-    spec = layer_cls(units, input_size=features).cell.spec
     picked = dispatch.select(
         spec,
         batch=batch,
