@@ -249,7 +249,7 @@ def _check_against_python_loops(
     compiled = _run(spec, w, kw, dtype, batch)
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
     tanh = fused._ACTS["tanh"]
-    assert fused._compiled_ops(spec.cell, tanh, tanh, w.kernel) is None
+    assert fused._compiled_ops(spec.cell, tanh, tanh, w.kernel.device, w.kernel.dtype) is None
     python = _run(spec, w, kw, dtype, batch)
     tol = {"rtol": 1e-4, "atol": atol} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     (o1, s1, g1), (o2, s2, g2) = compiled, python
@@ -264,10 +264,11 @@ def test_which_calls_the_compiled_loops_run():
     _compiled_available()
     act, x = fused._ACTS, torch.zeros(1)
     for cell in ("lstm", "gru", "simple"):  # GRU: both forms
-        assert fused._compiled_ops(cell, act["tanh"], act["sigmoid"], x) is not None
+        assert fused._compiled_ops(cell, act["tanh"], act["sigmoid"], x.device, x.dtype) is not None
     for name in act:  # every named activation
-        assert fused._compiled_ops("lstm", act[name], act[name], x) is not None, name
-    assert fused._compiled_ops("lstm", act["tanh"], act["sigmoid"], x.half()) is None
+        ops = fused._compiled_ops("lstm", act[name], act[name], x.device, x.dtype)
+        assert ops is not None, name
+    assert fused._compiled_ops("lstm", act["tanh"], act["sigmoid"], x.device, torch.float16) is None
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):

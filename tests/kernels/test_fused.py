@@ -336,6 +336,43 @@ def test_inference_path_equals_training_forward():
             torch.testing.assert_close(a, b.detach())
 
 
+FUNCTIONS = {
+    ("lstm", True): "_LSTMFunction",
+    ("gru", True): "_GRUFunction",
+    ("gru", False): "_GRUResetBeforeFunction",
+    ("simple", True): "_SimpleFunction",
+}
+
+
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_calls_that_record_nothing_skip_autograd(cell, reset_after, monkeypatch):
+    """No input needs a gradient (no_grad, or a frozen layer in grad mode): the Function's
+    forward runs as a plain call (apply's bookkeeping is a third of a 1-step call), with the
+    same results; a call with a trainable input still records."""
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after)
+    w = _weights(spec)
+    x = torch.randn(B, T, I, dtype=F64)
+    state = tuple(torch.randn(B, U, dtype=F64) for _ in range(spec.state_count))
+    out, final = fused.run(spec, w, x, state, mask=_mask("left"))
+    assert out.grad_fn is not None
+    function = getattr(fused, FUNCTIONS[(cell, reset_after)])
+
+    def no_apply(*args):
+        raise AssertionError("Function.apply for a call that records nothing")
+
+    monkeypatch.setattr(function, "apply", no_apply)
+    frozen = RecurrentWeights(*(None if p is None else p.detach() for p in w))
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode):
+            out2, final2 = fused.run(spec, frozen, x, state, mask=_mask("left"))
+        assert not out2.requires_grad and not any(s.requires_grad for s in final2)
+        torch.testing.assert_close(out2, out.detach())
+        for a, b in zip(final2, final, strict=True):
+            torch.testing.assert_close(a, b.detach())
+    with pytest.raises(AssertionError, match="records nothing"):
+        fused.run(spec, w, x, state)  # trainable weights: through apply
+
+
 def test_zoneout_mask_of_ones_keeps_the_initial_state():
     spec = RecurrenceSpec("lstm", U)
     w = _weights(spec)

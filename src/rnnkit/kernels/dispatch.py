@@ -224,6 +224,8 @@ def available() -> list[str]:
 
 
 def check_backend_name(backend: str) -> str:
+    if backend in BACKEND_NAMES or backend in _REGISTRY:  # (the common case, without a list)
+        return backend
     names = ["auto", *available()]
     if backend not in names and backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {names}; received backend={backend!r}")

@@ -229,18 +229,20 @@ class RecurrentCell(nn.Module):
             activation=self.activation,
             recurrent_activation=self.recurrent_activation,
             use_bias=self.use_bias,
-            reset_after=getattr(self, "reset_after", True),
+            reset_after=vars(self).get("reset_after", True),  # (GRU only; no AttributeError)
             layer_norm=self.layer_norm,
             zoneout=self.zoneout,
         )
 
     @property
     def weights(self) -> RecurrentWeights:
-        self._check_built()
+        params = self._parameters  # (read once: each attribute access is a Module.__getattr__)
+        if params["kernel"] is None:
+            self._check_built()
         ln = None
         if self.layer_norm:
-            ln = LayerNormWeights(*(getattr(self, n) for n in LayerNormWeights._fields))
-        return RecurrentWeights(self.kernel, self.recurrent_kernel, self.bias, ln)
+            ln = LayerNormWeights(*(params[n] for n in LayerNormWeights._fields))
+        return RecurrentWeights(params["kernel"], params["recurrent_kernel"], params["bias"], ln)
 
     def parameter_list(self) -> list[nn.Parameter]:
         """The parameters in Keras order: ``kernel, recurrent_kernel[, bias]`` then the layer-norm

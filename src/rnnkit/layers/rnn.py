@@ -184,14 +184,16 @@ class RNN(nn.Module):
         inputs = self._check_inputs(inputs)
         x = inputs.transpose(0, 1) if self.time_major else inputs  # (B, T, I)
         batch, steps, features = x.shape
-        self.cell.build(features, x.device, x.dtype)
-        if features != self.cell.input_size:
+        top = self.cell  # (one lookup: a submodule, found through __getattr__)
+        top.build(features, x.device, x.dtype)
+        if features != top.input_size:
             raise ValueError(
-                f"inputs must have {self.cell.input_size} features (the layer's input size); "
+                f"inputs must have {top.input_size} features (the layer's input size); "
                 f"received inputs of shape {tuple(inputs.shape)}"
             )
         mask = resolve_mask(mask, lengths, batch_size=batch, time_steps=steps, device=x.device)
-        cells = self.cells
+        stacked = isinstance(top, StackedRNNCells)
+        cells = list(top.cells) if stacked else [top]
         param = cells[0].kernel
         if x.dtype != param.dtype:
             raise TypeError(
@@ -210,11 +212,9 @@ class RNN(nn.Module):
                 )
             state = tuple(s.to(device=x.device, dtype=x.dtype) for s in self.states)
         else:
-            state = self.cell.initial_state(batch, x.device, x.dtype)
+            state = top.initial_state(batch, x.device, x.dtype)
 
-        per_cell = (
-            self.cell.split_state(state) if isinstance(self.cell, StackedRNNCells) else [state]
-        )
+        per_cell = top.split_state(state) if stacked else [state]
         finals: list[torch.Tensor] = []
         seq, layer_mask = x, mask
         for k, (cell, s0) in enumerate(zip(cells, per_cell, strict=True)):
