@@ -344,6 +344,53 @@ FUNCTIONS = {
 }
 
 
+STATE_GRADS = {"none": (False, False), "all": (True, True), "c_only": (False, True)}
+
+
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("state_grad", sorted(STATE_GRADS))
+def test_initial_h_gradient_only_when_asked(cell, reset_after, steps, state_grad, monkeypatch):
+    """The compiled backward loops skip the first step's product through U^T when nothing needs
+    h_0's gradient (a 1-step call then never transposes U): every other gradient still equals
+    the reference's, with recurrent dropout and a left-padded mask in play."""
+    if state_grad == "c_only" and cell != "lstm":
+        pytest.skip("only the LSTM has a second state")
+    spec = RecurrenceSpec(cell, U, reset_after=reset_after)
+    w = _weights(spec)
+    g = torch.Generator().manual_seed(3)
+    kw = {"recurrent_dropout_mask": (torch.rand(B, U, generator=g) > 0.4).to(F64) / 0.6}
+    kw["mask"] = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    kw["mask"] = kw["mask"][:, -steps:]
+    x = torch.randn(B, steps, I, generator=g, dtype=F64).requires_grad_(True)
+    needs = STATE_GRADS[state_grad][: spec.state_count]
+    state = tuple(torch.randn(B, U, generator=g, dtype=F64).requires_grad_(n) for n in needs)
+    wanted = [x, *(s for s in state if s.requires_grad), *_params(w)]
+    transposed = []
+    step_weight = fused._step_weight
+
+    def counted(ext, mat, *args, **kwargs):
+        transposed.append(mat)
+        return step_weight(ext, mat, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "_step_weight", counted)
+    results = []
+    for backend in (reference, fused):
+        out, final = backend.run(spec, w, x, state, **kw)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)
+        loss = (out * weight).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(final))
+        transposed.clear()
+        results.append(torch.autograd.grad(loss, wanted))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a)
+    if fused._compiled_ops(cell, fused._ACTS["tanh"], fused._ACTS["tanh"], x.device, F64):
+        # the backward's weights through U^T (the GRU with reset_after=False: U_zr^T and U_h^T,
+        # the candidate's product also giving the reset gate's gradient, needed at every step)
+        products = 2 if cell == "gru" and not reset_after else 1
+        skipped = steps == 1 and not needs[0]
+        assert len(transposed) == products - skipped
+
+
 @pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
 def test_calls_that_record_nothing_skip_autograd(cell, reset_after, monkeypatch):
     """No input needs a gradient (no_grad, or a frozen layer in grad mode): the Function's

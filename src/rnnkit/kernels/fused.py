@@ -112,6 +112,23 @@ def _gate_blocked(steps: int, width: int) -> bool:
     return (4 * width) % 4096 == 0 or steps > PLAIN_MAX_STEPS_UNALIGNED
 
 
+def _backward_weight(
+    ext, mat: torch.Tensor, batch: int, steps: int, h0_grad: bool
+) -> tuple[torch.Tensor, bool]:
+    """:func:`_step_weight` of ``U^T`` for a backward loop, but ``mat`` as it is (not read) where
+    the loop's one product would give only ``h_0``'s gradient and nothing asked for it (the loops
+    skip that step's product when ``h0_grad`` is false): a 1-step training call then neither
+    copies the transposed weight nor multiplies by it (5 MB and two passes at 650 GRU units)."""
+    if steps == 1 and not h0_grad:
+        return mat, False  # (the layout flag as _step_weight's for float32 brgemm, or unread)
+    return _step_weight(ext, mat, batch)
+
+
+def _h0_grad(ctx) -> bool:
+    """Whether the initial ``h`` (every Function's fourth input) needs its gradient."""
+    return ctx.needs_input_grad[3]
+
+
 def _step_weight(
     ext, mat: torch.Tensor, batch: int, gate_blocks: int = 1
 ) -> tuple[torch.Tensor, bool]:
@@ -500,12 +517,13 @@ class _LSTMFunction(torch.autograd.Function):
             # the weight gradients [dW; dU], summed by the loops chunk by chunk of rows (the
             # first chunk's product written, not added: no zero fill)
             DWU = G.new_empty((0 if x2 is None else x2.shape[1]) + u, G4)
+            h0g = _h0_grad(ctx)
             ext.lstm_backward(
-                G, *_step_weight(ext, U.t(), B), H, C, CN, TC, dY.contiguous(), dh,
+                G, *_backward_weight(ext, U.t(), B, T, h0g), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h) if ln
                   else (None,) * 11),
-                db, P, x2, h_in, DWU,
+                db, P, x2, h_in, DWU, h0_grad=h0g,
             )  # fmt: skip
         dHs = _step_output_grads(dY) if ext is None else ()
         for t in range(T - 1 if ext is None else -1, -1, -1):
@@ -582,6 +600,7 @@ class _LSTMFunction(torch.autograd.Function):
                 b_c,
                 [False, True, True],
             )
+        dh = dh if _h0_grad(ctx) else None
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
         dx2 = nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
@@ -669,13 +688,16 @@ class _GRUFunction(torch.autograd.Function):
             if ln:
                 DM = M.clone() if ALLOW_REPEATED_BACKWARD else M
                 dg_h = G.new_zeros(G3)
+            h0g = _h0_grad(ctx)
             ext.gru_backward(
-                G, *_step_weight(ext, U.t(), B), H, R, dY.contiguous(), dh, rd, a,
+                G, *_backward_weight(ext, U.t(), B, T, h0g), H, R, dY.contiguous(), dh, rd, a,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P, dg_h,
+                h0_grad=h0g,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
             dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
             db_rec = R.sum((0, 1)) if b_rec is not None else None
+            dh = dh if _h0_grad(ctx) else None
             return None, G, dU, dh, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
 
@@ -812,15 +834,17 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             Mzr, Mh, MU, RS = ctx.ln_bufs if ln else (None,) * 4
             DMzr, DMh = G.new_empty(T, B, 2 * u), G.new_empty(T, B, u)
             dg_h = G.new_zeros(G3) if ln else None
-            (wt_zr, packed), (wt_h, _) = (
-                _step_weight(ext, U[:, : 2 * u].t(), B),
+            # (the candidate's product also gives the reset gate's gradient: needed at every step)
+            (wt_zr, _), (wt_h, packed) = (
+                _backward_weight(ext, U[:, : 2 * u].t(), B, T, _h0_grad(ctx)),
                 _step_weight(ext, U[:, 2 * u :].t(), B),
             )
             ext.gru_rb_backward(
                 G, wt_zr, wt_h, packed, H, RH, dY.contiguous(), dh, Hin, rd, a,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], Mzr, Mh, MU, RS, g_h, DMzr, DMh,
-                dg_h, P,
+                dg_h, P, h0_grad=_h0_grad(ctx),
             )  # fmt: skip
+            dh = dh if _h0_grad(ctx) else None
             dU = torch.cat(
                 [
                     tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
@@ -979,12 +1003,13 @@ class _SimpleFunction(torch.autograd.Function):
             if ln and ALLOW_REPEATED_BACKWARD:
                 M = M.clone()  # overwritten with its gradient
             dg_h = G.new_zeros(u) if ln else None
+            h0g = _h0_grad(ctx)
             ext.simple_backward(
-                G, *_step_weight(ext, U.t(), B), H, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P,
+                G, *_backward_weight(ext, U.t(), B, T, h0g), H, dY.contiguous(), dh, rd, a,
+                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P, h0_grad=h0g,
             )  # fmt: skip
             dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
-            return None, G, dU, dh, dg_h, None, None, None
+            return None, G, dU, dh if _h0_grad(ctx) else None, dg_h, None, None, None
         Y = H[1:] if direct else G  # the activations
         if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary
             act.deriv_out(Y, G)

@@ -977,7 +977,8 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 
 // Backward through time. On return G holds the gate gradients (of the gate pre-activations;
 // with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
-// dc the gradients of h_0 and c_0; db (without layer norm) accumulates the column sums of the
+// dc the gradients of h_0 and c_0 (dh only with h0_grad: without, the first step's product
+// through WT is skipped and WT of a 1-step call is never read); db (without layer norm) accumulates the column sums of the
 // gate gradients, the bias gradient, while they are in cache; dg_h accumulates the gates'
 // LayerNorm gamma gradient, dg_c and db_c the cell LayerNorm's gamma and beta gradients.
 template <typename T>
@@ -997,7 +998,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
                         const std::optional<at::Tensor>& dg_h,
                         const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                         const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
-                        const std::optional<at::Tensor>& DWU) {
+                        const std::optional<at::Tensor>& DWU, bool h0_grad) {
   const int64_t steps = G.size(0), B = G.size(1), G4 = G.size(2), u = G4 / 4;
   const T* p_all = ptr<T>(P);
   const bool p_full = lstm_pre_width(act, ract, u) == G4;  // else the candidate's columns
@@ -1125,8 +1126,10 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh, dgc);
     });
     const at::Tensor src = ln ? (*M)[t] : G[t];  // the gradients entering h_in U
-    previous_h_grad<T>(src, WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
-                       r_scratch.data(), dh2.data_ptr<T>());
+    if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
+      previous_h_grad<T>(src, WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
+                         r_scratch.data(), dh2.data_ptr<T>());
+    }
     if (K > 0 && ((pending - t) * B >= chunk_rows || t == 0)) {  // a chunk, and the rest
       const int64_t n = (pending - t) * B;
       const T* rows_all = (ln ? *M : G).data_ptr<T>();
@@ -1172,7 +1175,7 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
                    const std::optional<at::Tensor>& dg_h,
                    const std::optional<at::Tensor>& db, const std::optional<at::Tensor>& P,
                    const std::optional<at::Tensor>& XS, const std::optional<at::Tensor>& HS,
-                   const std::optional<at::Tensor>& DWU) {
+                   const std::optional<at::Tensor>& DWU, bool h0_grad) {
   for (const auto* x : {&G, &H, &C, &TC, &dY, &dh, &dc}) check_contiguous(*x, "G/H/C/TC/dY/dh/dc");
   check_lstm_pre_activations(P, G, true, act, ract);
   if (g_h.has_value()) {  // layer norm: the LayerNorms' gradient accumulators
@@ -1199,7 +1202,7 @@ void lstm_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_lstm_backward", [&] {
     lstm_backward_impl<scalar_t>(G, WT, onednn, H, C, CN, TC, dY, dh, dc, rd, a, valid, act, ract,
                                  M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h, db, P,
-                                 XS, HS, DWU);
+                                 XS, HS, DWU, h0_grad);
   });
 }
 
@@ -1298,7 +1301,7 @@ void gru_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const at
 
 // On return G holds the gradients of the input projection (columns h, z, r), R those of the
 // recurrent projection's output (z, r, h; the LayerNorm's output with layer norm, whose input
-// gradients go to DM), dh the gradient of h_0.
+// gradients go to DM), dh the gradient of h_0 (only with h0_grad, as the LSTM's).
 template <typename T>
 void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                        const at::Tensor& R, const at::Tensor& dY, const at::Tensor& dh_in,
@@ -1307,7 +1310,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
                        const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                        const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
                        const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P,
-                       const std::optional<at::Tensor>& dg_h) {
+                       const std::optional<at::Tensor>& dg_h, bool h0_grad) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
   const T* p_all = ptr<T>(P);
   const bool ln = g_h.has_value();
@@ -1371,8 +1374,10 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
       (*DM)[t].copy_(std::get<0>(res));  // DM may be M itself: M[t] is not read again
       src = (*DM)[t];
     }
-    product_into<T>(src, WT, onednn, rec_scratch.data(), u, /*add=*/false);
-    add_through_dropout(dh2_p, rec_scratch.data(), rd_p, B, u, grain);
+    if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
+      product_into<T>(src, WT, onednn, rec_scratch.data(), u, /*add=*/false);
+      add_through_dropout(dh2_p, rec_scratch.data(), rd_p, B, u, grain);
+    }
     std::swap(dh, dh2);
   }
   if (!dh.is_same(dh_in)) dh_in.copy_(dh);
@@ -1385,14 +1390,14 @@ void gru_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, const 
                   const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                   const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& b_rec,
                   const std::optional<at::Tensor>& DM, const std::optional<at::Tensor>& P,
-                  const std::optional<at::Tensor>& dg_h) {
+                  const std::optional<at::Tensor>& dg_h, bool h0_grad) {
   for (const auto* x : {&G, &H, &R, &dY, &dh}) check_contiguous(*x, "G/H/R/dY/dh");
   check_pre_activations(P, G, true, act, ract);
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_backward", [&] {
     gru_backward_impl<scalar_t>(G, WT, onednn, H, R, dY, dh, rd, a, act, ract, M, MU, RS, g_h,
-                                b_rec, DM, P, dg_h);
+                                b_rec, DM, P, dg_h, h0_grad);
   });
 }
 
@@ -1513,7 +1518,7 @@ void gru_rb_forward(const at::Tensor& G, const at::Tensor& Wzr, const at::Tensor
 
 // On return G holds the gradients of the pre-activations (h, z, r: the input projection's),
 // DMzr/DMh those of the products (before their LayerNorms, with layer norm), dh the gradient of
-// h_0;
+// h_0 (only with h0_grad; WhT is read at every step, for the reset gate's gradient);
 // dg_h accumulates the LayerNorms' gamma gradient (Keras' order z, r | h).
 template <typename T>
 void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at::Tensor& WhT,
@@ -1526,7 +1531,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
                           const std::optional<at::Tensor>& g_h,
                           const at::Tensor& DMzr, const at::Tensor& DMh,
                           const std::optional<at::Tensor>& dg_h,
-                          const std::optional<at::Tensor>& P) {
+                          const std::optional<at::Tensor>& P, bool h0_grad) {
   const int64_t steps = G.size(0), B = G.size(1), G3 = G.size(2), u = G3 / 3;
   const bool ln = g_h.has_value();
   T* g_all = G.data_ptr<T>();
@@ -1618,8 +1623,10 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
         }
       }
     });
-    product_into<T>(src_zr, WzrT, onednn, dhin, u, /*add=*/true);
-    add_through_dropout(dh2_p, dhin, rd_p, B, u, grain);
+    if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
+      product_into<T>(src_zr, WzrT, onednn, dhin, u, /*add=*/true);
+      add_through_dropout(dh2_p, dhin, rd_p, B, u, grain);
+    }
     std::swap(dh, dh2);
   }
   if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
@@ -1634,7 +1641,8 @@ void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tens
                      const std::optional<at::Tensor>& Mh, const std::optional<at::Tensor>& MU,
                      const std::optional<at::Tensor>& RS, const std::optional<at::Tensor>& g_h,
                      const at::Tensor& DMzr, const at::Tensor& DMh,
-                     const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P) {
+                     const std::optional<at::Tensor>& dg_h, const std::optional<at::Tensor>& P,
+                     bool h0_grad) {
   for (const auto* x : {&G, &H, &RH, &dY, &dh}) check_contiguous(*x, "G/H/RH/dY/dh");
   if (rd.has_value()) check_contiguous(*rd, "rd");
   if (a.has_value()) check_contiguous(*a, "a");
@@ -1646,7 +1654,7 @@ void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tens
   check_pre_activations(P, G, true, act, ract);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_gru_rb_backward", [&] {
     gru_rb_backward_impl<scalar_t>(G, WzrT, WhT, onednn, H, RH, dY, dh, Hin, rd, a, act, ract,
-                                   Mzr, Mh, MU, RS, g_h, DMzr, DMh, dg_h, P);
+                                   Mzr, Mh, MU, RS, g_h, DMzr, DMh, dg_h, P, h0_grad);
   });
 }
 
@@ -1654,7 +1662,8 @@ void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tens
 // SimpleRNN. G (T, B, u): the input projections in; with mode 0 (h_t = h') the forward writes
 // the activations to H and G keeps the pre-activations, otherwise G becomes the activations h'
 // and H the states. The backward turns G into the gradients of the pre-activations (and M into
-// those of h_in U, with layer norm), dh into the gradient of h_0; dg_h accumulates the
+// those of h_in U, with layer norm), dh into the gradient of h_0 (only with h0_grad, as the
+// LSTM's); dg_h accumulates the
 // LayerNorm's gamma gradient.
 template <typename T>
 void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
@@ -1781,7 +1790,7 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
                           const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                           const std::optional<at::Tensor>& g_h,
                           const std::optional<at::Tensor>& dg_h,
-                          const std::optional<at::Tensor>& P) {
+                          const std::optional<at::Tensor>& P, bool h0_grad) {
   const int64_t steps = G.size(0), B = G.size(1), u = G.size(2);
   const T* p_all = direct ? nullptr : ptr<T>(P);
   const bool ln = g_h.has_value();
@@ -1839,8 +1848,10 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
       T* dgh = ln ? dgh_rows.mine() : nullptr;
       for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, tmp, xrow, dgh);
     });
-    previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
-                       dhn_all, r_scratch.data(), dh2.data_ptr<T>());
+    if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
+      previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
+                         dhn_all, r_scratch.data(), dh2.data_ptr<T>());
+    }
     std::swap(dh, dh2);
   }
   if (ln) dgh_rows.sum_into(dg_h->data_ptr<T>());
@@ -1853,7 +1864,7 @@ void simple_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, con
                      int64_t act, bool direct, const std::optional<at::Tensor>& M,
                      const std::optional<at::Tensor>& MU, const std::optional<at::Tensor>& RS,
                      const std::optional<at::Tensor>& g_h, const std::optional<at::Tensor>& dg_h,
-                     const std::optional<at::Tensor>& P) {
+                     const std::optional<at::Tensor>& P, bool h0_grad) {
   for (const auto* x : {&G, &H, &dY, &dh}) check_contiguous(*x, "G/H/dY/dh");
   check_pre_activations(P, G, !direct, act, act);
   if (rd.has_value()) check_contiguous(*rd, "rd");
@@ -1862,7 +1873,7 @@ void simple_backward(const at::Tensor& G, const at::Tensor& WT, bool onednn, con
               "rnnkit fused_cpu: a layer-norm SimpleRNN backward needs M and dg_h");
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "rnnkit_simple_backward", [&] {
     simple_backward_impl<scalar_t>(G, WT, onednn, H, dY, dh, rd, a, act, direct, M, MU, RS, g_h,
-                                   dg_h, P);
+                                   dg_h, P, h0_grad);
   });
 }
 
@@ -1988,8 +1999,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor? valid, int act, int ract, Tensor(d!)? M, Tensor? MU_h, Tensor? RS_h, "
       "Tensor? MU_c, Tensor? RS_c, Tensor? g_h, Tensor? g_c, Tensor? b_c, Tensor(e!)? dg_c, "
       "Tensor(k!)? db_c, "
-      "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P, Tensor? XS, Tensor? HS, Tensor(h!)? DWU) "
-      "-> ()");
+      "Tensor(f!)? dg_h, Tensor(g!)? db, Tensor? P, Tensor? XS, Tensor? HS, Tensor(h!)? DWU, "
+      "bool h0_grad=True) -> ()");
   m.def(
       "gru_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!) R, "
       "Tensor? b_rec, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
@@ -1998,8 +2009,8 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def(
       "gru_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor(b!) R, Tensor dY, "
       "Tensor(c!) dh, Tensor? rd, Tensor? a, int act, int ract, Tensor? M, Tensor? MU, "
-      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P, Tensor(e!)? dg_h) "
-      "-> ()");
+      "Tensor? RS, Tensor? g_h, Tensor? b_rec, Tensor(d!)? DM, Tensor? P, Tensor(e!)? dg_h, "
+      "bool h0_grad=True) -> ()");
   m.def(
       "gru_rb_forward(Tensor(a!) G, Tensor Wzr, Tensor Wh, bool onednn, Tensor(b!) H, "
       "Tensor(c!) RH, Tensor(d!)? Hin, Tensor? rd, Tensor? a, Tensor? valid, int act, int ract, "
@@ -2009,7 +2020,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "gru_rb_backward(Tensor(a!) G, Tensor WzrT, Tensor WhT, bool onednn, Tensor H, Tensor RH, "
       "Tensor dY, Tensor(b!) dh, Tensor? Hin, Tensor? rd, Tensor? a, int act, int ract, "
       "Tensor? Mzr, Tensor? Mh, Tensor? MU, Tensor? RS, Tensor? g_h, Tensor(c!) DMzr, "
-      "Tensor(d!) DMh, Tensor(e!)? dg_h, Tensor? P) -> ()");
+      "Tensor(d!) DMh, Tensor(e!)? dg_h, Tensor? P, bool h0_grad=True) -> ()");
   m.def(
       "simple_forward(Tensor(a!) G, Tensor W, bool onednn, Tensor(b!) H, Tensor(c!)? Hin, "
       "Tensor? rd, Tensor? a, Tensor? valid, int act, int mode, bool save, Tensor(d!)? M, "
@@ -2017,7 +2028,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def(
       "simple_backward(Tensor(a!) G, Tensor WT, bool onednn, Tensor H, Tensor dY, Tensor(b!) dh, "
       "Tensor? rd, Tensor? a, int act, bool direct, Tensor(c!)? M, Tensor? MU, Tensor? RS, "
-      "Tensor? g_h, Tensor(d!)? dg_h, Tensor? P) -> ()");
+      "Tensor? g_h, Tensor(d!)? dg_h, Tensor? P, bool h0_grad=True) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
   m.def("transpose(Tensor x) -> Tensor");
   m.def("weight_grads(Tensor[] lefts, Tensor b) -> Tensor");
