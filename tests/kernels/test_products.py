@@ -120,3 +120,16 @@ def test_nt_equals_torch(rows, monkeypatch):
     torch.testing.assert_close(products.nt(a, b), a @ b.t(), rtol=1e-4, atol=1e-4)
     if products.ONEDNN_LINEAR is not None:
         assert bool(calls) == (rows > 1)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_tn_of_a_single_row_is_torchs_outer_product(rows, monkeypatch):
+    # a^T @ b (a weight gradient): one row is an outer product, torch's own (oneDNN's linear was
+    # 4x slower on it); from 2 rows oneDNN (here: the compiled weight-gradient op turned off)
+    monkeypatch.setattr(products.cpu_ext, "weight_grads_max_cols", lambda ops: 0)
+    calls = _onednn_calls(monkeypatch)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(rows, 40, generator=g), torch.randn(rows, 96, generator=g)
+    torch.testing.assert_close(products.tn(a, b=b), a.t() @ b, rtol=1e-4, atol=1e-4)
+    if products.ONEDNN_LINEAR is not None:
+        assert bool(calls) == (rows > 1)
