@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit.layers import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from rnnkit.layers import LSTM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
 
 
 def test_state_and_output_sizes():
@@ -85,3 +85,28 @@ def test_cell_errors():
         SimpleRNNCell(3, input_size=2).set_weights(
             [np.zeros((2, 3)), np.zeros((3, 3)), np.zeros(4)]
         )
+
+
+@pytest.mark.parametrize("name", ["kernel", "recurrent_kernel", "bias"])
+def test_a_parametrized_weight_is_what_the_layer_runs(name):
+    # torch.nn.utils.parametrize (weight norm and the like) replaces the parameter by a property:
+    # the layer must run (and differentiate) the parametrized value, on every backend
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4)
+    for backend in ("reference", "fused", "vendor"):
+        plain = LSTM(5, input_size=4, backend=backend)
+        layer = LSTM(5, input_size=4, backend=backend)
+        layer.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            getattr(plain.cell, name).mul_(2)
+        parametrize.register_parametrization(layer.cell, name, Double())
+        torch.testing.assert_close(layer(x), plain(x))
+        layer(x).sum().backward()
+        original = getattr(layer.cell.parametrizations, name).original
+        assert original.grad is not None and original.grad.abs().sum() > 0

@@ -236,13 +236,15 @@ class RecurrentCell(nn.Module):
 
     @property
     def weights(self) -> RecurrentWeights:
-        params = self._parameters  # (read once: each attribute access is a Module.__getattr__)
-        if params["kernel"] is None:
+        # attributes, not self._parameters: a parametrization (torch.nn.utils.parametrize, weight
+        # norm) replaces a parameter by a property
+        kernel = self.kernel  # (read once: each is a Module.__getattr__)
+        if kernel is None:
             self._check_built()
         ln = None
         if self.layer_norm:
-            ln = LayerNormWeights(*(params[n] for n in LayerNormWeights._fields))
-        return RecurrentWeights(params["kernel"], params["recurrent_kernel"], params["bias"], ln)
+            ln = LayerNormWeights(*(getattr(self, n) for n in LayerNormWeights._fields))
+        return RecurrentWeights(kernel, self.recurrent_kernel, self.bias, ln)
 
     def parameter_list(self) -> list[nn.Parameter]:
         """The parameters in Keras order: ``kernel, recurrent_kernel[, bias]`` then the layer-norm
