@@ -200,6 +200,36 @@ def test_small_lstm_calls_go_fused_on_one_or_two_threads(training, tuned, monkey
     assert dispatch.select(wide, batch=1, steps=1, **call) == "vendor"
 
 
+def test_wide_lstm_inference_goes_fused_on_one_thread(monkeypatch):
+    # 401-650 units, at most 1400 tokens (measured: 650 units 10x35 0.96x vs 0.87x, 4x200 1.01x
+    # vs 0.92x; 64x35 0.93x vs 0.97x; 1024 units 0.84x vs 0.98x; 400 units a tie)
+    from rnnkit import allocator
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
+    monkeypatch.setattr(allocator, "is_tuned", lambda: True)
+    threads = [1]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    call = {"device": torch.device("cpu"), "dtype": torch.float32, "training": False}
+
+    def pick(units, batch, steps, **kw):
+        return dispatch.select(
+            RecurrenceSpec("lstm", units), batch=batch, steps=steps, **{**call, **kw}
+        )
+
+    assert pick(650, 20, 35) == "fused"
+    assert pick(512, 20, 35) == "fused"
+    assert pick(650, 4, 350) == "fused"  # 1400 tokens
+    assert pick(650, 1, 1401) == "vendor"
+    assert pick(650, 64, 35) == "vendor"
+    assert pick(651, 20, 35) == "vendor"
+    assert pick(400, 20, 35) == "vendor"  # 1600 gate columns
+    assert pick(650, 20, None) == "vendor"  # steps unknown
+    assert pick(650, 20, 35, training=True, input_grad=True, macs=LARGE) == "vendor"
+    threads[0] = 2
+    assert pick(650, 20, 35) == "vendor"
+
+
 def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monkeypatch):
     seen = []
 

@@ -12,7 +12,8 @@ holds ``vendor`` and ``reference`` and, when their modules import, ``fused`` and
 ``vendor, triton, fused, reference``; on the CPU, calls where the fused recurrence is faster go
 ``fused, vendor, reference``: masked calls, SimpleRNN, and (when the compiled loops of
 :mod:`rnnkit.kernels.cpu_ext` are available) GRU, and on one or two threads the LSTM's small
-calls (at most 96 tokens, batch x steps: torch's kernel's per-call costs dominate them) and its
+calls (at most 96 tokens, batch x steps: torch's kernel's per-call costs dominate them), its
+inference calls of 401-650 units and at most 1400 tokens on one thread, and its
 training calls up to 1600 gate columns while :func:`rnnkit.allocator.tune` is not in effect or the
 input needs no gradient, or on one thread where the call is small; on CUDA, masked calls and
 recurrences whose per-step product Triton runs faster than cuDNN (measured bounds, see
@@ -97,11 +98,24 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # threads, any width). Since the fused LSTM reads its weights as they come in calls of a few
 # steps (fused._gate_blocked; runs/dispatch/inf-t1-plain.txt), `auto` there, 1 thread: 1x1 200
 # 1.70, 1x1 650 5.07, 1x20 1.13, 4x20 1.20, 16x6 1.07, 8x12 650 1.13.
+# Inference of wider layers at moderate tokens, 1 thread: the vendor path's transposes of the
+# weights grow with the width (2.4 ms of a 31 ms call at 650 units), and there the fused LSTM
+# (the plain or gate-blocked weight as it comes) is faster up to ~1400 tokens
+# (benchmarks/cpu_lstm_dispatch.py --inference, paired, tuned, fused vs vendor as a ratio to
+# torch.nn.LSTM): 650 units 10x35 0.96 vs 0.87, 20x20 0.98 vs 0.87, 20x35 0.94 vs 0.90, 40x35
+# 0.97 vs 0.94, 1x200 0.93 vs 0.90, 4x200 1.01 vs 0.92; 512 units 20x35 1.05 vs 0.94; but 64x35
+# at 650 units 0.93 vs 0.97, 32x100 at 512 0.96 vs 0.98, 1024 units 20x35 0.84 vs 0.98, 1500
+# units 0.91 vs 0.95, and at 400 units or fewer torch's kernel ties or wins (400: 0.97 vs 0.96,
+# 200 units 20x35 0.94 vs 0.98, 1x200 0.92 vs 1.00). 2 threads: mixed (650 units 20x35 0.90 vs
+# 0.94), torch's kernel stays. So inference goes fused first on 1 thread for 1600 < 4u <= 2600
+# (401-650 units) and at most FUSED_LSTM_MAX_INFERENCE_TOKENS tokens: PTB-medium's evaluation.
 FUSED_FIRST_ORDER = ("fused", "vendor", "reference")
 FUSED_LSTM_MAX_THREADS = 2
 FUSED_LSTM_MAX_GATE_COLUMNS = 1600
 FUSED_LSTM_MAX_INPUT_GRAD_MACS = 2**30
 FUSED_LSTM_MAX_SMALL_TOKENS = 96
+FUSED_LSTM_INFERENCE_GATE_COLUMNS = (1600, 2600)  # (exclusive, inclusive) bounds on 4u
+FUSED_LSTM_MAX_INFERENCE_TOKENS = 1400
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
@@ -204,7 +218,15 @@ def _fused_is_faster(
         return False
     if tokens is not None and tokens <= FUSED_LSTM_MAX_SMALL_TOKENS:
         return True  # per-call costs dominate, training or not, any width
-    if not training or spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
+    if not training:  # wide layers' inference at moderate tokens, on 1 thread
+        low, high = FUSED_LSTM_INFERENCE_GATE_COLUMNS
+        return (
+            threads == 1
+            and tokens is not None
+            and tokens <= FUSED_LSTM_MAX_INFERENCE_TOKENS
+            and low < spec.gates * spec.units <= high
+        )
+    if spec.gates * spec.units > FUSED_LSTM_MAX_GATE_COLUMNS:
         return False
     if not allocator.is_tuned() or not input_grad:
         return True
