@@ -246,12 +246,10 @@ def available() -> list[str]:
 
 
 def check_backend_name(backend: str) -> str:
-    if backend in BACKEND_NAMES or backend in _REGISTRY:  # (the common case, without a list)
+    if backend in BACKEND_NAMES or backend in _REGISTRY:
         return backend
     names = ["auto", *available()]
-    if backend not in names and backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {names}; received backend={backend!r}")
-    return backend
+    raise ValueError(f"backend must be one of {names}; received backend={backend!r}")
 
 
 def _reason(name: str, module, spec: RecurrenceSpec, options: dict) -> str | None:

@@ -697,8 +697,7 @@ class _GRUFunction(torch.autograd.Function):
             h_in = Hin if rd is not None else H[:-1]
             dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
             db_rec = R.sum((0, 1)) if b_rec is not None else None
-            dh = dh if _h0_grad(ctx) else None
-            return None, G, dU, dh, db_rec, dg_h, None, None, None
+            return None, G, dU, dh if h0g else None, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
 
         def pre(k):
@@ -835,16 +834,17 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             DMzr, DMh = G.new_empty(T, B, 2 * u), G.new_empty(T, B, u)
             dg_h = G.new_zeros(G3) if ln else None
             # (the candidate's product also gives the reset gate's gradient: needed at every step)
+            h0g = _h0_grad(ctx)
             (wt_zr, _), (wt_h, packed) = (
-                _backward_weight(ext, U[:, : 2 * u].t(), B, T, _h0_grad(ctx)),
+                _backward_weight(ext, U[:, : 2 * u].t(), B, T, h0g),
                 _step_weight(ext, U[:, 2 * u :].t(), B),
             )
             ext.gru_rb_backward(
                 G, wt_zr, wt_h, packed, H, RH, dY.contiguous(), dh, Hin, rd, a,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], Mzr, Mh, MU, RS, g_h, DMzr, DMh,
-                dg_h, P, h0_grad=_h0_grad(ctx),
+                dg_h, P, h0_grad=h0g,
             )  # fmt: skip
-            dh = dh if _h0_grad(ctx) else None
+            dh = dh if h0g else None
             dU = torch.cat(
                 [
                     tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
@@ -1009,7 +1009,7 @@ class _SimpleFunction(torch.autograd.Function):
                 _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P, h0_grad=h0g,
             )  # fmt: skip
             dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
-            return None, G, dU, dh if _h0_grad(ctx) else None, dg_h, None, None, None
+            return None, G, dU, dh if h0g else None, dg_h, None, None, None
         Y = H[1:] if direct else G  # the activations
         if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary
             act.deriv_out(Y, G)

@@ -98,7 +98,8 @@ class RNN(nn.Module):
     @property
     def cells(self) -> list[RecurrentCell]:
         """The cells in order (one unless stacked)."""
-        return list(self.cell.cells) if isinstance(self.cell, StackedRNNCells) else [self.cell]
+        cell = self.cell  # (one lookup: a submodule, found through __getattr__)
+        return list(cell.cells) if isinstance(cell, StackedRNNCells) else [cell]
 
     @property
     def units(self) -> int:
@@ -192,8 +193,7 @@ class RNN(nn.Module):
                 f"received inputs of shape {tuple(inputs.shape)}"
             )
         mask = resolve_mask(mask, lengths, batch_size=batch, time_steps=steps, device=x.device)
-        stacked = isinstance(top, StackedRNNCells)
-        cells = list(top.cells) if stacked else [top]
+        cells = self.cells
         param = cells[0].kernel
         if x.dtype != param.dtype:
             raise TypeError(
@@ -214,7 +214,7 @@ class RNN(nn.Module):
         else:
             state = top.initial_state(batch, x.device, x.dtype)
 
-        per_cell = top.split_state(state) if stacked else [state]
+        per_cell = top.split_state(state) if isinstance(top, StackedRNNCells) else [state]
         finals: list[torch.Tensor] = []
         seq, layer_mask = x, mask
         for k, (cell, s0) in enumerate(zip(cells, per_cell, strict=True)):

@@ -978,9 +978,10 @@ void lstm_forward(const at::Tensor& G, const at::Tensor& W, bool onednn, const a
 // Backward through time. On return G holds the gate gradients (of the gate pre-activations;
 // with layer norm M[t] holds the gradient of h_in U, the input of the gates' LayerNorm), dh and
 // dc the gradients of h_0 and c_0 (dh only with h0_grad: without, the first step's product
-// through WT is skipped and WT of a 1-step call is never read); db (without layer norm) accumulates the column sums of the
-// gate gradients, the bias gradient, while they are in cache; dg_h accumulates the gates'
-// LayerNorm gamma gradient, dg_c and db_c the cell LayerNorm's gamma and beta gradients.
+// through WT is skipped and WT of a 1-step call is never read); db (without layer norm)
+// accumulates the column sums of the gate gradients, the bias gradient, while they are in cache;
+// dg_h accumulates the gates' LayerNorm gamma gradient, dg_c and db_c the cell LayerNorm's gamma
+// and beta gradients.
 template <typename T>
 void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, const at::Tensor& H,
                         const at::Tensor& C, const std::optional<at::Tensor>& CN,
@@ -1663,8 +1664,7 @@ void gru_rb_backward(const at::Tensor& G, const at::Tensor& WzrT, const at::Tens
 // the activations to H and G keeps the pre-activations, otherwise G becomes the activations h'
 // and H the states. The backward turns G into the gradients of the pre-activations (and M into
 // those of h_in U, with layer norm), dh into the gradient of h_0 (only with h0_grad, as the
-// LSTM's); dg_h accumulates the
-// LayerNorm's gamma gradient.
+// LSTM's); dg_h accumulates the LayerNorm's gamma gradient.
 template <typename T>
 void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
                          const at::Tensor& H, const std::optional<at::Tensor>& Hin,
