@@ -482,6 +482,7 @@ class _LSTMFunction(torch.autograd.Function):
         ln, act, ract = cfg.layer_norm, cfg.act, cfg.ract
         T, B, G4 = G.shape
         u = G4 // 4
+        h0g = _h0_grad(ctx)
         # Everything per step on (B, u) blocks that stay in cache: measured faster than vectorised
         # passes over (T, B, u) here. dG[t] overwrites the gate activations G[t].
         if ln:
@@ -517,7 +518,6 @@ class _LSTMFunction(torch.autograd.Function):
             # the weight gradients [dW; dU], summed by the loops chunk by chunk of rows (the
             # first chunk's product written, not added: no zero fill)
             DWU = G.new_empty((0 if x2 is None else x2.shape[1]) + u, G4)
-            h0g = _h0_grad(ctx)
             ext.lstm_backward(
                 G, *_backward_weight(ext, U.t(), B, T, h0g), H, C, CN, TC, dY.contiguous(), dh,
                 dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
@@ -600,7 +600,7 @@ class _LSTMFunction(torch.autograd.Function):
                 b_c,
                 [False, True, True],
             )
-        dh = dh if _h0_grad(ctx) else None
+        dh = dh if h0g else None
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
         dx2 = nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
