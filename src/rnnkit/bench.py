@@ -826,7 +826,7 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
     axes = fig.subplots(ncols=2, sharey=True)
     for ax, (phase, _), (label, _, series) in zip(axes, panels, drawn, strict=True):
         picked = {  # the auto bars' labels name the kernel auto picked
-            r["config"]: _auto_kernel(r, phase) for r in result["rows"] if _auto_kernel(r, phase)
+            r["config"]: kernel for r in result["rows"] if (kernel := _auto_kernel(r, phase))
         }
         for i, here in enumerate(present):  # bars of one thickness, centred in the band
             for k, backend in enumerate(here):

@@ -540,13 +540,13 @@ inline void for_backward_parts(bool ln, int64_t B, int64_t grain, int64_t u, int
   }
 }
 
+template <typename T>
+constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // values per cache line
+
 // Zeroed scratch memory of n values from torch's CPU allocator, which aligns to a cache line.
 // The loops' threads write disjoint column ranges of its rows, whole cache lines of them when
 // the base is aligned; std::vector's 16-byte alignment let a line straddle two threads' ranges
 // on every row (false sharing). (Not measurable above this machine's noise on 2 threads.)
-template <typename T>
-constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // values per cache line
-
 template <typename T>
 struct Scratch {
   at::Tensor buf;
