@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_fused.py [--batch 32] [--steps 100] [--inputs 128]
         [--units 256] [--threads 2] [--repeats 3] [--only lstm,gru,simple] [--memory]
+        [--dtype float32|bfloat16|float16]
 
 For each configuration: median seconds (torch.utils.benchmark, ``blocked_autorange``) of
 forward+backward and of inference, and the ratio ``torch.nn.X standard time / rnnkit time``
@@ -52,7 +53,7 @@ def _median(stmt, globs, min_run_time=1.0) -> float:
     return t.blocked_autorange(min_run_time=min_run_time).median
 
 
-def _rnnkit_case(cell, spec_kw, opt, B, T, I, u):
+def _rnnkit_case(cell, spec_kw, opt, B, T, I, u, dtype=torch.float32):
     spec = RecurrenceSpec(cell, u, **spec_kw)
     G = spec.gates
     bias = None
@@ -70,15 +71,19 @@ def _rnnkit_case(cell, spec_kw, opt, B, T, I, u):
         bias,
         ln,
     )
-    x = torch.randn(B, T, I, requires_grad=True)
-    state = tuple(torch.zeros(B, u) for _ in range(spec.state_count))
+    if dtype != torch.float32:  # the same layer in that dtype: new leaves
+        w = type(w)(
+            *(_leaf(p, dtype) for p in w[:3]), ln and type(ln)(*(_leaf(p, dtype) for p in ln))
+        )
+    x = torch.randn(B, T, I, dtype=dtype, requires_grad=True)
+    state = tuple(torch.zeros(B, u, dtype=dtype) for _ in range(spec.state_count))
     kw = {"go_backwards": opt.get("go_backwards", False)}
     if "recurrent_dropout" in opt:
-        kw["recurrent_dropout_mask"] = (torch.rand(B, u) > 0.25).float() / 0.75
+        kw["recurrent_dropout_mask"] = ((torch.rand(B, u) > 0.25) / 0.75).to(dtype)
     if "zoneout" in opt:
-        kw["zoneout_mask"] = (torch.rand(B, T, u) < opt["zoneout"]).float()
+        kw["zoneout_mask"] = (torch.rand(B, T, u) < opt["zoneout"]).to(dtype)
     if "drop_connect" in opt:
-        kw["recurrent_kernel_dropout_mask"] = (torch.rand(u, G * u) > 0.5).float() / 0.5
+        kw["recurrent_kernel_dropout_mask"] = ((torch.rand(u, G * u) > 0.5) / 0.5).to(dtype)
     if "mask" in opt:
         lengths = torch.randint(T // 2, T + 1, (B,))
         steps = torch.arange(T)[None, :]
@@ -89,7 +94,7 @@ def _rnnkit_case(cell, spec_kw, opt, B, T, I, u):
 
     def train():
         out, st = fused.run(spec, w, x, state, **kw)
-        (out.sum() + st[0].sum()).backward()
+        (out.float().sum() + st[0].float().sum()).backward()
 
     def infer():
         with torch.no_grad():
@@ -98,14 +103,18 @@ def _rnnkit_case(cell, spec_kw, opt, B, T, I, u):
     return train, infer
 
 
-def _torch_case(cell, B, T, I, u):
-    m = TORCH_MODULES[cell](I, u, batch_first=True)
-    x = torch.randn(B, T, I, requires_grad=True)
+def _leaf(p, dtype):
+    return None if p is None else p.detach().to(dtype).requires_grad_(True)
+
+
+def _torch_case(cell, B, T, I, u, dtype=torch.float32):
+    m = TORCH_MODULES[cell](I, u, batch_first=True).to(dtype)
+    x = torch.randn(B, T, I, dtype=dtype, requires_grad=True)
 
     def train():
         out, st = m(x)
         h = st[0] if cell == "lstm" else st
-        (out.sum() + h.sum()).backward()
+        (out.float().sum() + h.float().sum()).backward()
 
     def infer():
         with torch.no_grad():
@@ -131,19 +140,24 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="lstm,gru,simple")
     p.add_argument("--configs", default="", help="comma-separated substrings to select configs")
     p.add_argument("--memory", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, T, I, u = args.batch, args.steps, args.inputs, args.units
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={B} T={T} I={I} u={u}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={B} T={T} I={I} u={u}, "
+        f"{args.dtype}"
+    )
     rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     mrt = args.min_run_time
     for cell in args.only.split(","):
-        t_train, t_infer, _, _ = _torch_case(cell, B, T, I, u)
+        t_train, t_infer, _, _ = _torch_case(cell, B, T, I, u, dtype)
         for name, spec_kw, opt in _configs(cell):
             if args.configs and not any(s in name for s in args.configs.split(",")):
                 continue
-            tr, inf = _rnnkit_case(cell, spec_kw, opt, B, T, I, u)
+            tr, inf = _rnnkit_case(cell, spec_kw, opt, B, T, I, u, dtype)
             for rep in range(args.repeats):
                 # torch.nn and rnnkit alternate, so both see the same machine load
                 base_tr = _median("f()", {"f": t_train}, mrt)

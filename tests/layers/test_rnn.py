@@ -247,8 +247,10 @@ def test_layers_build_in_half_precision(cls, dtype):
 @pytest.mark.parametrize("cls", [LSTM, GRU, SimpleRNN])
 def test_layers_train_in_half_precision_on_the_cpu(cls, dtype, options):
     # torch's kernels take half-precision weights (rnnkit's compiled transpose is float32 and
-    # float64 only: it raised before); the other configurations run the fused recurrence in
-    # float32 (before: the reference loop). Against the float32 layer on the same rounded values.
+    # float64 only: it raised before); the other configurations run the fused recurrence with a
+    # float32 state (before: the reference loop), bfloat16 products where the CPU has them.
+    # Against the float32 layer on the same rounded values: relative error of the whole tensor
+    # (layer norm amplifies single elements' rounding; measured 0.5-1.5%).
     from rnnkit.kernels import dispatch
 
     torch.manual_seed(0)
@@ -264,9 +266,8 @@ def test_layers_train_in_half_precision_on_the_cpu(cls, dtype, options):
         outs.append(out)
         grads.append((xs.grad, layer.cell.kernel.grad))
     assert outs[0].dtype == dtype and all(g.dtype == dtype for g in grads[0])
-    torch.testing.assert_close(outs[0].float(), outs[1].detach(), rtol=5e-2, atol=5e-2)
-    for a, b in zip(grads[0], grads[1], strict=True):
-        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
+    for a, b in zip([outs[0], *grads[0]], [outs[1].detach(), *grads[1]], strict=True):
+        assert ((a.float() - b).norm() / b.norm()).item() < 4e-2
     spec = low.cell.spec
     picked = dispatch.select(spec, training=True, device=x.device, dtype=dtype)
     assert picked == ("fused" if options else "vendor")

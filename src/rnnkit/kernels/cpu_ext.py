@@ -154,6 +154,14 @@ def has_brgemm(ops) -> bool:
     return bool(_state["brgemm"])
 
 
+def has_bf16_products(ops) -> bool:
+    """Whether the compiled loops run a step's products in bfloat16 when handed bfloat16
+    weights (torch's brgemm on a CPU with bfloat16 dot products: AVX512-BF16 or AMX)."""
+    if "bf16" not in _state:
+        _state["bf16"] = bool(ops.has_bf16_products())
+    return bool(_state["bf16"])
+
+
 def weight_grads_max_cols(ops) -> int:
     """The widest ``b`` (columns) for which ``ops.weight_grads`` (brgemm) sums ``a^T b`` faster
     than oneDNN's linear of transposed chunks (0 without brgemm)."""

@@ -113,7 +113,7 @@ def _gate_blocked(steps: int, width: int) -> bool:
 
 
 def _backward_weight(
-    ext, mat: torch.Tensor, batch: int, steps: int, h0_grad: bool
+    ext, mat: torch.Tensor, batch: int, steps: int, h0_grad: bool, bf16: bool = False
 ) -> tuple[torch.Tensor, bool]:
     """:func:`_step_weight` of ``U^T`` for a backward loop, but ``mat`` as it is (not read) where
     the loop's one product would give only ``h_0``'s gradient and nothing asked for it (the loops
@@ -121,7 +121,7 @@ def _backward_weight(
     copies the transposed weight nor multiplies by it (5 MB and two passes at 650 GRU units)."""
     if steps == 1 and not h0_grad:
         return mat, False  # (the layout flag as _step_weight's for float32 brgemm, or unread)
-    return _step_weight(ext, mat, batch)
+    return _step_weight(ext, mat, batch, bf16=bf16)
 
 
 def _h0_grad(ctx) -> bool:
@@ -130,7 +130,7 @@ def _h0_grad(ctx) -> bool:
 
 
 def _step_weight(
-    ext, mat: torch.Tensor, batch: int, gate_blocks: int = 1
+    ext, mat: torch.Tensor, batch: int, gate_blocks: int = 1, bf16: bool = False
 ) -> tuple[torch.Tensor, bool]:
     """The recurrent weight ``mat (K, N)`` as the compiled loops take it: ``(weight, packed)``.
 
@@ -138,8 +138,11 @@ def _step_weight(
     with ``gate_blocks > 1`` as ``(gate_blocks, K, N / gate_blocks)``, each gate's columns one
     contiguous block; otherwise oneDNN's packed linear weight where available, else the matrix
     for ``torch.mm``. The backward passes' ``U^T`` (a transposed view) is copied by the compiled
-    transpose (``(1024, 256)``: 33 us against 105 us for ``.contiguous()``).
+    transpose (``(1024, 256)``: 33 us against 105 us for ``.contiguous()``). ``bf16`` (a
+    bfloat16 call, see :func:`run`): :func:`_vnni`.
     """
+    if bf16:
+        return _vnni(mat, gate_blocks), False
     if mat.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
         if gate_blocks > 1:
             K, N = mat.shape
@@ -149,6 +152,19 @@ def _step_weight(
         return mat.contiguous(), False
     right = _Right(mat, batch)
     return (right.w, True) if right.fast else (right.mat, False)
+
+
+def _vnni(mat: torch.Tensor, gate_blocks: int = 1) -> torch.Tensor:
+    """``mat (K, N)`` for the compiled loops' bfloat16 products: rounded to bfloat16, rows
+    ``2k`` and ``2k + 1`` interleaved column by column (the VNNI layout of oneDNN's bfloat16
+    kernels), ``(K' / 2, N, 2)`` or gate-blocked ``(gate_blocks, K' / 2, N / gate_blocks, 2)``,
+    with ``K'`` = ``K`` rounded up to even (a zero row)."""
+    K, N = mat.shape
+    w = mat.to(torch.bfloat16)
+    if K % 2:
+        w = torch.cat([w, w.new_zeros(1, N)])
+    w = w.reshape(-1, 2, gate_blocks, N // gate_blocks).permute(2, 0, 3, 1).contiguous()
+    return w if gate_blocks > 1 else w[0]
 
 
 # ----------------------------------------------------------------------------- activations
@@ -302,6 +318,7 @@ class _Config:
     mode: str  # how h_t is formed: "none" (h'), "where" (mask), "lerp" (zoneout, with mask)
     save: bool  # store what the backward pass needs
     ext: object = None  # the compiled step loops (cpu_ext.ops()) when they run this call
+    bf16: bool = False  # their recurrent products in bfloat16 (a bfloat16 call; see run)
 
 
 def _mul(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -424,8 +441,8 @@ class _LSTMFunction(torch.autograd.Function):
             direct = not save and mU is not None and mU.fast  # the product as it comes
         if ext is not None:
             ext.lstm_forward(
-                G, *_step_weight(ext, U, B, gate_blocks=blocks), H, C, CN, TC, Hin, rd, a, valid,
-                _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
+                G, *_step_weight(ext, U, B, gate_blocks=blocks, bf16=cfg.bf16), H, C, CN, TC, Hin,
+                rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save,
                 M if (ln and save) else None,
                 *((MU_h, RS_h, MU_c, RS_c) if (ln and save) else (None,) * 4),
                 g_h, g_c, b_c, P, _EPS, *loop_proj,
@@ -519,8 +536,8 @@ class _LSTMFunction(torch.autograd.Function):
             # first chunk's product written, not added: no zero fill)
             DWU = G.new_empty((0 if x2 is None else x2.shape[1]) + u, G4)
             ext.lstm_backward(
-                G, *_backward_weight(ext, U.t(), B, T, h0g), H, C, CN, TC, dY.contiguous(), dh,
-                dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
+                G, *_backward_weight(ext, U.t(), B, T, h0g, bf16=cfg.bf16), H, C, CN, TC,
+                dY.contiguous(), dh, dc, rd, a, valid, _ACT_IDS[act.name], _ACT_IDS[ract.name],
                 *((M, MU_h, RS_h, MU_c, RS_c, g_h, g_c, b_c, dg_c, db_c, dg_h) if ln
                   else (None,) * 11),
                 db, P, x2, h_in, DWU, h0_grad=h0g,
@@ -632,7 +649,9 @@ class _GRUFunction(torch.autograd.Function):
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
         if ext is not None:
             ext.gru_forward(
-                G, *_step_weight(ext, U, B, gate_blocks=3 if _gate_blocked(T, G3) else 1),
+                G, *_step_weight(
+                    ext, U, B, gate_blocks=3 if _gate_blocked(T, G3) else 1, bf16=cfg.bf16
+                ),
                 H, R, b_rec, Hin, rd, a, valid,
                 _ACT_IDS[act.name], _ACT_IDS[ract.name], _MODES[cfg.mode], save, M, MU, RS, g_h,
                 P, _EPS,
@@ -690,9 +709,9 @@ class _GRUFunction(torch.autograd.Function):
                 dg_h = G.new_zeros(G3)
             h0g = _h0_grad(ctx)
             ext.gru_backward(
-                G, *_backward_weight(ext, U.t(), B, T, h0g), H, R, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P, dg_h,
-                h0_grad=h0g,
+                G, *_backward_weight(ext, U.t(), B, T, h0g, bf16=cfg.bf16), H, R, dY.contiguous(),
+                dh, rd, a, _ACT_IDS[act.name], _ACT_IDS[ract.name], M, MU, RS, g_h, b_rec, DM, P,
+                dg_h, h0_grad=h0g,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
             dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
@@ -773,8 +792,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             RS = xw.new_empty(n, 2, B, 1)
         if ext is not None:
             (w_zr, packed), (w_h, _) = (
-                _step_weight(ext, U[:, : 2 * u], B),
-                _step_weight(ext, U[:, 2 * u :], B),
+                _step_weight(ext, U[:, : 2 * u], B, bf16=cfg.bf16),
+                _step_weight(ext, U[:, 2 * u :], B, bf16=cfg.bf16),
             )
             ext.gru_rb_forward(
                 G, w_zr, w_h, packed, H, RH, Hin, rd, a, valid, _ACT_IDS[act.name],
@@ -836,8 +855,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             # (the candidate's product also gives the reset gate's gradient: needed at every step)
             h0g = _h0_grad(ctx)
             (wt_zr, _), (wt_h, packed) = (
-                _backward_weight(ext, U[:, : 2 * u].t(), B, T, h0g),
-                _step_weight(ext, U[:, 2 * u :].t(), B),
+                _backward_weight(ext, U[:, : 2 * u].t(), B, T, h0g, bf16=cfg.bf16),
+                _step_weight(ext, U[:, 2 * u :].t(), B, bf16=cfg.bf16),
             )
             ext.gru_rb_backward(
                 G, wt_zr, wt_h, packed, H, RH, dY.contiguous(), dh, Hin, rd, a,
@@ -959,8 +978,8 @@ class _SimpleFunction(torch.autograd.Function):
             MU, RS = xw.new_empty(n, B, 1), xw.new_empty(n, B, 1)
         if ext is not None:
             ext.simple_forward(
-                G, *_step_weight(ext, U, B), H, Hin, rd, a, valid, _ACT_IDS[act.name],
-                _MODES[cfg.mode], save, M, MU, RS, g_h, P, _EPS,
+                G, *_step_weight(ext, U, B, bf16=cfg.bf16), H, Hin, rd, a, valid,
+                _ACT_IDS[act.name], _MODES[cfg.mode], save, M, MU, RS, g_h, P, _EPS,
             )  # fmt: skip
         for t in range(T if ext is None else 0):
             s = t if save else 0
@@ -1005,8 +1024,8 @@ class _SimpleFunction(torch.autograd.Function):
             dg_h = G.new_zeros(u) if ln else None
             h0g = _h0_grad(ctx)
             ext.simple_backward(
-                G, *_backward_weight(ext, U.t(), B, T, h0g), H, dY.contiguous(), dh, rd, a,
-                _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P, h0_grad=h0g,
+                G, *_backward_weight(ext, U.t(), B, T, h0g, bf16=ctx.cfg.bf16), H, dY.contiguous(),
+                dh, rd, a, _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P, h0_grad=h0g,
             )  # fmt: skip
             dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
             return None, G, dU, dh if h0g else None, dg_h, None, None, None
@@ -1187,7 +1206,9 @@ def run(
     save = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in diff
     )
-    cfg = _Config(act, ract, spec.layer_norm, mode, save, ext)
+    # a bfloat16 call's recurrent products in bfloat16 where the compiled loops have them
+    bf16 = low == torch.bfloat16 and ext is not None and cpu_ext.has_bf16_products(ext)
+    cfg = _Config(act, ract, spec.layer_norm, mode, save, ext, bf16)
     if cell == "lstm":
         out, h_T, c_T = _recurrence(
             _LSTMFunction, cfg, xw, U, h0, initial_state[1], g_h, g_c, b_c, rd, a, valid, *proj

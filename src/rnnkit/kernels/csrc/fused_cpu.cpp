@@ -298,38 +298,169 @@ inline void brgemm_block(int64_t M, int64_t N, int64_t K, const float* x, int64_
 #endif
 }
 
-// out (M, N; row stride ld_out) = x (M, K; contiguous) @ w (K, N; contiguous), plus out when
-// `add`; column blocks spread over the threads.
-inline void brgemm_product(const at::Tensor& x, const at::Tensor& w, float* out, int64_t ld_out,
-                           bool add) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(1);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  at::parallel_for(0, (N + kBrgemmBlock - 1) / kBrgemmBlock, 1, [&](int64_t k0, int64_t k1) {
-    const int64_t n0 = k0 * kBrgemmBlock, n1 = std::min(N, k1 * kBrgemmBlock);
-    brgemm_block(M, n1 - n0, K, xp, K, wp + n0, N, out + n0, ld_out, add);
-  });
+// bfloat16 step products, for the recurrence of a bfloat16 call (fused.py's _vnni): the weight
+// in VNNI pairs ((K + 1) / 2, N, 2) (rows k and k + 1 interleaved column by column; an odd K's
+// last pair has a zero second row), the left operand rounded to bfloat16 (nearest even), float32
+// accumulation, on torch's brgemm (oneDNN's kernel; it takes VNNI weights on CPUs whose
+// `could_pack` is false, as this project's AVX512-BF16 machine). Built where the CPU has
+// bfloat16 dot products. Measured, (32, 256) x (256, 1024), 1 thread: 44 us against 78 us in
+// float32 (the operand's rounding included).
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32) && defined(CPUBLAS_BRGEMM_F32F32F32) && \
+    (defined(__AVX512BF16__) || defined(__AMX_BF16__))
+#define RNNKIT_BF16_PRODUCTS 1
+constexpr bool kHaveBf16 = true;
+#else
+constexpr bool kHaveBf16 = false;
+#endif
+
+bool has_bf16_products() { return kHaveBf16; }
+
+// out (M, N) = x (M, K) @ w (+ out when `add`) for bfloat16 x and VNNI w (K even; w points at
+// column 0's pair, pair rows ld_w columns apart), on this thread.
+inline void brgemm_block(int64_t M, int64_t N, int64_t K, const at::BFloat16* x, int64_t ld_x,
+                         const at::BFloat16* w, int64_t ld_w, float* out, int64_t ld_out,
+                         bool add) {
+#ifdef RNNKIT_BF16_PRODUCTS
+  for (int64_t n0 = 0; n0 < N; n0 += kBrgemmBlock) {
+    const int64_t nb = std::min(kBrgemmBlock, N - n0);
+    at::native::cpublas::brgemm(M, nb, K, ld_x, ld_w, ld_out, add, x, w + 2 * n0, out + n0,
+                                /*is_vnni=*/true);
+  }
+#else
+  TORCH_CHECK(false, "rnnkit fused_cpu: built without bfloat16 products");
+#endif
 }
 
-// out (M, gates * u; row stride ld_out) = x (M, K) @ w for a gate-blocked weight w (gates, K, u)
-// (each gate's (K, u) block contiguous: the column blocks of a plain (K, gates * u) matrix have
-// rows 4 KB apart at u = 256, which the caches hold badly; measured, LSTM forward loop 133 ->
-// 104 us per step, 1 thread); the gate blocks are spread over the threads. A plain w (K, gates
-// * u), as calls of a few steps hand it over (fused.py's _gate_blocked): brgemm_product.
-inline void brgemm_gates(const at::Tensor& x, const at::Tensor& w, int64_t gates, float* out,
-                         int64_t ld_out) {
-  if (w.dim() == 2) {
-    brgemm_product(x, w, out, ld_out, /*add=*/false);
-    return;
-  }
-  const int64_t M = x.size(0), K = x.size(1), u = w.size(2);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  at::parallel_for(0, gates, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      brgemm_block(M, u, K, xp, K, wp + k * K * u, u, out + k * u, ld_out, /*add=*/false);
+// out[m, k] = x[m, k] rounded to bfloat16 (nearest even), for m < M, k < K.
+inline void round_bf16(const float* x, int64_t M, int64_t K, int64_t ld_x, at::BFloat16* out,
+                       int64_t ld_out) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * ld_x;
+    at::BFloat16* o = out + m * ld_out;
+    int64_t k = 0;
+#if defined(__AVX512BF16__)
+    for (; k + 16 <= K; k += 16) {
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(xr + k));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k), reinterpret_cast<const __m256i&>(v));
     }
-  });
+#endif
+    for (; k < K; ++k) o[k] = at::BFloat16(xr[k]);
+  }
+}
+
+// x's rows (n, columns [c0, c1) of rows ld_x apart) rounded to bfloat16 as VNNI pairs: out
+// ((n + 1) / 2, c1 - c0, 2), rows 2p and 2p + 1 interleaved column by column (an odd n's last
+// pair: a zero second row).
+inline void pack_vnni_rows(const float* x, int64_t n, int64_t ld_x, int64_t c0, int64_t c1,
+                           at::BFloat16* out) {
+  const int64_t w = c1 - c0;
+  for (int64_t p = 0; p < (n + 1) / 2; ++p) {
+    const float* r0 = x + 2 * p * ld_x + c0;
+    const float* r1 = 2 * p + 1 < n ? r0 + ld_x : nullptr;
+    at::BFloat16* o = out + 2 * p * w;
+    int64_t c = 0;
+#if defined(__AVX512BF16__)
+    for (; r1 != nullptr && c + 16 <= w; c += 16) {
+      const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + c));
+      const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + c));
+      const __m256i ai = reinterpret_cast<const __m256i&>(a);
+      const __m256i bi = reinterpret_cast<const __m256i&>(b);
+      // per 128-bit lane: lo = columns 0-3 (lane 0) / 8-11 (lane 1) paired, hi = 4-7 / 12-15
+      const __m256i lo = _mm256_unpacklo_epi16(ai, bi), hi = _mm256_unpackhi_epi16(ai, bi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * c),
+                          _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * c + 16),
+                          _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+#endif
+    for (; c < w; ++c) {
+      o[2 * c] = at::BFloat16(r0[c]);
+      o[2 * c + 1] = at::BFloat16(r1 != nullptr ? r1[c] : 0.0f);
+    }
+  }
+}
+
+// A step's recurrent product x W on brgemm. W: float32 (K, N), or bfloat16 in VNNI pairs
+// (Kp / 2, N, 2) with Kp = K rounded up to even (see above); plain, or gate-blocked (gates, K,
+// N / gates) / (gates, Kp / 2, N / gates, 2), each gate's block contiguous (fused.py's
+// _step_weight). In bfloat16 load() rounds the step's left operand once, before the threads'
+// blocks read it.
+struct StepProduct {
+  const float* wf = nullptr;
+  const at::BFloat16* wb = nullptr;
+  int64_t K = 0, Kp = 0, N = 0, gates = 1;
+  int64_t gate = 0, ld = 0;  // where gate k's block starts and the row stride, in columns
+  bool blocked = false;
+  at::Tensor xb;  // the rounded left operand (M, Kp), zero in its padding column
+  const at::BFloat16* xb_p = nullptr;
+
+  StepProduct() = default;
+  StepProduct(const at::Tensor& W, int64_t K, int64_t gates) : K(K), gates(gates) {
+    const bool bf16 = W.scalar_type() == at::kBFloat16;
+    Kp = bf16 ? (K + 1) / 2 * 2 : K;
+    blocked = W.dim() == (bf16 ? 4 : 3);
+    const int64_t cols = W.size(W.dim() - (bf16 ? 2 : 1));  // of the whole matrix or a block
+    N = blocked ? gates * cols : cols;
+    const int64_t n = N / gates;
+    ld = blocked ? n : N;
+    gate = blocked ? (bf16 ? Kp / 2 : K) * n : n;
+    if (bf16) {
+      TORCH_CHECK(kHaveBf16, "rnnkit fused_cpu: built without bfloat16 products");
+      const int64_t n_ = N / gates;
+      TORCH_CHECK(W.is_contiguous() && N % gates == 0 &&
+                      (blocked ? W.sizes() == at::IntArrayRef({gates, Kp / 2, n_, 2})
+                               : W.sizes() == at::IntArrayRef({Kp / 2, N, 2})),
+                  "rnnkit fused_cpu: a bfloat16 step weight takes VNNI pairs (", Kp / 2,
+                  ", N, 2) or (", gates, ", ", Kp / 2, ", N / ", gates, ", 2), contiguous; "
+                  "received ", W.sizes());
+      wb = W.data_ptr<at::BFloat16>();
+    } else {
+      wf = W.data_ptr<float>();
+    }
+  }
+  bool bf16() const { return wb != nullptr; }
+  // bfloat16: round x (M, K; rows ld_x apart) for this step's blocks (the calling thread)
+  void load(const float* x, int64_t M, int64_t ld_x) {
+    if (!bf16()) return;
+    if (!xb.defined() || xb.numel() < M * Kp) xb = at::zeros({M * Kp}, at::kBFloat16);
+    xb_p = xb.data_ptr<at::BFloat16>();
+    round_bf16(x, M, K, ld_x, xb.data_ptr<at::BFloat16>(), Kp);
+  }
+  // out (M, n) (+ out when add) = x @ W's columns [j0, j0 + n) of gate k, on this thread; x
+  // (rows ld_x apart) is read in float32 only (bfloat16: what load() rounded)
+  void block(int64_t M, int64_t k, int64_t j0, int64_t n, const float* x, int64_t ld_x,
+             float* out, int64_t ld_out, bool add) const {
+    if (bf16()) {
+      brgemm_block(M, n, Kp, xb_p, Kp, wb + 2 * (k * gate + j0), ld, out, ld_out, add);
+    } else {
+      brgemm_block(M, n, K, x, ld_x, wf + k * gate + j0, ld, out, ld_out, add);
+    }
+  }
+  // out (M, N; row stride ld_out) = x (M, K; contiguous) @ W (+ out when add): gate blocks
+  // spread over the threads (a plain (K, gates u) matrix has its gate columns' rows 4 KB apart
+  // at u = 256, which the caches hold badly; measured, LSTM forward loop 133 -> 104 us per step,
+  // 1 thread), column blocks of a plain W
+  void all(const float* x, int64_t M, float* out, int64_t ld_out, bool add) {
+    load(x, M, K);
+    if (blocked) {
+      const int64_t n = N / gates;
+      at::parallel_for(0, gates, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) block(M, k, 0, n, x, K, out + k * n, ld_out, add);
+      });
+      return;
+    }
+    at::parallel_for(0, (N + kBrgemmBlock - 1) / kBrgemmBlock, 1, [&](int64_t k0, int64_t k1) {
+      const int64_t n0 = k0 * kBrgemmBlock, n1 = std::min(N, k1 * kBrgemmBlock);
+      block(M, 0, n0, n1 - n0, x, K, out + n0, ld_out, add);
+    });
+  }
+};
+
+// out (M, gates * u; row stride ld_out) = x (M, K) @ w, float32 or bfloat16 VNNI, plain or
+// gate-blocked (StepProduct::all).
+inline void brgemm_gates(const at::Tensor& x, const at::Tensor& w, int64_t gates, float* out,
+                         int64_t ld_out, bool add = false) {
+  StepProduct(w, x.size(1), gates).all(x.data_ptr<float>(), x.size(0), out, ld_out, add);
 }
 
 // out (B, N; row stride ld) = x (B, K) @ w (+ out when add): brgemm where the loops use it,
@@ -339,7 +470,7 @@ void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out,
                   bool add) {
   if constexpr (std::is_same_v<T, float>) {
     if (use_brgemm<T>(onednn)) {
-      brgemm_product(x, w, out, ld, add);
+      brgemm_gates(x, w, 1, out, ld, add);
       return;
     }
   }
@@ -428,6 +559,7 @@ T* ptr(const std::optional<at::Tensor>& x) {
 void check_step_weight(const at::Tensor& W, const at::Tensor& G, int64_t gates, bool onednn) {
   if (!use_brgemm<float>(onednn) || G.scalar_type() != at::kFloat) return;
   const int64_t u = G.size(2) / gates;
+  if (W.scalar_type() == at::kBFloat16) return;  // StepProduct checks its VNNI shape
   TORCH_CHECK(W.is_contiguous() && (W.sizes() == at::IntArrayRef({gates, u, u}) ||
                                     W.sizes() == at::IntArrayRef({u, gates * u})),
               "rnnkit fused_cpu: the recurrent weight takes (", gates, ", u, u) or (u, ", gates,
@@ -696,6 +828,15 @@ void add_weight_grads(const at::Tensor& DWU, const at::Tensor& lt_buf, const at:
   }
 }
 
+// The column block each thread of brgemm_weight_grads sums: at most kBrgemmBlock, as many per
+// thread (3u = 768 with 2 threads: 4 x 192, not 3 x 256).
+inline int64_t weight_grad_block(int64_t G4) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per = kBrgemmBlock * threads;
+  const int64_t parts = threads * ((G4 + per - 1) / per);
+  return ((G4 + parts - 1) / parts + 15) / 16 * 16;
+}
+
 // DWU (K, 4u) = LT rows (K, n) @ rows (n, 4u; row stride G4), or DWU += that (`add`): a chunk of
 // the weight gradients with brgemm, which reads the gate-gradient rows as they are (no
 // transposed copy, no product temporary; column blocks spread over threads), up to
@@ -706,12 +847,7 @@ void brgemm_weight_grads(const at::Tensor& DWU, const T* lt, int64_t K, const T*
                          int64_t G4, int64_t n, bool add) {
   if constexpr (std::is_same_v<T, float>) {
     float* out = DWU.data_ptr<float>();
-    // column blocks of at most kBrgemmBlock, as many per thread (3u = 768 with 2 threads: 4 x
-    // 192, not 3 x 256)
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    const int64_t per = kBrgemmBlock * threads;
-    const int64_t parts = threads * ((G4 + per - 1) / per);
-    const int64_t block = ((G4 + parts - 1) / parts + 15) / 16 * 16;
+    const int64_t block = weight_grad_block(G4);
     at::parallel_for(0, (G4 + block - 1) / block, 1, [&](int64_t k0, int64_t k1) {
       const int64_t n0 = k0 * block, n1 = std::min(G4, k1 * block);
       brgemm_block(K, n1 - n0, n, lt, n, rows + n0, G4, out + n0, G4, add);
@@ -721,13 +857,31 @@ void brgemm_weight_grads(const at::Tensor& DWU, const T* lt, int64_t K, const T*
   }
 }
 
+// brgemm_weight_grads in bfloat16 (a bfloat16 call): DWU (K, 4u) (+)= LT (K, n_p; bfloat16, n_p
+// = n rounded up to even, a zero last column for an odd n) @ rows (n, 4u) rounded to bfloat16,
+// each thread packing its column block of the rows into VNNI pairs (its row of `pack`) first.
+inline void brgemm_weight_grads_bf16(const at::Tensor& DWU, const at::BFloat16* lt, int64_t K,
+                                     const float* rows, int64_t G4, int64_t n, bool add,
+                                     ThreadRows<at::BFloat16>& pack) {
+  float* out = DWU.data_ptr<float>();
+  const int64_t block = weight_grad_block(G4), n_p = (n + 1) / 2 * 2;
+  at::parallel_for(0, (G4 + block - 1) / block, 1, [&](int64_t k0, int64_t k1) {
+    at::BFloat16* pk = pack.mine();
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t n0 = k * block, n1 = std::min(G4, n0 + block);
+      pack_vnni_rows(rows, n, G4, n0, n1, pk);
+      brgemm_block(K, n1 - n0, n_p, lt, n_p, pk, n1 - n0, out + n0, G4, add);
+    }
+  });
+}
+
 // The end of backward step t of the LSTM and the SimpleRNN, split by units: dh_{t-1} = dY[t-1]
 // + (src WT) * rd (+ (1 - a) dh where h is kept by zoneout or a mask), with src (B, K) the step's
-// gradients entering the recurrent product and WT (K, u); r_scratch (B, u): the product, when
-// brgemm computes it.
+// gradients entering the recurrent product and WT (K, u) (rec: WT for brgemm); r_scratch (B,
+// u): the product, when brgemm computes it.
 template <typename T>
-void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, int64_t u,
-                     int64_t chunk, const T* dY_all, int64_t t, const T* rd_p,
+void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, StepProduct& rec,
+                     int64_t u, int64_t chunk, const T* dY_all, int64_t t, const T* rd_p,
                      const Weight<T>& wa, const T* dh_p, const T* dhn_all, T* r_scratch,
                      T* dh2_p) {
   const int64_t B = src.size(0), K = src.size(1);
@@ -739,11 +893,14 @@ void previous_h_grad(const at::Tensor& src, const at::Tensor& WT, bool onednn, i
     r = matmul(src, WT, onednn);
     r_p = r.data_ptr<T>();
   }
+  if constexpr (std::is_same_v<T, float>) {
+    if (brg) rec.load(src.data_ptr<float>(), B, K);
+  }
   for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
     if constexpr (std::is_same_v<T, float>) {
       if (brg) {
-        brgemm_block(B, j1 - j0, K, src.data_ptr<float>(), K, WT.data_ptr<float>() + j0, u,
-                     r_scratch + j0, u, /*add=*/false);
+        rec.block(B, 0, j0, j1 - j0, src.data_ptr<float>(), K, r_scratch + j0, u,
+                  /*add=*/false);
       }
     }
     for (int64_t b = 0; b < B; ++b) {
@@ -814,10 +971,10 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
   const int64_t ld_r = G4 + kRowPad;
   Scratch<T> r_scratch(brg ? B * ld_r : 0);
   // brgemm's weights: gate-blocked (4, K, u), or for calls of a few steps the plain (K, 4u)
-  // matrix as it comes (no copy; its gate columns' rows lie 4u apart): gate k's block at
-  // k * gate, rows ld apart
-  const bool w_plain = W.dim() == 2;
-  const int64_t w_gate = w_plain ? u : u * u, w_ld = w_plain ? G4 : u;
+  // matrix as it comes (no copy; its gate columns' rows lie 4u apart); bfloat16 in VNNI pairs
+  // in a bfloat16 call
+  StepProduct rec;
+  if (brg) rec = StepProduct(W, u, 4);
   const bool win_plain = project && W_in->dim() == 2;
   const int64_t win_gate = win_plain ? u : I * u, win_ld = win_plain ? G4 : u;
   for (int64_t t = 0; t < steps; ++t) {
@@ -894,7 +1051,7 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
       const T* m_all = nullptr;
       if constexpr (std::is_same_v<T, float>) {
         if (brg) {
-          brgemm_gates(hin, W, 4, r_scratch.data(), ld_r);
+          rec.all(hin.data_ptr<float>(), B, r_scratch.data(), ld_r, /*add=*/false);
           m_all = r_scratch.data();
         }
       }
@@ -912,6 +1069,9 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
     if (!brg) m = matmul(hin, W, onednn);
     const T* m_all = brg ? nullptr : m.data_ptr<T>();
     const T* x_p = hin.data_ptr<T>();
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) rec.load(x_p, B, u);
+    }
     for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
       if constexpr (std::is_same_v<T, float>) {
         if (project && t % proj_steps == 0) {  // x W for these columns of the next steps
@@ -924,8 +1084,8 @@ void lstm_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, co
         }
         if (brg) {  // (h_in U)[:, k u + j] for the 4 gates, j in [j0, j1), into the scratch
           for (int64_t k = 0; k < 4; ++k) {
-            brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + k * w_gate + j0, w_ld,
-                         r_scratch.data() + k * u + j0, ld_r, /*add=*/false);
+            rec.block(B, k, j0, j1 - j0, x_p, u, r_scratch.data() + k * u + j0, ld_r,
+                      /*add=*/false);
           }
         }
       }
@@ -1006,11 +1166,18 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   // the weight gradients [dW; dU] (K = I + u, 4u), accumulated chunk by chunk of rows
   const int64_t K = DWU.has_value() ? DWU->size(0) : 0;
   const bool brg = use_brgemm<T>(onednn);
-  const bool brg_grads = brg && G4 <= kBrgemmGradMaxCols;  // the weight gradients by brgemm
+  // the weight gradients by brgemm, in bfloat16 in a bfloat16 call (its weight in VNNI pairs)
+  const bool bf16_grads = brg && WT.scalar_type() == at::kBFloat16;
+  const bool brg_grads = brg && (G4 <= kBrgemmGradMaxCols || bf16_grads);
   const int64_t grad_rows = brg_grads ? kBrgemmGradRows : kWeightGradRows;
   const int64_t chunk_rows = (grad_rows + B - 1) / B * B;  // whole steps
-  // a chunk's transposed operands (K, rows) and, without brgemm, (4u, rows)
+  // a chunk's transposed operands (K, rows) and, without brgemm, (4u, rows); in bfloat16, the
+  // former rounded (K, rows rounded up to even) and each thread's VNNI pairs of the gradients
   at::Tensor lt_buf, st_buf;
+  const int64_t rows_p = (chunk_rows + 1) / 2 * 2;
+  Scratch<at::BFloat16> lt_b(DWU.has_value() && bf16_grads ? K * rows_p : 0);
+  ThreadRows<at::BFloat16> pack(DWU.has_value() && bf16_grads ? rows_p * weight_grad_block(G4)
+                                                               : 0);
   if (DWU.has_value()) {
     lt_buf = at::empty({K * chunk_rows}, DWU->options());
     if (!brg_grads) st_buf = at::empty({G4 * chunk_rows}, DWU->options());
@@ -1043,6 +1210,8 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   const int64_t grain = std::max<int64_t>(1, 8192 / G4);
   const int64_t chunk = unit_chunk(u);
   Scratch<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
+  StepProduct rec;  // its weight (WT: float32, or bfloat16 VNNI in a bfloat16 call)
+  if (brg) rec = StepProduct(WT, G4, 1);
   // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
   ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
   // per thread, with layer norm: the cell LayerNorm's gamma and beta gradients (u each)
@@ -1128,7 +1297,7 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     });
     const at::Tensor src = ln ? (*M)[t] : G[t];  // the gradients entering h_in U
     if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
-      previous_h_grad<T>(src, WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
+      previous_h_grad<T>(src, WT, onednn, rec, u, chunk, dY_all, t, rd_p, wa, dh_p, dhn_all,
                          r_scratch.data(), dh2.data_ptr<T>());
     }
     if (K > 0 && ((pending - t) * B >= chunk_rows || t == 0)) {  // a chunk, and the rest
@@ -1138,8 +1307,21 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       if (brg_grads) {
         transpose_rows<T>(nullptr, G4, XS, HS->data_ptr<T>(), u, t * B, n, nullptr,
                           lt_buf.data_ptr<T>());
-        brgemm_weight_grads<T>(*DWU, lt_buf.data_ptr<T>(), K, rows_all + t * B * G4, G4, n,
-                               /*add=*/!first);
+        if constexpr (std::is_same_v<T, float>) {
+          if (bf16_grads) {
+            const int64_t n_p = (n + 1) / 2 * 2;
+            at::BFloat16* lb = lt_b.data();
+            round_bf16(lt_buf.data_ptr<float>(), K, n, n, lb, n_p);
+            if (n_p > n) {
+              for (int64_t k = 0; k < K; ++k) lb[k * n_p + n] = at::BFloat16(0.0f);
+            }
+            brgemm_weight_grads_bf16(*DWU, lb, K, rows_all + t * B * G4, G4, n, !first, pack);
+          }
+        }
+        if (!bf16_grads) {
+          brgemm_weight_grads<T>(*DWU, lt_buf.data_ptr<T>(), K, rows_all + t * B * G4, G4, n,
+                                 /*add=*/!first);
+        }
       } else {
         transpose_rows<T>(rows_all, G4, XS, HS->data_ptr<T>(), u, t * B, n,
                           st_buf.data_ptr<T>(), lt_buf.data_ptr<T>());
@@ -1691,6 +1873,8 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
   // 32 x 100, 256 units, 1 thread: inference 1.07x, training 1.03x; the GRU's 3u rows: 0.98x)
   const int64_t ld_r = u + kRowPad;
   Scratch<T> r_scratch(brg && !ln ? B * ld_r : 0);
+  StepProduct rec;  // W for brgemm (float32, or bfloat16 VNNI in a bfloat16 call)
+  if (brg) rec = StepProduct(W, u, 1);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
@@ -1715,7 +1899,7 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
       if constexpr (std::is_same_v<T, float>) {
         if (brg) {
           float* dst = save ? M->data_ptr<float>() + s * B * u : m_scratch.data();
-          brgemm_product(hin, W, dst, u, /*add=*/false);
+          rec.all(hin.data_ptr<float>(), B, dst, u, /*add=*/false);
           m_all = dst;
         }
       }
@@ -1746,12 +1930,12 @@ void simple_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn,
     const T* m_all = brg ? r_scratch.data() : m.data_ptr<T>();
     const int64_t ld_m = brg ? ld_r : u;
     const T* x_p = hin.data_ptr<T>();
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) rec.load(x_p, B, u);
+    }
     for_unit_parts(u, chunk, [&](int64_t j0, int64_t j1) {
       if constexpr (std::is_same_v<T, float>) {
-        if (brg) {
-          brgemm_block(B, j1 - j0, u, x_p, u, W.data_ptr<float>() + j0, u,
-                       r_scratch.data() + j0, ld_r, /*add=*/false);
-        }
+        if (brg) rec.block(B, 0, j0, j1 - j0, x_p, u, r_scratch.data() + j0, ld_r, /*add=*/false);
       }
       for (int64_t b = 0; b < B; ++b) {
         T* g = g_t + b * u;
@@ -1810,6 +1994,8 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
   const int64_t chunk = unit_chunk(u);
   const bool brg = use_brgemm<T>(onednn);
   Scratch<T> r_scratch(brg ? B * u : 0);
+  StepProduct rec;  // WT for brgemm
+  if (brg) rec = StepProduct(WT, u, 1);
   // per thread: a scratch row, the pre-activations of a row (SiLU, GELU), the gamma gradient
   ThreadRows<T> tmp_rows(u), x_rows(needs_input(act) ? u : 0), dgh_rows(ln ? u : 0);
   for (int64_t t = steps - 1; t >= 0; --t) {
@@ -1849,7 +2035,7 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
       for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, tmp, xrow, dgh);
     });
     if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
-      previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, u, chunk, dY_all, t, rd_p, wa, dh_p,
+      previous_h_grad<T>(ln ? (*M)[t] : G[t], WT, onednn, rec, u, chunk, dY_all, t, rd_p, wa, dh_p,
                          dhn_all, r_scratch.data(), dh2.data_ptr<T>());
     }
     std::swap(dh, dh2);
@@ -2034,6 +2220,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
   m.def("weight_grads(Tensor[] lefts, Tensor b) -> Tensor");
   // no tensors: catch-all kernels
   m.def("has_brgemm() -> bool", &has_brgemm);
+  m.def("has_bf16_products() -> bool", &has_bf16_products);
   m.def("weight_grads_max_cols() -> int", &weight_grads_max_cols);
 }
 
