@@ -27,8 +27,10 @@ and float64, every cell with any named activation runs compiled loops instead
 units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
 machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
 Function, so that one product gives dW and dU. bfloat16 and float16 calls project their input in
-that dtype (oneDNN's half-precision products) and run the recurrence in float32, every other
-tensor cast at the boundary (differentiably) and the results cast back.
+that dtype (oneDNN's half-precision products) and keep the recurrence's state in float32, every
+other tensor cast at the boundary (differentiably) and the results cast back; the compiled
+loops run a bfloat16 call's recurrent products in bfloat16 (float32 accumulation) where the CPU
+has them (:func:`_vnni`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from rnnkit.kernels.products import ONEDNN_LINEAR, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
-_HALF = (torch.bfloat16, torch.float16)  # the recurrence in float32 (see run)
+_HALF = (torch.bfloat16, torch.float16)  # the recurrence's state in float32 (see run)
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
@@ -1116,8 +1118,9 @@ def run(
     if T == 0 or B == 0:  # nothing to run (as the vendor backend: zeros, the initial state)
         return inputs.new_zeros(B, T, u), tuple(initial_state)
     # bfloat16 / float16: the input projection in that dtype (its products on oneDNN's half-
-    # precision kernels, twice as fast as float32 here), the recurrence in float32, the results
-    # cast back (before: the reference's Python loop)
+    # precision kernels, twice as fast as float32 here), the recurrence's state in float32 (its
+    # products in bfloat16 in a bfloat16 call, below), the results cast back (before: the
+    # reference's Python loop)
     low = inputs.dtype if inputs.dtype in _HALF else None
     dtype, dev = (torch.float32 if low else inputs.dtype), inputs.device
     if low:
