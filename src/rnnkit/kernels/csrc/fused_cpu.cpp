@@ -391,8 +391,8 @@ struct StepProduct {
   int64_t K = 0, Kp = 0, N = 0, gates = 1;
   int64_t gate = 0, ld = 0;  // where gate k's block starts and the row stride, in columns
   bool blocked = false;
-  at::Tensor xb;  // the rounded left operand (M, Kp), zero in its padding column
-  const at::BFloat16* xb_p = nullptr;
+  at::Tensor xb;  // the rounded left operand (M, Kp), zero in its padding column; once per call
+  at::BFloat16* xb_p = nullptr;
 
   StepProduct() = default;
   StepProduct(const at::Tensor& W, int64_t K, int64_t gates) : K(K), gates(gates) {
@@ -406,9 +406,8 @@ struct StepProduct {
     gate = blocked ? (bf16 ? Kp / 2 : K) * n : n;
     if (bf16) {
       TORCH_CHECK(kHaveBf16, "rnnkit fused_cpu: built without bfloat16 products");
-      const int64_t n_ = N / gates;
       TORCH_CHECK(W.is_contiguous() && N % gates == 0 &&
-                      (blocked ? W.sizes() == at::IntArrayRef({gates, Kp / 2, n_, 2})
+                      (blocked ? W.sizes() == at::IntArrayRef({gates, Kp / 2, n, 2})
                                : W.sizes() == at::IntArrayRef({Kp / 2, N, 2})),
                   "rnnkit fused_cpu: a bfloat16 step weight takes VNNI pairs (", Kp / 2,
                   ", N, 2) or (", gates, ", ", Kp / 2, ", N / ", gates, ", 2), contiguous; "
@@ -424,7 +423,7 @@ struct StepProduct {
     if (!bf16()) return;
     if (!xb.defined() || xb.numel() < M * Kp) xb = at::zeros({M * Kp}, at::kBFloat16);
     xb_p = xb.data_ptr<at::BFloat16>();
-    round_bf16(x, M, K, ld_x, xb.data_ptr<at::BFloat16>(), Kp);
+    round_bf16(x, M, K, ld_x, xb_p, Kp);
   }
   // out (M, n) (+ out when add) = x @ W's columns [j0, j0 + n) of gate k, on this thread; x
   // (rows ld_x apart) is read in float32 only (bfloat16: what load() rounded)
@@ -456,21 +455,14 @@ struct StepProduct {
   }
 };
 
-// out (M, gates * u; row stride ld_out) = x (M, K) @ w, float32 or bfloat16 VNNI, plain or
-// gate-blocked (StepProduct::all).
-inline void brgemm_gates(const at::Tensor& x, const at::Tensor& w, int64_t gates, float* out,
-                         int64_t ld_out, bool add = false) {
-  StepProduct(w, x.size(1), gates).all(x.data_ptr<float>(), x.size(0), out, ld_out, add);
-}
-
 // out (B, N; row stride ld) = x (B, K) @ w (+ out when add): brgemm where the loops use it,
 // else torch's product.
 template <typename T>
-void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, T* out, int64_t ld,
-                  bool add) {
+void product_into(const at::Tensor& x, const at::Tensor& w, bool onednn, StepProduct& rec, T* out,
+                  int64_t ld, bool add) {
   if constexpr (std::is_same_v<T, float>) {
     if (use_brgemm<T>(onednn)) {
-      brgemm_gates(x, w, 1, out, ld, add);
+      rec.all(x.data_ptr<float>(), x.size(0), out, ld, add);
       return;
     }
   }
@@ -857,22 +849,33 @@ void brgemm_weight_grads(const at::Tensor& DWU, const T* lt, int64_t K, const T*
   }
 }
 
-// brgemm_weight_grads in bfloat16 (a bfloat16 call): DWU (K, 4u) (+)= LT (K, n_p; bfloat16, n_p
-// = n rounded up to even, a zero last column for an odd n) @ rows (n, 4u) rounded to bfloat16,
-// each thread packing its column block of the rows into VNNI pairs (its row of `pack`) first.
-inline void brgemm_weight_grads_bf16(const at::Tensor& DWU, const at::BFloat16* lt, int64_t K,
-                                     const float* rows, int64_t G4, int64_t n, bool add,
-                                     ThreadRows<at::BFloat16>& pack) {
-  float* out = DWU.data_ptr<float>();
-  const int64_t block = weight_grad_block(G4), n_p = (n + 1) / 2 * 2;
-  at::parallel_for(0, (G4 + block - 1) / block, 1, [&](int64_t k0, int64_t k1) {
-    at::BFloat16* pk = pack.mine();
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t n0 = k * block, n1 = std::min(G4, n0 + block);
-      pack_vnni_rows(rows, n, G4, n0, n1, pk);
-      brgemm_block(K, n1 - n0, n_p, lt, n_p, pk, n1 - n0, out + n0, G4, add);
+// brgemm_weight_grads in bfloat16 (a bfloat16 call): LT (K, n) rounded into lt_b (K, n_p; n_p =
+// n rounded up to even, a zero last column for an odd n), then DWU (K, 4u) (+)= that @ rows (n,
+// 4u) rounded to bfloat16, each thread packing its column block of the rows into VNNI pairs
+// (its row of `pack`) first.
+template <typename T>
+void brgemm_weight_grads_bf16(const at::Tensor& DWU, const T* lt, at::BFloat16* lt_b, int64_t K,
+                              const T* rows, int64_t G4, int64_t n, bool add,
+                              ThreadRows<at::BFloat16>& pack) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t n_p = (n + 1) / 2 * 2;
+    round_bf16(lt, K, n, n, lt_b, n_p);
+    if (n_p > n) {
+      for (int64_t k = 0; k < K; ++k) lt_b[k * n_p + n] = at::BFloat16(0.0f);
     }
-  });
+    float* out = DWU.data_ptr<float>();
+    const int64_t block = weight_grad_block(G4);
+    at::parallel_for(0, (G4 + block - 1) / block, 1, [&](int64_t k0, int64_t k1) {
+      at::BFloat16* pk = pack.mine();
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t n0 = k * block, n1 = std::min(G4, n0 + block);
+        pack_vnni_rows(rows, n, G4, n0, n1, pk);
+        brgemm_block(K, n1 - n0, n_p, lt_b, n_p, pk, n1 - n0, out + n0, G4, add);
+      }
+    });
+  } else {
+    TORCH_CHECK(false, "rnnkit fused_cpu: bfloat16 weight gradients are float32 only");
+  }
 }
 
 // The end of backward step t of the LSTM and the SimpleRNN, split by units: dh_{t-1} = dY[t-1]
@@ -1307,18 +1310,10 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       if (brg_grads) {
         transpose_rows<T>(nullptr, G4, XS, HS->data_ptr<T>(), u, t * B, n, nullptr,
                           lt_buf.data_ptr<T>());
-        if constexpr (std::is_same_v<T, float>) {
-          if (bf16_grads) {
-            const int64_t n_p = (n + 1) / 2 * 2;
-            at::BFloat16* lb = lt_b.data();
-            round_bf16(lt_buf.data_ptr<float>(), K, n, n, lb, n_p);
-            if (n_p > n) {
-              for (int64_t k = 0; k < K; ++k) lb[k * n_p + n] = at::BFloat16(0.0f);
-            }
-            brgemm_weight_grads_bf16(*DWU, lb, K, rows_all + t * B * G4, G4, n, !first, pack);
-          }
-        }
-        if (!bf16_grads) {
+        if (bf16_grads) {
+          brgemm_weight_grads_bf16<T>(*DWU, lt_buf.data_ptr<T>(), lt_b.data(), K,
+                                      rows_all + t * B * G4, G4, n, /*add=*/!first, pack);
+        } else {
           brgemm_weight_grads<T>(*DWU, lt_buf.data_ptr<T>(), K, rows_all + t * B * G4, G4, n,
                                  /*add=*/!first);
         }
@@ -1415,13 +1410,15 @@ void gru_forward_impl(const at::Tensor& G, const at::Tensor& W, bool onednn, con
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   const bool brg = use_brgemm<T>(onednn);
   const at::Tensor m_scratch = brg && ln && !save ? at::empty({B, G3}, G.options()) : at::Tensor();
+  StepProduct rec;  // W for brgemm (float32, or bfloat16 VNNI in a bfloat16 call)
+  if (brg) rec = StepProduct(W, u, 3);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
     // the recurrent product: with brgemm straight into R[s] (no LN) or into M[s] / a scratch
     at::Tensor m = brg ? (!ln ? R[s] : save ? (*M)[s] : m_scratch) : matmul(hin, W, onednn);
     if constexpr (std::is_same_v<T, float>) {
-      if (brg) brgemm_gates(hin, W, 3, m.data_ptr<float>(), G3);
+      if (brg) rec.all(hin.data_ptr<float>(), B, m.data_ptr<float>(), G3, /*add=*/false);
     }
     if (ln) {
       if (save && !brg) (*M)[s].copy_(m);
@@ -1507,6 +1504,8 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
   at::Tensor dh2 = at::empty_like(dh);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   Scratch<T> rec_scratch(B * u);  // d h_in of the step: the recurrent product
+  StepProduct rec;  // WT for brgemm
+  if (use_brgemm<T>(onednn)) rec = StepProduct(WT, G3, 1);
   ThreadRows<T> y_rows(G3), dhn_rows(u);  // per thread: a row's activations, a dh
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
@@ -1558,7 +1557,7 @@ void gru_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, c
       src = (*DM)[t];
     }
     if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
-      product_into<T>(src, WT, onednn, rec_scratch.data(), u, /*add=*/false);
+      product_into<T>(src, WT, onednn, rec, rec_scratch.data(), u, /*add=*/false);
       add_through_dropout(dh2_p, rec_scratch.data(), rd_p, B, u, grain);
     }
     std::swap(dh, dh2);
@@ -1614,6 +1613,11 @@ void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::T
   // the products: straight into the gate columns, or (layer norm) into Mzr / Mh or scratch
   Scratch<T> mzr_scratch(ln && !save ? B * 2 * u : 0), mh_scratch(ln && !save ? B * u : 0);
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
+  StepProduct rec_zr, rec_h;  // Wzr and Wh for brgemm
+  if (use_brgemm<T>(onednn)) {
+    rec_zr = StepProduct(Wzr, u, 1);
+    rec_h = StepProduct(Wh, u, 1);
+  }
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hin = recurrent_input(H, t, Hin, rd, s);
@@ -1625,9 +1629,9 @@ void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::T
     T* mu = ln ? MU->data_ptr<T>() + s * 2 * B : nullptr;
     T* rs = ln ? RS->data_ptr<T>() + s * 2 * B : nullptr;
     if (ln) {
-      product_into<T>(hin, Wzr, onednn, mzr, 2 * u, /*add=*/false);
+      product_into<T>(hin, Wzr, onednn, rec_zr, mzr, 2 * u, /*add=*/false);
     } else {
-      product_into<T>(hin, Wzr, onednn, g_t + u, G3, /*add=*/true);
+      product_into<T>(hin, Wzr, onednn, rec_zr, g_t + u, G3, /*add=*/true);
     }
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -1649,9 +1653,9 @@ void gru_rb_forward_impl(const at::Tensor& G, const at::Tensor& Wzr, const at::T
     });
     const at::Tensor rh_s = RH[s];
     if (ln) {
-      product_into<T>(rh_s, Wh, onednn, mh, u, /*add=*/false);
+      product_into<T>(rh_s, Wh, onednn, rec_h, mh, u, /*add=*/false);
     } else {
-      product_into<T>(rh_s, Wh, onednn, g_t, G3, /*add=*/true);
+      product_into<T>(rh_s, Wh, onednn, rec_h, g_t, G3, /*add=*/true);
     }
     const T* h_prev = h_all + t * B * u;
     T* h_next = h_all + (t + 1) * B * u;
@@ -1733,6 +1737,11 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
   T* dhin = dhin_t.data_ptr<T>();
   const int64_t grain = std::max<int64_t>(1, 8192 / G3);
   ThreadRows<T> y_rows(G3), tmp_rows(ln ? 2 * u : 0), dgh_rows(ln ? G3 : 0);
+  StepProduct rec_zr, rec_h;  // WzrT and WhT for brgemm
+  if (use_brgemm<T>(onednn)) {
+    rec_zr = StepProduct(WzrT, 2 * u, 1);
+    rec_h = StepProduct(WhT, u, 1);
+  }
   for (int64_t t = steps - 1; t >= 0; --t) {
     T* g_t = g_all + t * B * G3;
     const T* dh_p = dh.data_ptr<T>();
@@ -1780,7 +1789,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
         }
       }
     });
-    product_into<T>(src_h, WhT, onednn, drh, u, /*add=*/false);  // d(r h_in)
+    product_into<T>(src_h, WhT, onednn, rec_h, drh, u, /*add=*/false);  // d(r h_in)
     // d pre_r; d h_in = d(r h_in) r, then + d pre_zr U_zr^T
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       T* dgh = ln ? dgh_rows.mine() : nullptr;
@@ -1807,7 +1816,7 @@ void gru_rb_backward_impl(const at::Tensor& G, const at::Tensor& WzrT, const at:
       }
     });
     if (t > 0 || h0_grad) {  // (h_0's gradient: only when asked for)
-      product_into<T>(src_zr, WzrT, onednn, dhin, u, /*add=*/true);
+      product_into<T>(src_zr, WzrT, onednn, rec_zr, dhin, u, /*add=*/true);
       add_through_dropout(dh2_p, dhin, rd_p, B, u, grain);
     }
     std::swap(dh, dh2);
