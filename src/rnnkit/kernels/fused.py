@@ -30,7 +30,7 @@ Function, so that one product gives dW and dU. bfloat16 and float16 calls projec
 that dtype (oneDNN's half-precision products) and keep the recurrence's state in float32, every
 other tensor cast at the boundary (differentiably) and the results cast back; the compiled
 loops run a bfloat16 call's recurrent products in bfloat16 (float32 accumulation) where the CPU
-has them (:func:`_vnni`).
+has them (:func:`_vnni`), and the LSTM's input projection in its loop from the bfloat16 rows.
 """
 
 from __future__ import annotations
@@ -154,6 +154,14 @@ def _step_weight(
         return mat.contiguous(), False
     right = _Right(mat, batch)
     return (right.w, True) if right.fast else (right.mat, False)
+
+
+def _even_width(x2: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input rows ``x2 (N, I)`` and the input kernel ``W (I, G u)`` with ``I`` made even (a zero
+    column and row): the width of a bfloat16 product's pairs. Odd widths only copy."""
+    if x2.shape[1] % 2 == 0:
+        return x2, W
+    return F.pad(x2, (0, 1)), F.pad(W, (0, 0, 0, 1))
 
 
 def _vnni(mat: torch.Tensor, gate_blocks: int = 1) -> torch.Tensor:
@@ -403,17 +411,26 @@ class _LSTMFunction(torch.autograd.Function):
         # the compiled loops' weights gate-blocked or plain (_gate_blocked)
         blocks = 4 if _gate_blocked(steps, U.shape[1]) else 1
         loop_proj = ()  # (x2, W, b_in): the compiled loop projects the input itself
-        if xw is None and ext is not None and x2.dtype == torch.float32 and cpu_ext.has_brgemm(ext):
+        width = None if x2 is None else x2.shape[1]  # the input's (before any padding)
+        in_loop = ext is not None and cpu_ext.has_brgemm(ext)
+        if xw is None and in_loop and (x2.dtype == torch.float32 or cfg.bf16):
             # chunk by chunk, just before the steps read it: no pass over a (T, B, 4u) buffer
-            # in memory between the projection and the loop (see csrc/fused_cpu.cpp)
-            xw = x2.new_empty(steps, h0.shape[0], U.shape[1])
+            # in memory between the projection and the loop (see csrc/fused_cpu.cpp); in a
+            # bfloat16 call from the bfloat16 rows and a VNNI weight (an odd width padded)
+            xw = U.new_empty(steps, h0.shape[0], U.shape[1])
             b = None if b_in is None else b_in.contiguous()
-            w_loop = _step_weight(ext, W, h0.shape[0], gate_blocks=blocks)[0]
-            loop_proj = (x2.contiguous(), w_loop, b)
+            if cfg.bf16:
+                x2, W = _even_width(x2.to(torch.bfloat16), W.to(torch.bfloat16))
+                w_loop = _vnni(W, blocks)
+            else:
+                w_loop = _step_weight(ext, W, h0.shape[0], gate_blocks=blocks)[0]
+            x2 = x2.contiguous()
+            loop_proj = (x2, w_loop, b)
         elif xw is None:
             with torch.no_grad():
                 xw = keras_linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
-        ctx.proj = (x2, W, b_in is not None) if x2 is not None and cfg.save else None
+        # the input rows as the loop read them (padded), the input weight, a bias, the width
+        ctx.proj = (x2, W, b_in is not None, width) if x2 is not None and cfg.save else None
         T, B, G4 = xw.shape
         u = G4 // 4
         save, ln, act, ract = cfg.save, cfg.layer_norm, cfg.act, cfg.ract
@@ -530,7 +547,7 @@ class _LSTMFunction(torch.autograd.Function):
                 dg_c, db_c = G.new_zeros(u), G.new_zeros(u)
         db = None  # the input bias gradient, summed by the compiled loops when they run
         h_in = Hin if rd is not None else H[:-1]  # (T, B, u)
-        x2 = ctx.proj[0] if ctx.proj is not None else None
+        x2, W_in, _, width = ctx.proj if ctx.proj is not None else (None,) * 4
         if ext is not None:
             if ctx.proj is not None and ctx.proj[2]:
                 db = G.new_zeros(G4)
@@ -602,6 +619,8 @@ class _LSTMFunction(torch.autograd.Function):
             dW, dU = (None, tn(h_rows, b=g_rows)) if x2 is None else tn(x2, h_rows, b=g_rows)
         else:
             dW, dU = (None, DWU) if x2 is None else DWU.split([x2.shape[1], u])
+            if dW is not None:  # (the padding row of a bfloat16 call's odd input width off)
+                dW = dW[:width].to(W_in.dtype)
         if ctx.proj is not None and ctx.proj[2] and db is None:
             db = G.view(T * B, G4).sum(0)
         if not ln:
@@ -622,7 +641,11 @@ class _LSTMFunction(torch.autograd.Function):
         dh = dh if h0g else None
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
-        dx2 = nt(G.view(T * B, G4), ctx.proj[1]) if ctx.needs_input_grad[11] else None
+        dx2 = None
+        if ctx.needs_input_grad[11] and cfg.bf16:  # (the padding column of an odd width off)
+            dx2 = (G.view(T * B, G4).to(torch.bfloat16) @ W_in.t())[:, :width]
+        elif ctx.needs_input_grad[11]:
+            dx2 = nt(G.view(T * B, G4), W_in)
         return None, None, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, dx2, dW, db
 
 
@@ -1141,6 +1164,9 @@ def run(
         idx_in = idx_rec = None
     else:
         idx_in, idx_rec = _perm(cell, u, "in", dev), _perm(cell, u, "rec", dev)
+    # a bfloat16 call's products in bfloat16 where the compiled loops have them (the LSTM's
+    # input projection too, in its loops)
+    bf16 = low == torch.bfloat16 and ext is not None and cpu_ext.has_bf16_products(ext)
     bias = weights.bias if spec.use_bias else None
     b_in = b_rec = None
     if bias is not None:
@@ -1170,7 +1196,7 @@ def run(
             _EPS,
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
-    elif cell == "lstm" and low is None:
+    elif cell == "lstm" and (low is None or bf16):
         xw, proj = None, (x2, _cols(W, idx_in), _cols(b_in, idx_in))
     else:
         xw = _projected(project, x2, W, b_in, idx_in)
@@ -1209,8 +1235,6 @@ def run(
     save = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad for v in diff
     )
-    # a bfloat16 call's recurrent products in bfloat16 where the compiled loops have them
-    bf16 = low == torch.bfloat16 and ext is not None and cpu_ext.has_bf16_products(ext)
     cfg = _Config(act, ract, spec.layer_norm, mode, save, ext, bf16)
     if cell == "lstm":
         out, h_T, c_T = _recurrence(
