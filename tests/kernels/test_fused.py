@@ -283,12 +283,21 @@ def _leaves(w: RecurrentWeights, dtype) -> RecurrentWeights:
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_projects_in_its_dtype(dtype, monkeypatch):
+@pytest.mark.parametrize(
+    ("dtype", "fast16"),
+    [(torch.bfloat16, None), (torch.float16, True), (torch.float16, False)],
+    ids=["bfloat16", "float16", "float16-slow-products"],
+)
+def test_half_precision_projects_in_its_dtype(dtype, fast16, monkeypatch):
     # bfloat16 / float16: the input projection in that dtype (never the float32 products), the
     # recurrence's state in float32 on the same (rounded) values (bfloat16: its products in
     # bfloat16 where the CPU has them), the results cast back, gradients in the parameters' own
-    # dtype (before: the reference's Python loop). Against float32 throughout.
+    # dtype (before: the reference's Python loop). Against float32 throughout. float16 on a
+    # device without fast float16 products (fast16 False) projects in float32 instead, never
+    # in float16 (a scalar loop there: 70x slower than float32).
+    if fast16 is not None:
+        monkeypatch.setattr(fused, "fast_float16", lambda device: fast16)
+    forbidden = "_half_linear" if fast16 is False else "keras_linear"
     for cell, reset_after in CELLS:
         for layer_norm in (False, True):
             spec = RecurrenceSpec(cell, U, reset_after=reset_after, layer_norm=layer_norm)
@@ -304,8 +313,8 @@ def test_half_precision_projects_in_its_dtype(dtype, monkeypatch):
                 opts = {k: v.to(d) if v.is_floating_point() else v for k, v in kw.items()}
                 state = (x.new_zeros(B, U),) * spec.state_count
                 with monkeypatch.context() as patch:
-                    if d == dtype:  # (would raise if the half run used the float32 products)
-                        patch.setattr(fused, "keras_linear", None)
+                    if d == dtype:  # (would raise if the half run used the other products)
+                        patch.setattr(fused, forbidden, None)
                     out, final = fused.run(spec, w, x, state, **opts)
                 loss = (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
                 loss = loss + sum(s.float().sum() for s in final)

@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels import cpu_ext
 from rnnkit.kernels.activations import ACTIVATIONS
-from rnnkit.kernels.products import ONEDNN_LINEAR, keras_linear, nt, onednn, tn
+from rnnkit.kernels.products import ONEDNN_LINEAR, fast_float16, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
@@ -1177,8 +1177,14 @@ def run(
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask
     U = _cols(U, idx_rec)
-    W = weights.kernel if low is None else weights.kernel.to(low)  # Keras' gate order
-    project = keras_linear if low is None else _half_linear
+    # the input projection in the call's dtype, but float16 in float32 where the device has no
+    # fast float16 products (products.fast_float16)
+    if low is None:
+        W, project = weights.kernel, keras_linear  # Keras' gate order
+    elif low == torch.float16 and not fast_float16(dev):
+        W, project, x2 = weights.kernel.float(), keras_linear, x2.float()
+    else:
+        W, project = weights.kernel.to(low), _half_linear
     g_h = g_c = b_c = None
     proj = (None, None, None)  # (x2, W, b_in): the LSTM computes its own input projection
     if spec.layer_norm:
@@ -1196,7 +1202,7 @@ def run(
             _EPS,
         )
         g_h, g_c, b_c = _cols(ln.recurrent_gamma, idx_rec), ln.cell_gamma, ln.cell_beta
-    elif cell == "lstm" and (low is None or bf16):
+    elif cell == "lstm" and (x2.dtype == dtype or bf16):
         xw, proj = None, (x2, _cols(W, idx_in), _cols(b_in, idx_in))
     else:
         xw = _projected(project, x2, W, b_in, idx_in)
