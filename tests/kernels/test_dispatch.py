@@ -136,6 +136,29 @@ def test_auto_prefers_fused_where_it_is_faster_on_the_cpu(monkeypatch):
     assert dispatch.select(RecurrenceSpec("simple", U), **f32) == "fused"
 
 
+def test_half_precision_goes_fused_where_measured_faster(monkeypatch):
+    # float16 without fast float16 products: torch's kernels run scalar products (8-18x slower
+    # than the fused recurrence, which projects in float32): every cell fused. bfloat16 with the
+    # loops' bfloat16 products: GRU and SimpleRNN fused, the LSTM on torch's kernel.
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())
+    cpu = torch.device("cpu")
+    cells = {c: RecurrenceSpec(c, U) for c in ("lstm", "gru", "simple")}
+    for fast, first in ((False, "fused"), (True, "vendor")):
+        monkeypatch.setattr(dispatch, "fast_float16", lambda device, fast=fast: fast)
+        for spec in cells.values():
+            assert dispatch.select(spec, device=cpu, dtype=torch.float16) == first, (spec, fast)
+    bf16 = {"device": cpu, "dtype": torch.bfloat16, "training": True, "input_grad": True}
+    for products, gru_first in ((True, "fused"), (False, "vendor")):
+        monkeypatch.setattr(cpu_ext, "has_bf16_products", lambda ops, p=products: p)
+        assert dispatch.select(cells["lstm"], **bf16) == "vendor"
+        assert dispatch.select(cells["gru"], **bf16) == gru_first
+        assert dispatch.select(cells["simple"], **bf16) == gru_first
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    assert dispatch.select(cells["lstm"], mask=mask, **bf16) == "fused"  # masked: as in float32
+
+
 SMALL, LARGE = 2**30, 2**30 + 1  # multiply-adds of a call's products (bound: 2**30)
 
 
