@@ -17,6 +17,9 @@ rnnkit's fused loops only when it is needed).
 Also measured: the machine's matrix-product roofline (GFLOP/s of a large float32 product), the
 peak memory of a training step (forward + backward; see :func:`peak_memory_bytes`), and
 end-to-end LM training throughput (PTB-small shapes) with its fraction of the roofline.
+``dtype="bfloat16"`` or ``"float16"`` measures the layers in that precision (every backend's
+module and input cast to it, ``torch.nn``'s half-precision kernels as the baselines; Keras left
+out) and adds the roofline of a product in that dtype; the LM benchmark stays float32.
 :func:`format_table` prints a result, :func:`plot_results` draws it (ratio bars per
 configuration and backend), :func:`load_results` reads one back from its JSON.
 
@@ -50,6 +53,8 @@ from rnnkit.models.presets import resolve_recipe
 LAYERS = {"lstm": LSTM, "gru": GRU, "simple": SimpleRNN}
 TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "simple": nn.RNN}
 TORCH_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "simple": nn.RNNCell}
+# the precisions the layers are measured in (``rnnkit bench --dtype``)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -233,14 +238,17 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def roofline_gflops(size: int = 2048, min_run_time: float = 1.0) -> float:
-    """GFLOP/s of a ``size x size`` float32 matrix product: the machine's matrix-product ceiling.
+def roofline_gflops(
+    size: int = 2048, min_run_time: float = 1.0, dtype: torch.dtype = torch.float32
+) -> float:
+    """GFLOP/s of a ``size x size`` matrix product in ``dtype`` (float32 unless given): the
+    machine's matrix-product ceiling.
 
     The faster of ``torch.mm`` (MKL or OpenBLAS) and oneDNN's linear (what torch.nn.LSTM and the
     fused backend use on x86): on AMD CPUs with AVX-512, MKL runs its AVX2 code at about half of
     oneDNN's speed, and a roofline from ``torch.mm`` alone would be half the real ceiling.
     """
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     products = [lambda: torch.mm(a, b)]
     if torch.backends.mkldnn.is_available():
         try:
@@ -356,8 +364,11 @@ class _KerasLayer(nn.Module):
         return self.layer(x, mask=mask, training=self.training)
 
 
-def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Module]]:
-    """Backend name -> constructor of the module that runs ``config`` on it."""
+def _candidates(
+    config: Config, shape: Shape, dtype: torch.dtype = torch.float32
+) -> dict[str, Callable[[], nn.Module]]:
+    """Backend name -> constructor of the module that runs ``config`` on it (Keras only in
+    float32: its layers keep their own dtype policy)."""
     out: dict[str, Callable[[], nn.Module]] = {
         "rnnkit auto": lambda: _RnnkitLayer(config, shape, "auto"),
         "rnnkit fused": lambda: _RnnkitLayer(config, shape, "fused"),
@@ -370,7 +381,7 @@ def _candidates(config: Config, shape: Shape) -> dict[str, Callable[[], nn.Modul
     if not config.options and not config.bidirectional:
         name = f"nn.{TORCH_CELLS[config.cell].__name__} loop"
         out[name] = lambda: _CellLoop(config.cell, shape.input_size, shape.units)
-    keras = keras_module()
+    keras = keras_module() if dtype == torch.float32 else None
     if keras is not None and set(config.options) <= _KERAS_OPTIONS:
         out[KERAS_BACKEND_NAME] = lambda: _KerasLayer(keras, config, shape)
     return out
@@ -386,13 +397,17 @@ class _Step:
 
 
 def _prepare(
-    config: Config, make: Callable[[], nn.Module], shape: Shape, input_grad: bool = True
+    config: Config,
+    make: Callable[[], nn.Module],
+    shape: Shape,
+    input_grad: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> _Step:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shape.batch, shape.time, shape.input_size, generator=generator)
+    x = torch.randn(shape.batch, shape.time, shape.input_size, generator=generator).to(dtype)
     x.requires_grad_(input_grad)
     mask = _mask(config, shape, generator)
-    module = make()
+    module = make().to(dtype)
 
     def train() -> None:
         module.train()
@@ -418,12 +433,14 @@ def measure(
     paired_rounds: int = 0,
     paired_calls: int = 1,
     input_grad: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Row:
     """Time one backend on one configuration; unsupported combinations give a note, not a row.
     With ``baseline`` and ``paired_rounds``, also the ratios to it by :func:`paired_ratio`;
-    ``input_grad``: the training step computes the input's gradient."""
+    ``input_grad``: the training step computes the input's gradient; ``dtype``: the module and
+    its input in that precision."""
     try:
-        step = _prepare(config, make, shape, input_grad)
+        step = _prepare(config, make, shape, input_grad, dtype)
         train_s = median_seconds(step.train, min_run_time)
         peak = peak_memory_bytes(step.train)
         infer_s = median_seconds(step.infer, min_run_time)
@@ -544,6 +561,7 @@ def run_benchmarks(
     tune_allocator: bool = True,
     paired_rounds: int = 0,
     input_grad: bool = True,
+    dtype: str = "float32",
 ) -> dict:
     """Measure everything; returns a JSON-able dict (``machine``, ``roofline_gflops``, ``rows``,
     ``lm``). ``quick`` uses tiny shapes and short timings (for the test suite); ``tune_allocator``
@@ -552,29 +570,41 @@ def run_benchmarks(
     ``paired_rounds > 0`` also measures every ratio by alternating the row's layer with its
     cell's ``torch.nn`` standard layer (:func:`paired_ratio`, 2 calls a side per round; the
     baseline row paired with itself shows the method's own spread); ``input_grad``: training
-    steps compute the input's gradient (as any layer after an embedding or another layer does)."""
+    steps compute the input's gradient (as any layer after an embedding or another layer does);
+    ``dtype``: the layers' precision, a name in :data:`DTYPES` (the result's ``dtype``; not
+    float32: also ``dtype_roofline_gflops``, the roofline in that dtype)."""
     if paired_rounds < 0:
         raise ValueError(f"paired_rounds must be >= 0; received {paired_rounds}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
+    precision = DTYPES[dtype]
     setting = allocator.TUNED if tune_allocator and allocator.tune() else allocator.DEFAULT
     shape = QUICK if quick else FULL
     min_run_time = 0.02 if quick else 1.0
     roofline = roofline_gflops(256 if quick else 2048, min_run_time)
+    extra = {}
+    if precision != torch.float32:
+        size = 256 if quick else 2048
+        extra["dtype_roofline_gflops"] = roofline_gflops(size, min_run_time, precision)
     rows: list[Row] = []
     baselines = {  # cell -> (config, backend, constructor) of its torch.nn standard layer
         c.cell: (c, b, make)
         for c in configs
         if c.standard
-        for b, make in _candidates(c, shape).items()
+        for b, make in _candidates(c, shape, precision).items()
         if b.startswith("torch.nn.")
     }
     steps = (  # cell -> the baseline's step functions, the other side of the paired ratios
-        {cell: _prepare(c, make, shape, input_grad) for cell, (c, _, make) in baselines.items()}
+        {
+            cell: _prepare(c, make, shape, input_grad, precision)
+            for cell, (c, _, make) in baselines.items()
+        }
         if paired_rounds
         else {}
     )
     calls = 1 if quick else 2
     resamples: dict[str, list[Row]] = {}
-    plan = [(c, _candidates(c, shape)) for c in configs]
+    plan = [(c, _candidates(c, shape, precision)) for c in configs]
     total = sum(len(cands) + (c.cell in baselines and not c.standard) for c, cands in plan)
     done, start = 0, time.perf_counter()
 
@@ -601,13 +631,20 @@ def run_benchmarks(
                     paired_rounds,
                     calls,
                     input_grad,
+                    precision,
                 )
             )
         if config.cell in baselines and not config.standard:
             base_config, base_backend, base_make = baselines[config.cell]
             report(f"{base_config.name} / {base_backend} (again, for the baseline median)")
             again = measure(
-                base_config, base_backend, base_make, shape, min_run_time, input_grad=input_grad
+                base_config,
+                base_backend,
+                base_make,
+                shape,
+                min_run_time,
+                input_grad=input_grad,
+                dtype=precision,
             )
             resamples.setdefault(config.cell, []).append(again)
     return {
@@ -620,8 +657,10 @@ def run_benchmarks(
         },
         "paired_rounds": paired_rounds,
         "input_grad": input_grad,
+        "dtype": dtype,
         "shape": asdict(shape),
         "roofline_gflops": roofline,
+        **extra,
         "rows": [asdict(r) for r in _with_ratios(rows, resamples)],
         "lm": lm_training_benchmark(quick, roofline, min_run_time),
     }
@@ -661,17 +700,22 @@ def _backend_label(row: dict) -> str:
 def format_table(result: dict) -> str:
     """The human-readable report of :func:`run_benchmarks`."""
     s = result["shape"]
+    grad = "with" if result.get("input_grad", True) else "without"
     lines = [
         f"machine: {result['machine']['processor']}, {result['machine']['threads']} threads, "
         f"torch {result['machine']['torch']}, allocator {result['machine'].get('allocator', '?')}",
-        f"shapes: batch {s['batch']}, time {s['time']}, {s['input_size']} -> {s['units']}; "
-        f"training steps {'with' if result.get('input_grad', True) else 'without'} the input's "
-        "gradient; tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same "
+        f"shapes: batch {s['batch']}, time {s['time']}, {s['input_size']} -> {s['units']}, "
+        f"{result.get('dtype', 'float32')}; training steps {grad} the input's gradient;"
+        " tokens/s = batch*time/median seconds; ratio vs torch.nn standard of the same "
         "cell (its median over the run, * = that many measurements)",
         f"roofline (float32 matrix product, faster of torch.mm and oneDNN): "
         f"{result['roofline_gflops']:.1f} GFLOP/s",
         "",
     ]
+    if "dtype_roofline_gflops" in result:
+        lines.insert(
+            3, f"roofline in {result['dtype']}: {result['dtype_roofline_gflops']:.1f} GFLOP/s"
+        )
     paired = bool(result.get("paired_rounds"))
     if paired:
         lines[1] += (
@@ -701,8 +745,8 @@ def format_table(result: dict) -> str:
     lm = result["lm"]
     lines += [
         "",
-        "LM training (embedding -> 2x LSTM -> softmax; rnnkit: its LanguageModel, PTB-small "
-        f"preset; torch.nn: nn.LSTM + nn.Linear), shapes {lm['shape']}:",
+        "LM training (float32; embedding -> 2x LSTM -> softmax; rnnkit: its LanguageModel, "
+        f"PTB-small preset; torch.nn: nn.LSTM + nn.Linear), shapes {lm['shape']}:",
     ]
     for name in ("rnnkit", "torch.nn"):
         m = lm[name]
@@ -859,8 +903,8 @@ def plot_results(result: dict, path: str | os.PathLike, *, title: str | None = N
     fig.suptitle(
         title
         or f"rnnkit bench: batch {s['batch']}, {s['time']} steps, {s['input_size']} -> "
-        f"{s['units']}; {m['threads']} thread(s), torch {m['torch']}; training {grad} the "
-        f"input's gradient; {kind}"
+        f"{s['units']}, {result.get('dtype', 'float32')}; {m['threads']} thread(s), torch "
+        f"{m['torch']}; training {grad} the input's gradient; {kind}"
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

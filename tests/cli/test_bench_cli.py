@@ -168,6 +168,43 @@ def test_training_steps_compute_the_input_gradient_unless_told_not_to(tmp_path, 
     assert "training steps with the input's gradient" in capsys.readouterr().out
 
 
+def test_bench_dtype_measures_every_backend_in_that_precision(tmp_path, capsys, monkeypatch):
+    # --dtype bfloat16: each backend's module and input in bfloat16 (torch.nn's bfloat16 kernel
+    # the baseline), the roofline in that dtype too, Keras left out; the LM stays float32
+    dtypes = []
+    prepare = bench._prepare
+
+    def spy(config, make, shape, input_grad=True, dtype=torch.float32):
+        def made():
+            module = make()
+            module.register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+            return module
+
+        return prepare(config, made, shape, input_grad, dtype)
+
+    monkeypatch.setattr(bench, "_prepare", spy)
+    monkeypatch.setattr(bench, "keras_module", lambda: pytest.fail("Keras in bfloat16"))
+    out = tmp_path / "bf16.json"
+    args = ["bench", "--quick", "--only", "lstm layer_norm", "--json", str(out)]
+    assert main([*args, "--dtype", "bfloat16"]) == 0
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "bfloat16" and result["dtype_roofline_gflops"] > 0
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    rows = {(r["config"], r["backend"]): r for r in result["rows"]}
+    for key in (("lstm standard", "torch.nn.LSTM"), ("lstm layer_norm", "rnnkit auto")):
+        assert rows[key]["note"] == "" and rows[key]["train_ratio"] > 0
+    table = capsys.readouterr().out
+    assert ", bfloat16; training steps" in table
+    assert "roofline in bfloat16:" in table and "LM training (float32;" in table
+    # --from cannot apply a precision to a saved run; an unknown one is refused
+    assert main(["bench", "--from", str(out), "--dtype", "float16"]) == 2
+    assert "it takes no --dtype" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--dtype", "int8"])
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
+        bench.run_benchmarks(quick=True, configs=(), dtype="float64")
+
+
 def test_bench_measures_keras_own_layers_where_keras_runs_on_torch(tmp_path):
     # the issue's "Keras if keras is importable": Keras 3's layers on its torch backend, for the
     # configurations Keras has (not layer norm, zoneout or DropConnect)

@@ -47,6 +47,13 @@ def register(subparsers) -> None:
         "either way)",
     )
     parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="the layers' precision (default float32): every backend and torch.nn's baseline in "
+        "that dtype (Keras left out); the LM benchmark stays float32",
+    )
+    parser.add_argument(
         "--paired",
         type=int,
         nargs="?",
@@ -76,6 +83,8 @@ def register(subparsers) -> None:
 
 # the options that change what is measured, which --from cannot honour
 _MEASURING = ("quick", "only", "threads", "fresh_allocator", "no_input_grad", "paired", "json")
+# options with a default that --from cannot honour when they differ from it
+_MEASURING_DEFAULTS = {"dtype": "float32"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.from_json is not None:
         given = [f"--{k.replace('_', '-')}" for k in _MEASURING if getattr(args, k)]
+        given += [f"--{k}" for k, v in _MEASURING_DEFAULTS.items() if getattr(args, k) != v]
         if given:
             raise UsageError(f"--from prints a saved run; it takes no {', '.join(given)}")
         result = bench.load_results(args.from_json)
@@ -113,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         tune_allocator=not args.fresh_allocator,
         paired_rounds=args.paired,
         input_grad=not args.no_input_grad,
+        dtype=args.dtype,
     )
     print(bench.format_table(result))
     if args.json:
