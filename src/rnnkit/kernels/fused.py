@@ -27,10 +27,12 @@ and float64, every cell with any named activation runs compiled loops instead
 units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
 machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
 Function, so that one product gives dW and dU. bfloat16 and float16 calls project their input in
-that dtype (oneDNN's half-precision products) and keep the recurrence's state in float32, every
-other tensor cast at the boundary (differentiably) and the results cast back; the compiled
-loops run a bfloat16 call's recurrent products in bfloat16 (float32 accumulation) where the CPU
-has them (:func:`_vnni`), and the LSTM's input projection in its loop from the bfloat16 rows.
+that dtype (oneDNN's half-precision products; float16 in float32 on a device without fast
+float16 products, :func:`~rnnkit.kernels.products.fast_float16`) and keep the recurrence's state
+in float32, every other tensor cast at the boundary (differentiably) and the results cast back;
+the compiled loops run a bfloat16 call's recurrent products in bfloat16 (float32 accumulation)
+where the CPU has them (:func:`_vnni`), and the LSTM's input projection in its loop from the
+bfloat16 rows.
 """
 
 from __future__ import annotations
