@@ -243,6 +243,44 @@ def test_layers_build_in_half_precision(cls, dtype):
 
 
 @pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["standard", "layer_norm"])
+@pytest.mark.parametrize("cls", [LSTM, GRU, SimpleRNN])
+def test_autocast_runs_the_recurrence_in_its_dtype(cls, options):
+    # as torch.nn.LSTM under torch.autocast: the recurrence in the autocast dtype, its outputs
+    # and states in it, the gradients back in the float32 parameters; the same numbers as the
+    # layer cast to that dtype. float64 inputs are left as they are.
+    torch.manual_seed(0)
+    layer = cls(8, return_sequences=True, return_state=True, input_size=5, **options)
+    low = cls(8, return_sequences=True, return_state=True, input_size=5, **options)
+    low.load_state_dict(layer.state_dict())
+    low.to(torch.bfloat16)
+    x = torch.randn(3, 7, 5)
+    results = []
+    for model, inputs, autocast in ((layer, x, True), (low, x.bfloat16(), False)):
+        xs = inputs.detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, *states = model(xs)
+        out.float().sum().backward()
+        results.append((out, states, xs.grad, model.cell.kernel.grad))
+    (out, states, dx, dw), (out2, states2, dx2, dw2) = results
+    assert out.dtype == torch.bfloat16 and all(s.dtype == torch.bfloat16 for s in states)
+    assert dx.dtype == torch.float32 and dw.dtype == torch.float32
+    torch.testing.assert_close(out, out2)
+    for a, b in zip([*states, dx, dw], [*states2, dx2, dw2], strict=True):
+        torch.testing.assert_close(a.float(), b.float())
+    double = cls(8, return_sequences=True, input_size=5, **options).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert double(x.double()).dtype == torch.float64
+    # the float32 dropout and zoneout masks cast along (training mode, a left-padded mask)
+    noisy = cls(8, return_sequences=True, input_size=5, dropout=0.2, recurrent_dropout=0.3,
+                zoneout=0.1, recurrent_weight_dropout=0.2, **options)  # fmt: skip
+    mask = torch.arange(7)[None, :] >= torch.tensor([[0], [2], [4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = noisy(x.requires_grad_(True), mask=mask)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["standard", "layer_norm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cls", [LSTM, GRU, SimpleRNN])
 def test_layers_train_in_half_precision_on_the_cpu(cls, dtype, options):

@@ -383,7 +383,23 @@ def run(
     zoneout_mask: torch.Tensor | None = None,
     recurrent_kernel_dropout_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Run one recurrence on the chosen backend (see :mod:`rnnkit.kernels.spec`)."""
+    """Run one recurrence on the chosen backend (see :mod:`rnnkit.kernels.spec`).
+
+    Under ``torch.autocast`` for the inputs' device the recurrence runs in the autocast dtype, as
+    ``torch.nn.LSTM`` does: its float32 inputs, weights, initial states and dropout masks cast to
+    that dtype (differentiably: the gradients reach the float32 parameters), the results in it
+    (:func:`_autocast_args`)."""
+    masks = (input_dropout_mask, recurrent_dropout_mask, zoneout_mask)
+    cast = _autocast_args(weights, inputs, initial_state, *masks, recurrent_kernel_dropout_mask)
+    if cast is not None:
+        weights, inputs, initial_state, *masks = cast
+        with torch.autocast(inputs.device.type, enabled=False):  # the backends see no autocast
+            return run(
+                spec, weights, inputs, initial_state, backend=backend, mask=mask,
+                go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask,
+                input_dropout_mask=masks[0], recurrent_dropout_mask=masks[1],
+                zoneout_mask=masks[2], recurrent_kernel_dropout_mask=masks[3],
+            )  # fmt: skip
     options = {
         "mask": mask,
         "go_backwards": go_backwards,
@@ -423,3 +439,30 @@ def run(
         result = _REGISTRY[fallback].run(spec, weights, inputs, tuple(initial_state), **options)
         _record(fallback)
         return result
+
+
+def _autocast_args(weights: RecurrentWeights, inputs: torch.Tensor, initial_state, *masks):
+    """``(weights, inputs, initial_state, *masks)`` with every float32 tensor cast to the
+    autocast dtype where ``torch.autocast`` is on for ``inputs``' device (autocast's
+    lower-precision rule, as it applies to ``torch.nn.LSTM``: float64 and integer tensors stay
+    as they are); ``None`` where it is off or nothing is float32."""
+    device = inputs.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    low = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+            return t.to(low)
+        return t
+
+    if inputs.dtype != torch.float32 or low == torch.float32:
+        return None
+    ln = weights.layer_norm
+    weights = weights._replace(
+        kernel=cast(weights.kernel),
+        recurrent_kernel=cast(weights.recurrent_kernel),
+        bias=cast(weights.bias),
+        layer_norm=None if ln is None else type(ln)(*(cast(p) for p in ln)),
+    )
+    return (weights, cast(inputs), tuple(cast(s) for s in initial_state), *map(cast, masks))
