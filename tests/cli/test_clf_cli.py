@@ -59,6 +59,17 @@ def test_train_writes_checkpoints_history_and_evaluation(trained, capsys):
     assert artifacts == {"classifier.json", "labels.json", "vectorizer.json"}
 
 
+def test_train_in_bfloat16_precision(trained, tmp_path):
+    _, data = trained
+    run = tmp_path / "bf16"
+    args = ["clf", "train", "--data", str(data), "--run-dir", str(run), *TINY]
+    assert main([*args, "--precision", "bfloat16"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "bfloat16" and summary["val"]["count"] == 2
+    with pytest.raises(SystemExit):
+        main([*args, "--precision", "float16"])
+
+
 def test_predict_texts_and_input_file_in_order(trained, tmp_path, capsys):
     run, _ = trained
     inputs = tmp_path / "in.txt"

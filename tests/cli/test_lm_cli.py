@@ -107,6 +107,19 @@ def test_flags_override_preset_and_errors(corpus, tmp_path, capsys):
     assert exc.value.code == 2
 
 
+def test_bfloat16_precision_is_a_recipe_setting(corpus, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = tiny_args(corpus, out, "--epochs", "1", "--max-steps", "50", "--precision", "bfloat16")
+    assert main(args) == 0
+    assert json.loads((out / "recipe.json").read_text())["recipe"]["precision"] == "bfloat16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 < summary["valid_perplexity"] < 100
+    assert main(tiny_args(corpus, tmp_path / "bad", "--max-steps", "1", "--precision", "fp8")) == 2
+    assert "precision must be one of float32, bfloat16; received precision='fp8'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_corrupted_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_args(corpus, out, "--max-steps", "1")) == 0

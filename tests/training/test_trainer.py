@@ -109,6 +109,32 @@ def test_stream_lm_overfits():
     assert "grad_norm" in hist.steps[0]
 
 
+def test_bfloat16_precision_runs_forward_passes_under_autocast():
+    # Trainer(precision="bfloat16"): every forward pass (training and evaluation) under
+    # torch.autocast in bfloat16, the parameters, gradients and optimizer state in float32
+    seen = []
+
+    class Probe(TinyClassifier):
+        def forward(self, inputs, targets=None, **extra):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return super().forward(inputs, targets, **extra)
+
+    set_seed(0)
+    model = Probe()
+    data = loader(*classification_data(), batch_size=16)
+    trainer = Trainer(model, "adam", precision="bfloat16", quiet=True, device="cpu")
+    hist = trainer.fit(data, val_data=data, epochs=2)
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    for p in model.parameters():
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    seen.clear()
+    Trainer(model, "adam", quiet=True, device="cpu").evaluate(data)
+    assert seen and not any(on for on, _ in seen)  # float32 (the default): no autocast
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16; received"):
+        Trainer(model, "adam", precision="fp8", device="cpu")
+
+
 def test_model_contract_errors():
     class NoTuple(torch.nn.Module):
         def __init__(self):

@@ -426,6 +426,7 @@ def train_text_classifier(
     quiet: bool = False,
     device: str = "cpu",
     fast_path: bool = True,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Train a token classifier on labelled texts and evaluate its best checkpoint.
 
@@ -443,6 +444,9 @@ def train_text_classifier(
         quiet: no progress bars.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``.
         fast_path: see :attr:`SequenceClassifier.fast_path` (exact either way; speed only).
+        precision: ``"float32"`` or ``"bfloat16"`` (training under autocast; see
+            :class:`~rnnkit.training.Trainer`); the evaluation of the best checkpoint runs in
+            float32.
 
     Returns:
         A summary dict (also written to ``run_dir/summary.json``).
@@ -493,6 +497,7 @@ def train_text_classifier(
         quiet=quiet,
         seed=seed,
         unit="review",
+        precision=precision,
         model_config=model.config.to_dict(),
         artifacts=model.artifacts(),
     )
@@ -506,6 +511,7 @@ def train_text_classifier(
         "seed": seed,
         "bucket_batches": bucket_batches,
         "fast_path": fast_path,
+        "precision": precision,
         "train_padding_fraction": round(
             padding_fraction(loader.batch_sampler, loader.batch_sampler.lengths), 4
         ),
@@ -833,6 +839,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: train under torch.autocast (bfloat16 products, float32 weights); "
+        "default float32",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=None,
@@ -1033,7 +1046,7 @@ def run_train(args) -> int:
             train, val, run_dir=run_dir, settings=s, seed=args.seed,
             bucket_batches=args.bucket_batches, max_steps=args.max_steps,
             patience=args.patience, quiet=args.quiet, device=args.device,
-            fast_path=args.fast_path,
+            fast_path=args.fast_path, precision=args.precision,
         )  # fmt: skip
     except ValueError as exc:  # bad settings (e.g. config validation)
         raise UsageError(str(exc)) from exc

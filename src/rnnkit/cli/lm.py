@@ -62,6 +62,12 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--eval-num-steps", "eval_num_steps", int, "window length when evaluating"),
     ("--seed", "seed", int, "random seed"),
     ("--log-every", "log_every", int, "optimizer steps between step-log rows"),
+    (
+        "--precision",
+        "precision",
+        str,
+        "float32 (default) or bfloat16: forward passes under torch.autocast, float32 weights",
+    ),
 ]
 _BOOL_FLAGS: list[tuple[str, str, str]] = [
     ("tie-weights", "tie_weights", "share the input embedding with the output weights"),
@@ -544,6 +550,7 @@ def run_train(args: argparse.Namespace) -> int:
             seed=tc.seed,
             batch_weight=model.count_targets,
             unit="token",
+            precision=tc.precision,
             model_config=model.config.to_dict(),
             artifacts={
                 "vocabulary": vocab.to_dict(),

@@ -61,6 +61,7 @@ class LMTrainingConfig:
     eval_num_steps: int = 200  # window when evaluating (the state is carried: any value is exact)
     seed: int = 1  # seeds the initialisation, dropout and data order
     log_every: int = 50  # optimizer steps between step-log rows
+    precision: str = "float32"  # or "bfloat16": autocast forward passes (Trainer(precision=))
 
 
 LM_PRESETS: dict[str, dict[str, Any]] = {

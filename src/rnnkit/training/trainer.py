@@ -69,6 +69,9 @@ from rnnkit.training.utils import (
 
 __all__ = ["Trainer", "TrainableModel", "StatefulModel", "build_optimizer", "unpack_batch"]
 
+# Trainer(precision=...): the autocast dtype of the forward pass (float32: none)
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 class TrainableModel(Protocol):
     """``model(inputs, targets, **extra) -> (logits, loss)``, loss a scalar mean."""
@@ -187,6 +190,10 @@ class Trainer:
         unit: what the weight counts, for throughput logs (``"token"``, ``"item"``).
         model_config: JSON-able config from which the caller rebuilds the model (checkpoints).
         artifacts: ``{name: JSON-able}`` saved with every checkpoint (vocabulary, label map).
+        precision: ``"float32"``, or ``"bfloat16"``: the model's forward pass (training and
+            evaluation) under ``torch.autocast`` in bfloat16 on the trainer's device, the
+            parameters, their gradients and the optimizer in float32 (no loss scaling is needed
+            in bfloat16). rnnkit's recurrent layers then run their recurrence in bfloat16.
 
     Attributes:
         history: the :class:`History` of the current/last ``fit``.
@@ -219,6 +226,7 @@ class Trainer:
         unit: str = "item",
         model_config: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, Any] | None = None,
+        precision: str = "float32",
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; received {type(model).__name__}")
@@ -228,6 +236,10 @@ class Trainer:
             raise ValueError(f"log_every must be an int >= 1; received log_every={log_every}")
         if tensorboard and run_dir is None:
             raise ValueError("tensorboard=True needs run_dir (the logs go to run_dir/tensorboard)")
+        if precision not in PRECISIONS:
+            known = ", ".join(PRECISIONS)
+            raise ValueError(f"precision must be one of {known}; received precision={precision!r}")
+        self.precision = precision
         self.device = select_device(device)
         self.model = model.to(self.device)
         if isinstance(optimizer, str):
@@ -554,6 +566,11 @@ class Trainer:
         return inputs, targets, extra, weight
 
     def _forward(self, inputs: Any, targets: Any, extra: dict[str, Any], state: Any):
+        low = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=low, enabled=low != torch.float32):
+            return self._call_model(inputs, targets, extra, state)
+
+    def _call_model(self, inputs: Any, targets: Any, extra: dict[str, Any], state: Any):
         if self.stateful:
             out = self.model(inputs, targets, state=state, **extra)
             if not isinstance(out, (tuple, list)) or len(out) != 3:
