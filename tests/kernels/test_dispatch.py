@@ -146,9 +146,11 @@ def test_half_precision_goes_fused_where_measured_faster(monkeypatch):
     cpu = torch.device("cpu")
     cells = {c: RecurrenceSpec(c, U) for c in ("lstm", "gru", "simple")}
     for fast, first in ((False, "fused"), (True, "vendor")):
-        monkeypatch.setattr(dispatch, "fast_float16", lambda device, fast=fast: fast)
+        monkeypatch.setattr(dispatch, "fast_products", lambda device, dtype, fast=fast: fast)
         for spec in cells.values():
             assert dispatch.select(spec, device=cpu, dtype=torch.float16) == first, (spec, fast)
+            if not fast:  # bfloat16 without oneDNN's bfloat16 kernels (AVX2 CPUs) alike
+                assert dispatch.select(spec, device=cpu, dtype=torch.bfloat16) == "fused"
     bf16 = {"device": cpu, "dtype": torch.bfloat16, "training": True, "input_grad": True}
     for products, gru_first in ((True, "fused"), (False, "vendor")):
         monkeypatch.setattr(cpu_ext, "has_bf16_products", lambda ops, p=products: p)

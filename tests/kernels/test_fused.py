@@ -285,18 +285,23 @@ def _leaves(w: RecurrentWeights, dtype) -> RecurrentWeights:
 
 @pytest.mark.parametrize(
     ("dtype", "fast16"),
-    [(torch.bfloat16, None), (torch.float16, True), (torch.float16, False)],
-    ids=["bfloat16", "float16", "float16-slow-products"],
+    [
+        (torch.bfloat16, None),
+        (torch.bfloat16, False),
+        (torch.float16, True),
+        (torch.float16, False),
+    ],
+    ids=["bfloat16", "bfloat16-slow-products", "float16", "float16-slow-products"],
 )
 def test_half_precision_projects_in_its_dtype(dtype, fast16, monkeypatch):
     # bfloat16 / float16: the input projection in that dtype (never the float32 products), the
     # recurrence's state in float32 on the same (rounded) values (bfloat16: its products in
     # bfloat16 where the CPU has them), the results cast back, gradients in the parameters' own
-    # dtype (before: the reference's Python loop). Against float32 throughout. float16 on a
-    # device without fast float16 products (fast16 False) projects in float32 instead, never
-    # in float16 (a scalar loop there: 70x slower than float32).
+    # dtype (before: the reference's Python loop). Against float32 throughout. A device without
+    # fast products in that dtype (fast16 False: float16 here, bfloat16 on AVX2 CPUs) projects
+    # in float32 instead, never in half precision (a scalar loop there: 70x slower).
     if fast16 is not None:
-        monkeypatch.setattr(fused, "fast_float16", lambda device: fast16)
+        monkeypatch.setattr(fused, "fast_products", lambda device, dtype: fast16)
     forbidden = "_half_linear" if fast16 is False else "keras_linear"
     for cell, reset_after in CELLS:
         for layer_norm in (False, True):

@@ -312,11 +312,11 @@ def test_layers_train_in_half_precision_on_the_cpu(cls, dtype, options):
     # faster: float16 without fast float16 products, the bfloat16 GRU / SimpleRNN with the
     # compiled loops' bfloat16 products (dispatch._fused_is_faster)
     from rnnkit.kernels import cpu_ext
-    from rnnkit.kernels.products import fast_float16
+    from rnnkit.kernels.products import fast_products
 
     ops = cpu_ext.ops()
     fused_first = bool(options) or (
-        not fast_float16(x.device)
+        not fast_products(x.device, dtype)
         if dtype == torch.float16
         else cls is not LSTM and ops is not None and cpu_ext.has_bf16_products(ops)
     )

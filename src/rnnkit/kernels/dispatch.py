@@ -40,7 +40,7 @@ import torch
 
 from rnnkit import allocator
 from rnnkit.kernels import cpu_ext, reference, vendor
-from rnnkit.kernels.products import fast_float16
+from rnnkit.kernels.products import fast_products
 from rnnkit.kernels.spec import BackendUnavailable, RecurrenceSpec, RecurrentWeights
 
 AUTO_ORDER = ("vendor", "triton", "fused", "reference")
@@ -112,10 +112,11 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # (401-650 units) and at most FUSED_LSTM_MAX_INFERENCE_TOKENS tokens: PTB-medium's evaluation.
 # Half precision on the CPU (benchmarks/bench_fused.py --dtype, 32x100 128->256, 3 repeats,
 # training with the input's gradient / inference, ratio to torch.nn's kernel in that dtype):
-# - float16 where the CPU has no oneDNN float16 kernels (products.fast_float16; this AVX512-BF16
+# - float16 where the CPU has no oneDNN float16 kernels (products.fast_products; this AVX512-BF16
 #   machine): torch's float16 products are scalar loops, its LSTM trains in 1.5-1.6 s; the fused
 #   recurrence projects in float32 there: LSTM 18.3x / 9.0x, GRU 18.5x / 7.8x, SimpleRNN 14.8x /
-#   6.8x (1 thread). Every cell goes fused.
+#   6.8x (1 thread). Every cell goes fused; so does bfloat16 where oneDNN has no bfloat16 kernels
+#   (CPUs without AVX-512: the same scalar products, not measured here).
 # - bfloat16 with the compiled loops' bfloat16 products (cpu_ext.has_bf16_products): GRU 1.33x /
 #   1.58x (2 threads 1.28x / 1.78x), SimpleRNN 1.58x / 1.97x (1.52x / 1.32x) go fused; the LSTM
 #   0.93x / 0.89x (with its input projection in the loop) stays on torch's kernel.
@@ -217,8 +218,10 @@ def _fused_is_faster(
     ``tokens``: batch x steps)."""
     if spec is None:
         return False
+    if dtype in (torch.bfloat16, torch.float16) and not fast_products(torch.device("cpu"), dtype):
+        return True
     if dtype == torch.float16:
-        return not fast_float16(torch.device("cpu"))
+        return False
     if dtype == torch.bfloat16:
         if spec.cell not in ("gru", "simple") or not cpu_ext.covers(spec.cell):
             return False

@@ -27,9 +27,9 @@ and float64, every cell with any named activation runs compiled loops instead
 units; the LSTM in Keras' gate order); the Python loops remain for other devices and for a
 machine without a C++ compiler. The LSTM without layer norm computes its input projection inside its
 Function, so that one product gives dW and dU. bfloat16 and float16 calls project their input in
-that dtype (oneDNN's half-precision products; float16 in float32 on a device without fast
-float16 products, :func:`~rnnkit.kernels.products.fast_float16`) and keep the recurrence's state
-in float32, every other tensor cast at the boundary (differentiably) and the results cast back;
+that dtype (oneDNN's half-precision products; in float32 on a device without fast products in
+that dtype, :func:`~rnnkit.kernels.products.fast_products`) and keep the recurrence's state in
+float32, every other tensor cast at the boundary (differentiably) and the results cast back;
 the compiled loops run a bfloat16 call's recurrent products in bfloat16 (float32 accumulation)
 where the CPU has them (:func:`_vnni`), and the LSTM's input projection in its loop from the
 bfloat16 rows.
@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels import cpu_ext
 from rnnkit.kernels.activations import ACTIVATIONS
-from rnnkit.kernels.products import ONEDNN_LINEAR, fast_float16, keras_linear, nt, onednn, tn
+from rnnkit.kernels.products import ONEDNN_LINEAR, fast_products, keras_linear, nt, onednn, tn
 from rnnkit.kernels.spec import LAYER_NORM_EPS, RecurrenceSpec, RecurrentWeights
 
 _EPS = LAYER_NORM_EPS
@@ -1179,11 +1179,11 @@ def run(
     if recurrent_kernel_dropout_mask is not None:
         U = U * recurrent_kernel_dropout_mask
     U = _cols(U, idx_rec)
-    # the input projection in the call's dtype, but float16 in float32 where the device has no
-    # fast float16 products (products.fast_float16)
+    # the input projection in the call's dtype, but in float32 where the device has no fast
+    # products in that dtype (products.fast_products: float16 here, bfloat16 on AVX2 CPUs)
     if low is None:
         W, project = weights.kernel, keras_linear  # Keras' gate order
-    elif low == torch.float16 and not fast_float16(dev):
+    elif not fast_products(dev, low):
         W, project, x2 = weights.kernel.float(), keras_linear, x2.float()
     else:
         W, project = weights.kernel.to(low), _half_linear

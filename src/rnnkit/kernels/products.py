@@ -12,7 +12,7 @@ builds without the op use torch's own products.
 - :func:`keras_linear`: ``x @ w + b`` for a Keras-layout ``w (K, N)`` (the fused recurrences'
   input projection);
 - :func:`nt` (``a @ b^T``) and :func:`tn` (``a^T @ b``, the weight gradients over all steps);
-- :func:`fast_float16`: whether a device multiplies float16 matrices fast.
+- :func:`fast_products`: whether a device multiplies matrices of a dtype fast.
 """
 
 from __future__ import annotations
@@ -47,16 +47,18 @@ def onednn(t: torch.Tensor) -> bool:
 
 
 @functools.cache
-def fast_float16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies float16 matrices fast: on the CPU only where oneDNN has
-    float16 kernels (AVX512-FP16 or AMX-FP16). Elsewhere torch's float16 CPU product is a scalar
-    loop: (3200, 128) x (128, 1024) took 758 ms against 11 ms in float32 and 4.5 ms in bfloat16
-    on this project's AVX512-BF16 machine, and torch.nn's float16 LSTM trained 8-18x slower than
-    the fused recurrence projecting in float32 (the casts are exact)."""
-    if device.type != "cpu":
+def fast_products(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``device`` multiplies ``dtype`` matrices fast. On the CPU, bfloat16 and float16
+    only where oneDNN has kernels for them (bfloat16: AVX-512 or native BF16; float16:
+    AVX512-FP16 or AMX-FP16): elsewhere torch's half-precision CPU product is a scalar loop, as
+    float16 is on this project's AVX512-BF16 machine: (3200, 128) x (128, 1024) took 758 ms
+    against 11 ms in float32 and 4.5 ms in bfloat16, and torch.nn's float16 LSTM trained 8-18x
+    slower than the fused recurrence projecting in float32 (the casts are exact)."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return True
+    query = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        return bool(getattr(torch.ops.mkldnn, query)())
     except (AttributeError, RuntimeError):  # a torch without the query
         return False
 
