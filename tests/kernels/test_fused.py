@@ -555,7 +555,10 @@ def test_bfloat16_calls_run_bfloat16_products(cell, reset_after, monkeypatch):
     # weight-gradient sums) in bfloat16 with float32 accumulation and state. Against the float64
     # reference on the same rounded values: relative error of the outputs, final states and
     # every gradient at bfloat16's rounding. Odd sizes (padded pairs) and a longer call
-    # (gate-blocked weights, several weight-gradient chunks); masks, dropout and zoneout.
+    # (gate-blocked weights, several weight-gradient chunks); masks, dropout and zoneout. Every
+    # value from one generator: two draws from the global RNG made the cases depend on the tests
+    # run before (the layer-norm LSTM's gradients then erred by 2-50% over draws, with float32
+    # products as well: its backward from a zero state is ill-conditioned at bfloat16 rounding).
     packed = []
     vnni = fused._vnni
     monkeypatch.setattr(fused, "_vnni", lambda m, g=1: packed.append(m.shape) or vnni(m, g))
@@ -568,11 +571,15 @@ def test_bfloat16_calls_run_bfloat16_products(cell, reset_after, monkeypatch):
         two = cell == "gru" and reset_after
         values = [torch.randn(i, g * u, generator=gen) / i**0.5]
         values += [torch.randn(u, g * u, generator=gen) / u**0.5]
-        values += [torch.randn(2, g * u, generator=gen) * 0.3 if two else torch.randn(g * u) * 0.3]
+        values += [torch.randn(*([2] if two else []), g * u, generator=gen) * 0.3]
         ln_values = []
         if layer_norm:
             ln_values = [1 + 0.2 * torch.randn(g * u, generator=gen) for _ in range(2)]
-            ln_values += [1 + 0.2 * torch.randn(u), 0.2 * torch.randn(u)] if cell == "lstm" else []
+            if cell == "lstm":
+                ln_values += [
+                    1 + 0.2 * torch.randn(u, generator=gen),
+                    0.2 * torch.randn(u, generator=gen),
+                ]
         x = torch.randn(b, t, i, generator=gen)
         kw = {}
         if extra:
@@ -598,11 +605,10 @@ def test_bfloat16_calls_run_bfloat16_products(cell, reset_after, monkeypatch):
         for got, want in zip(*results, strict=True):
             assert got.dtype == torch.bfloat16
             err = ((got.double() - want).norm() / want.norm()).item()
-            # measured: 2e-3 to 7e-3 without layer norm; with it up to 2.4e-2 (GRU) and 9.8e-2
-            # (LSTM: its zero initial state's first LayerNorm sits at the variance epsilon),
-            # against 3.7e-2 with float32 products (the projection's rounding); a wrong pairing
-            # errs by ~100%
-            assert err < (0.15 if layer_norm else 1e-2), (spec, (b, t, i, u), extra, err)
+            # measured: 2.8e-3 to 6.6e-3 without layer norm, 7.8e-3 to 5.0e-2 with it (LSTM:
+            # its zero initial state's first LayerNorm sits at the variance epsilon); a wrong
+            # pairing errs by ~100%
+            assert err < (0.1 if layer_norm else 1e-2), (spec, (b, t, i, u), extra, err)
     assert len(packed) >= 4  # the loops took bfloat16 weights (forward and backward)
     if cell == "lstm":  # and the LSTM's input kernel, its odd width padded: in-loop projection
         assert (6, 4 * 9) in packed, packed
