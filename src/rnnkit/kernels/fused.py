@@ -741,7 +741,7 @@ class _GRUFunction(torch.autograd.Function):
                 dg_h, h0_grad=h0g,
             )  # fmt: skip
             h_in = Hin if rd is not None else H[:-1]
-            dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3))
+            dU = tn(h_in.reshape(T * B, u), b=(DM if ln else R).reshape(T * B, G3), bf16=cfg.bf16)
             db_rec = R.sum((0, 1)) if b_rec is not None else None
             return None, G, dU, dh if h0g else None, db_rec, dg_h, None, None, None
         hh, z, r = G[..., :u], G[..., u : 2 * u], G[..., 2 * u :]
@@ -893,8 +893,8 @@ class _GRUResetBeforeFunction(torch.autograd.Function):
             dh = dh if h0g else None
             dU = torch.cat(
                 [
-                    tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u)),
-                    tn(RH.reshape(T * B, u), b=DMh.view(T * B, u)),
+                    tn(h_in.reshape(T * B, u), b=DMzr.view(T * B, 2 * u), bf16=cfg.bf16),
+                    tn(RH.reshape(T * B, u), b=DMh.view(T * B, u), bf16=cfg.bf16),
                 ],
                 dim=1,
             )
@@ -1054,7 +1054,7 @@ class _SimpleFunction(torch.autograd.Function):
                 G, *_backward_weight(ext, U.t(), B, T, h0g, bf16=ctx.cfg.bf16), H, dY.contiguous(),
                 dh, rd, a, _ACT_IDS[act.name], direct, M, MU, RS, g_h, dg_h, P, h0_grad=h0g,
             )  # fmt: skip
-            dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u))
+            dU = tn(h_in.reshape(T * B, u), b=(M if ln else G).reshape(T * B, u), bf16=ctx.cfg.bf16)
             return None, G, dU, dh if h0g else None, dg_h, None, None, None
         Y = H[1:] if direct else G  # the activations
         if act.deriv_out is not None:  # f' into G without a (T, B, u) temporary

@@ -74,9 +74,11 @@ def nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 TN_ROWS = 512  # rows per chunk of the products below: small temporaries
 
 
-def tn(*lefts: torch.Tensor, b: torch.Tensor):
+def tn(*lefts: torch.Tensor, b: torch.Tensor, bf16: bool = False):
     """``a^T @ b`` for each tall ``a (N, K_a)`` of ``lefts`` and ``b (N, K2)``: the weight
     gradients over all steps (one result per left operand; a single one for a single left).
+    ``bf16`` (a bfloat16 call, where the compiled loops have bfloat16 products): the compiled
+    op multiplies in bfloat16 (float32 accumulation), at any width.
 
     Where the compiled loops are built with brgemm and ``b`` has at most
     ``cpu_ext.weight_grads_max_cols`` columns, their ``weight_grads`` op computes it: the left
@@ -101,8 +103,8 @@ def tn(*lefts: torch.Tensor, b: torch.Tensor):
         out = [a.t() @ b for a in lefts]
         return out[0] if len(lefts) == 1 else tuple(out)
     ext = cpu_ext.ops()
-    if ext is not None and b.shape[1] <= cpu_ext.weight_grads_max_cols(ext):
-        both = ext.weight_grads([a.contiguous() for a in lefts], b.contiguous())
+    if ext is not None and (bf16 or b.shape[1] <= cpu_ext.weight_grads_max_cols(ext)):
+        both = ext.weight_grads([a.contiguous() for a in lefts], b.contiguous(), bf16)
         out = both.split([a.shape[1] for a in lefts])
         return out[0] if len(lefts) == 1 else out
     # only a transposed view of *contiguous* rows is fast: a view of rows with a longer stride

@@ -2175,11 +2175,13 @@ at::Tensor transpose(const at::Tensor& x) {
 // gradients over all steps of the cells whose backward passes run in Python (GRU, SimpleRNN, the
 // layer-norm LSTM's input projection), as the LSTM's loops sum theirs (brgemm_weight_grads:
 // the a_i transposed in chunks of ~128 rows, b read as it is). Needs brgemm; fused.py uses it up
-// to kBrgemmGradMaxCols columns of b.
+// to kBrgemmGradMaxCols columns of b. bf16: the products in bfloat16 (a bfloat16 call; float32
+// accumulation), as the bfloat16 LSTM's (brgemm_weight_grads_bf16), at any width.
 int64_t weight_grads_max_cols() { return kBrgemmGradMaxCols; }
 
-at::Tensor weight_grads(const std::vector<at::Tensor>& lefts, const at::Tensor& b) {
+at::Tensor weight_grads(const std::vector<at::Tensor>& lefts, const at::Tensor& b, bool bf16) {
   TORCH_CHECK(kHaveBrgemm, "rnnkit fused_cpu: weight_grads needs brgemm");
+  TORCH_CHECK(!bf16 || kHaveBf16, "rnnkit fused_cpu: built without bfloat16 products");
   TORCH_CHECK(!lefts.empty() && b.dim() == 2 && b.is_contiguous() &&
                   b.scalar_type() == at::kFloat,
               "rnnkit fused_cpu: weight_grads takes contiguous float32 (N, Nc) b");
@@ -2196,6 +2198,9 @@ at::Tensor weight_grads(const std::vector<at::Tensor>& lefts, const at::Tensor& 
   const int64_t rows = std::min(N, kBrgemmGradRows);
   at::Tensor lt_buf = at::empty({K * rows}, b.options());
   float* lt = lt_buf.data_ptr<float>();
+  const int64_t rows_p = (rows + 1) / 2 * 2;  // bfloat16: lt rounded, b's rows in VNNI pairs
+  Scratch<at::BFloat16> lt_b(bf16 ? K * rows_p : 0);
+  ThreadRows<at::BFloat16> pack(bf16 ? rows_p * weight_grad_block(Nc) : 0);
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t n = std::min(rows, N - r0);
     int64_t k0 = 0;  // lt rows [k0, k0 + K_i) = a_i rows [r0, r0 + n) transposed
@@ -2208,7 +2213,12 @@ at::Tensor weight_grads(const std::vector<at::Tensor>& lefts, const at::Tensor& 
       });
       k0 += Ka;
     }
-    brgemm_weight_grads<float>(out, lt, K, b.data_ptr<float>() + r0 * Nc, Nc, n, r0 > 0);
+    const float* b_rows = b.data_ptr<float>() + r0 * Nc;
+    if (bf16) {
+      brgemm_weight_grads_bf16<float>(out, lt, lt_b.data(), K, b_rows, Nc, n, r0 > 0, pack);
+    } else {
+      brgemm_weight_grads<float>(out, lt, K, b_rows, Nc, n, r0 > 0);
+    }
   }
   return out;
 }
@@ -2272,7 +2282,7 @@ TORCH_LIBRARY(rnnkit_cpu, m) {
       "Tensor? g_h, Tensor(d!)? dg_h, Tensor? P, bool h0_grad=True) -> ()");
   m.def("bernoulli_mask_(Tensor(a!) out, float p, int seed) -> ()");
   m.def("transpose(Tensor x) -> Tensor");
-  m.def("weight_grads(Tensor[] lefts, Tensor b) -> Tensor");
+  m.def("weight_grads(Tensor[] lefts, Tensor b, bool bf16=False) -> Tensor");
   // no tensors: catch-all kernels
   m.def("has_brgemm() -> bool", &has_brgemm);
   m.def("has_bf16_products() -> bool", &has_bf16_products);
