@@ -158,12 +158,10 @@ def _step_weight(
     return (right.w, True) if right.fast else (right.mat, False)
 
 
-def _even_width(x2: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input rows ``x2 (N, I)`` and the input kernel ``W (I, G u)`` with ``I`` made even (a zero
-    column and row): the width of a bfloat16 product's pairs. Odd widths only copy."""
-    if x2.shape[1] % 2 == 0:
-        return x2, W
-    return F.pad(x2, (0, 1)), F.pad(W, (0, 0, 0, 1))
+def _even_width(x2: torch.Tensor) -> torch.Tensor:
+    """Input rows ``x2 (N, I)`` with ``I`` made even (a zero column), as :func:`_vnni` pads the
+    kernel's rows: the width of a bfloat16 product's pairs. Odd widths only copy."""
+    return x2 if x2.shape[1] % 2 == 0 else F.pad(x2, (0, 1))
 
 
 def _vnni(mat: torch.Tensor, gate_blocks: int = 1) -> torch.Tensor:
@@ -422,7 +420,7 @@ class _LSTMFunction(torch.autograd.Function):
             xw = U.new_empty(steps, h0.shape[0], U.shape[1])
             b = None if b_in is None else b_in.contiguous()
             if cfg.bf16:
-                x2, W = _even_width(x2.to(torch.bfloat16), W.to(torch.bfloat16))
+                x2, W = _even_width(x2.to(torch.bfloat16)), W.to(torch.bfloat16)
                 w_loop = _vnni(W, blocks)
             else:
                 w_loop = _step_weight(ext, W, h0.shape[0], gate_blocks=blocks)[0]
@@ -431,7 +429,7 @@ class _LSTMFunction(torch.autograd.Function):
         elif xw is None:
             with torch.no_grad():
                 xw = keras_linear(x2, W, b_in).view(-1, h0.shape[0], U.shape[1])
-        # the input rows as the loop read them (padded), the input weight, a bias, the width
+        # the input rows as the loop read them (padded), the input kernel, a bias, the width
         ctx.proj = (x2, W, b_in is not None, width) if x2 is not None and cfg.save else None
         T, B, G4 = xw.shape
         u = G4 // 4
@@ -644,8 +642,8 @@ class _LSTMFunction(torch.autograd.Function):
         if ctx.proj is None:
             return None, G, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, None, None, None
         dx2 = None
-        if ctx.needs_input_grad[11] and cfg.bf16:  # (the padding column of an odd width off)
-            dx2 = (G.view(T * B, G4).to(torch.bfloat16) @ W_in.t())[:, :width]
+        if ctx.needs_input_grad[11] and cfg.bf16:
+            dx2 = G.view(T * B, G4).to(torch.bfloat16) @ W_in.t()
         elif ctx.needs_input_grad[11]:
             dx2 = nt(G.view(T * B, G4), W_in)
         return None, None, dU, dh, dc, dg_h, dg_c, db_c, None, None, None, dx2, dW, db
