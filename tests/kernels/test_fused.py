@@ -610,6 +610,6 @@ def test_bfloat16_calls_run_bfloat16_products(cell, reset_after, monkeypatch):
             # pairing errs by ~100%
             assert err < (0.1 if layer_norm else 1e-2), (spec, (b, t, i, u), extra, err)
     assert len(packed) >= 4  # the loops took bfloat16 weights (forward and backward)
-    if cell == "lstm":  # and the LSTM's input kernel, its odd width padded: in-loop projection
-        assert (6, 4 * 9) in packed, packed
+    if cell == "lstm":  # and the LSTM's input kernel (odd width: _vnni pads its rows), in-loop
+        assert (5, 4 * 9) in packed, packed
         assert (32, 4 * 64) in packed
