@@ -619,21 +619,67 @@ inline void row_moments(const T* x, int64_t n, double eps, T& mean, T& rstd) {
 }
 
 // The input gradient of a row LayerNorm y = xhat * gamma (+ beta), xhat = (x - mean) * rstd:
-// dx = rstd * (dy gamma - mean(dy gamma) - xhat mean(dy gamma xhat)). Adds dy * xhat to dgamma
-// when given.
+// dx = rstd * (dy gamma - mean(dy gamma) - xhat mean(dy gamma xhat)), in two passes over the row
+// (the two means, with the parameters' gradients on the way; then dx). Adds dy * xhat to dgamma
+// and dy to dbeta when given; adds to dx with `add`. dx may be x itself (each element read
+// before it is written).
+template <typename T, bool kGamma, bool kBeta>
+inline void layer_norm_grad_means(const T* __restrict__ dy, const T* __restrict__ x,
+                                  const T* __restrict__ gamma, T mean, T rstd, int64_t n,
+                                  T* __restrict__ dgamma, T* __restrict__ dbeta, T& m1, T& m2) {
+  T s1[16] = {}, s2[16] = {};  // 16 independent partial sums each (as lane_sum)
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    for (int64_t k = 0; k < 16; ++k) {
+      const T d = dy[j + k], xhat = (x[j + k] - mean) * rstd, dg = d * gamma[j + k];
+      s1[k] += dg;
+      s2[k] += dg * xhat;
+      if constexpr (kGamma) dgamma[j + k] += d * xhat;
+      if constexpr (kBeta) dbeta[j + k] += d;
+    }
+  }
+  T t1 = 0, t2 = 0;
+  for (; j < n; ++j) {
+    const T d = dy[j], xhat = (x[j] - mean) * rstd, dg = d * gamma[j];
+    t1 += dg;
+    t2 += dg * xhat;
+    if constexpr (kGamma) dgamma[j] += d * xhat;
+    if constexpr (kBeta) dbeta[j] += d;
+  }
+  for (int64_t k = 0; k < 16; ++k) {
+    t1 += s1[k];
+    t2 += s2[k];
+  }
+  m1 = t1 / T(n);
+  m2 = t2 / T(n);
+}
+
 template <typename T>
 inline void row_layer_norm_backward(const T* dy, const T* x, const T* gamma, T mean, T rstd,
-                                    int64_t n, T* dx, T* dgamma) {
-  const T m1 = lane_sum<T>(n, [=](int64_t j) { return dy[j] * gamma[j]; }) / T(n);
-  const T m2 = lane_sum<T>(n, [=](int64_t j) {
-                 return dy[j] * gamma[j] * ((x[j] - mean) * rstd);
-               }) / T(n);
-  if (dgamma != nullptr) {
-    for (int64_t j = 0; j < n; ++j) dgamma[j] += dy[j] * ((x[j] - mean) * rstd);
+                                    int64_t n, T* dx, T* dgamma, T* dbeta = nullptr,
+                                    bool add = false) {
+  T m1, m2;
+  if (dgamma != nullptr && dbeta != nullptr) {
+    layer_norm_grad_means<T, true, true>(dy, x, gamma, mean, rstd, n, dgamma, dbeta, m1, m2);
+  } else if (dgamma != nullptr) {
+    layer_norm_grad_means<T, true, false>(dy, x, gamma, mean, rstd, n, dgamma, dbeta, m1, m2);
+  } else {
+    layer_norm_grad_means<T, false, false>(dy, x, gamma, mean, rstd, n, dgamma, dbeta, m1, m2);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const T xhat = (x[j] - mean) * rstd;
-    dx[j] = rstd * (dy[j] * gamma[j] - m1 - xhat * m2);
+  auto grad = [&](int64_t j) { return rstd * (dy[j] * gamma[j] - m1 - (x[j] - mean) * rstd * m2); };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {  // a block's values before its stores: dx may be x
+    T v[16];
+    for (int64_t k = 0; k < 16; ++k) v[k] = grad(j + k);
+    if (add) {
+      for (int64_t k = 0; k < 16; ++k) dx[j + k] += v[k];
+    } else {
+      for (int64_t k = 0; k < 16; ++k) dx[j + k] = v[k];
+    }
+  }
+  for (; j < n; ++j) {
+    const T v = grad(j);
+    dx[j] = add ? dx[j] + v : v;
   }
 }
 
@@ -1248,8 +1294,10 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
   Scratch<T> r_scratch(brg ? B * u : 0);  // the recurrent product of the step
   StepProduct rec;  // its weight (WT: float32, or bfloat16 VNNI in a bfloat16 call)
   if (brg) rec = StepProduct(WT, G4, 1);
-  // per thread: a row's gate activations, a LayerNorm scratch row, the gates' gamma gradient
-  ThreadRows<T> y_rows(G4), tmp_rows(ln || needs_input(act) ? G4 : 0), dgh_rows(ln ? G4 : 0);
+  // per thread: a row's gate activations, LN(c') for an activation that reads its input (with
+  // layer norm), the gates' gamma gradient
+  const bool ln_input = ln && needs_input(act);
+  ThreadRows<T> y_rows(G4), tmp_rows(ln_input ? u : 0), dgh_rows(ln ? G4 : 0);
   // per thread, with layer norm: the cell LayerNorm's gamma and beta gradients (u each)
   ThreadRows<T> dgc_rows(ln ? 2 * u : 0);
   int64_t pending = steps;  // steps [t + 1, pending) are not in DWU yet
@@ -1260,9 +1308,9 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
     const T* c_prev = c_all + t * B * u;
     const T* craw_t = (CN.has_value() ? CN->data_ptr<T>() + t * B * u : c_all + (t + 1) * B * u);
     T* m_t = ln ? M->data_ptr<T>() + t * B * G4 : nullptr;
-    // The gate gradients of row b for units [j0, j1) (layer norm: whole rows only); y, tmp:
-    // scratch rows of 4u; dgh, dgc: this thread's share of the gates' LayerNorm gamma gradient
-    // and of the cell LayerNorm's gamma and beta gradients.
+    // The gate gradients of row b for units [j0, j1) (layer norm: whole rows only); y: a
+    // scratch row of 4u, tmp one of u (ln_input); dgh, dgc: this thread's share of the gates'
+    // LayerNorm gamma gradient and of the cell LayerNorm's gamma and beta gradients.
     auto grads = [&](int64_t b, int64_t j0, int64_t j1, T* y, T* tmp, T* dgh, T* dgc) {
       const int64_t n = j1 - j0;
       T* g = g_t + b * G4;
@@ -1274,16 +1322,15 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       for (int64_t j = j0; j < j1; ++j) d[j] = dhn[j] * g[3 * u + j];  // times o
       const T* c_raw = craw_t + b * u;
       const T* xc = c_raw;  // the cell activation's input: c', or LN(c') recomputed into tmp
-      if (ln && needs_input(act)) {
+      if (ln_input) {
         const T mu = mu_c[t * B + b], rs = rs_c[t * B + b];
         for (int64_t j = 0; j < u; ++j) tmp[j] = (c_raw[j] - mu) * rs * gc[j] + bc[j];
         xc = tmp;
       }
       mul_deriv(act, tc + j0, xc + j0, d + j0, n);
       if (ln) {  // through the cell LayerNorm
-        row_layer_norm_backward(d, c_raw, gc, mu_c[t * B + b], rs_c[t * B + b], u, tmp, dgc);
-        for (int64_t j = 0; j < u; ++j) dgc[u + j] += d[j];
-        for (int64_t j = 0; j < u; ++j) dcb[j] += tmp[j];
+        row_layer_norm_backward(d, c_raw, gc, mu_c[t * B + b], rs_c[t * B + b], u, dcb, dgc,
+                                dgc + u, /*add=*/true);
       } else {
         for (int64_t j = j0; j < j1; ++j) dcb[j] += d[j];
       }
@@ -1320,13 +1367,12 @@ void lstm_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn, 
       }
       if (ln) {  // through the gates' LayerNorm: M[t] becomes d(h_in U)
         T* mrow = m_t + b * G4;
-        row_layer_norm_backward(g, mrow, gh, mu_h[t * B + b], rs_h[t * B + b], G4, tmp, dgh);
-        std::copy(tmp, tmp + G4, mrow);
+        row_layer_norm_backward(g, mrow, gh, mu_h[t * B + b], rs_h[t * B + b], G4, mrow, dgh);
       }
     };
     for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
       T* y = y_rows.mine();
-      T* tmp = ln || needs_input(act) ? tmp_rows.mine() : nullptr;
+      T* tmp = ln_input ? tmp_rows.mine() : nullptr;
       T* dgh = ln ? dgh_rows.mine() : nullptr;
       T* dgc = ln ? dgc_rows.mine() : nullptr;
       for (int64_t b = b0; b < b1; ++b) grads(b, j0, j1, y, tmp, dgh, dgc);
@@ -2079,8 +2125,7 @@ void simple_backward_impl(const at::Tensor& G, const at::Tensor& WT, bool onednn
       mul_deriv(act, y + j0, x != nullptr ? x + j0 : x, g + j0, n);
       if (ln) {
         T* mrow = m_t + o;
-        row_layer_norm_backward(g, mrow, gh, mu_all[t * B + b], rs_all[t * B + b], u, tmp, dgh);
-        std::copy(tmp, tmp + u, mrow);
+        row_layer_norm_backward(g, mrow, gh, mu_all[t * B + b], rs_all[t * B + b], u, mrow, dgh);
       }
     };
     for_backward_parts(ln, B, grain, u, chunk, [&](int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
