@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from rnnkit.kernels import products
 
 
-def _onednn_calls(monkeypatch) -> list:
-    """The left operands' shapes of oneDNN's products made from now on (none without oneDNN)."""
+def _onednn_calls(monkeypatch, min_macs: int = 0) -> list:
+    """The left operands' shapes of oneDNN's products made from now on (none without oneDNN),
+    oneDNN taking products from ``min_macs`` multiply-adds (0: every product of 2 rows or more,
+    so that these tests' small shapes exercise its path)."""
+    monkeypatch.setattr(products, "ONEDNN_MIN_MACS", min_macs)
     calls = []
     if products.ONEDNN_LINEAR is not None:
         op = products.ONEDNN_LINEAR
@@ -74,10 +77,11 @@ def test_linear_elsewhere_is_f_linear():
     assert type(y.grad_fn).__name__ == type(F.linear(x, w).grad_fn).__name__
 
 
-def test_linear_gradients_are_the_products():
+def test_linear_gradients_are_the_products(monkeypatch):
     # dx = dy w, dw = dy^T x, db = column sums of dy
     if products.ONEDNN_LINEAR is None:
         pytest.skip("torch has no oneDNN linear here")
+    monkeypatch.setattr(products, "ONEDNN_MIN_MACS", 0)  # (these shapes are below it)
     x = torch.randn(6, 5, requires_grad=True)
     w = torch.randn(4, 5, requires_grad=True)
     b = torch.randn(4, requires_grad=True)
@@ -133,3 +137,28 @@ def test_tn_of_a_single_row_is_torchs_outer_product(rows, monkeypatch):
     torch.testing.assert_close(products.tn(a, b=b), a.t() @ b, rtol=1e-4, atol=1e-4)
     if products.ONEDNN_LINEAR is not None:
         assert bool(calls) == (rows > 1)
+
+
+def test_small_products_are_torchs_own(monkeypatch):
+    # below ONEDNN_MIN_MACS multiply-adds oneDNN's per-call setup costs more than the product:
+    # torch's own computes it (same numbers); from the threshold on, oneDNN's
+    calls = _onednn_calls(monkeypatch, min_macs=products.ONEDNN_MIN_MACS)
+    g = torch.Generator().manual_seed(4)
+    small, inner, cols = 32, 8, 64  # 16K multiply-adds
+    x = torch.randn(small, inner, generator=g)
+    w = torch.randn(inner, cols, generator=g)
+    b = torch.randn(cols, generator=g)
+    torch.testing.assert_close(products.keras_linear(x, w, b), x @ w + b)
+    torch.testing.assert_close(products.nt(x, w.t()), x @ w)
+    torch.testing.assert_close(products.linear(x, w.t(), b), F.linear(x, w.t(), b))
+    assert calls == []
+    if products.ONEDNN_LINEAR is None:
+        return
+    rows = -(-products.ONEDNN_MIN_MACS // (inner * cols))  # the fewest rows at the threshold
+    big = torch.randn(rows, inner, generator=g)
+    torch.testing.assert_close(products.keras_linear(big, w, b), big @ w + b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(products.nt(big, w.t()), big @ w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        products.linear(big, w.t(), b), F.linear(big, w.t(), b), rtol=1e-4, atol=1e-4
+    )
+    assert calls == [(rows, inner)] * 3

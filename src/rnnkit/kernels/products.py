@@ -46,6 +46,19 @@ def onednn(t: torch.Tensor) -> bool:
     return ONEDNN_LINEAR is not None and t.dtype == torch.float32 and t.device.type == "cpu"
 
 
+# Below this many multiply-adds torch's own product is faster than oneDNN's linear, whose every
+# call sets up its kernel (~12-15 us). Measured, 1 thread, ``x (M, K) @ w (K, N)`` (+ b): 32 x 8
+# x 64 2.4 us against 14.6, 64 x 32 x 128 7.8 against 16.6, 64 x 64 x 256 (1M) 24.7 against
+# 24.2, 128 x 64 x 256 46.6 against 34.9; ``a @ b^T`` alike (32 x 64 x 8 3.1 against 12.7 us,
+# 1M 25.7 against 22.8). A single row is always torch's (its matrix-vector product).
+ONEDNN_MIN_MACS = 1 << 20
+
+
+def _onednn_worth(rows: int, inner: int, cols: int) -> bool:
+    """Whether oneDNN's linear beats torch's product for ``(rows, inner) @ (inner, cols)``."""
+    return rows > 1 and rows * inner * cols >= ONEDNN_MIN_MACS
+
+
 @functools.cache
 def fast_products(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ``device`` multiplies ``dtype`` matrices fast. On the CPU, bfloat16 and float16
@@ -64,9 +77,9 @@ def fast_products(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous; a
-    single row torch's matrix-vector product (as :func:`keras_linear`)."""
-    if onednn(a) and onednn(b) and a.shape[0] > 1:
+    """``a @ b^T`` for ``a (M, K)``, ``b (N, K)``: oneDNN's linear, no copies when contiguous;
+    small products (:data:`ONEDNN_MIN_MACS`, a single row) torch's own (as :func:`keras_linear`)."""
+    if onednn(a) and onednn(b) and _onednn_worth(a.shape[0], a.shape[1], b.shape[0]):
         return ONEDNN_LINEAR(a, b.contiguous(), None, "none", [], "")
     return a @ b.t()
 
@@ -149,8 +162,9 @@ def keras_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> to
     """``x (M, K) @ w (K, N) + b``: oneDNN's products where :func:`onednn`, else torch's; a
     single row always torch's (its matrix-vector product skips the weight reorder oneDNN does on
     every call: (1, 200) x (200, 800) 9 us against 24, (1, 650) x (650, 1950) 68 against 84; from
-    2 rows oneDNN is as fast or up to 2x faster)."""
-    if onednn(x) and onednn(w) and x.shape[0] > 1:
+    2 rows oneDNN is as fast or up to 2x faster), and so are products of fewer than
+    :data:`ONEDNN_MIN_MACS` multiply-adds."""
+    if onednn(x) and onednn(w) and _onednn_worth(x.shape[0], x.shape[1], w.shape[1]):
         return _KerasLinear.apply(x, w, b)
     return x @ w if b is None else torch.addmm(b, x, w)
 
@@ -194,10 +208,13 @@ def _weight_grad(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (``x (..., K)``, ``weight (N, K)``), on oneDNN's products
     where :func:`onednn` applies to both (about 2x faster than MKL on this AMD CPU; the same
-    numbers up to float rounding), else ``F.linear`` itself."""
+    numbers up to float rounding), else ``F.linear`` itself (and for products of fewer than
+    :data:`ONEDNN_MIN_MACS` multiply-adds)."""
     if not (onednn(x) and onednn(weight)) or (bias is not None and not onednn(bias)):
         return F.linear(x, weight, bias)
     if x.numel() == 0 or weight.numel() == 0:  # (oneDNN rejects empty operands)
+        return F.linear(x, weight, bias)
+    if not _onednn_worth(x.numel() // x.shape[-1], x.shape[-1], weight.shape[0]):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     y = _Linear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(), bias)
