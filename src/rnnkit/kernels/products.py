@@ -50,7 +50,8 @@ def onednn(t: torch.Tensor) -> bool:
 # call sets up its kernel (~12-15 us). Measured, 1 thread, ``x (M, K) @ w (K, N)`` (+ b): 32 x 8
 # x 64 2.4 us against 14.6, 64 x 32 x 128 7.8 against 16.6, 64 x 64 x 256 (1M) 24.7 against
 # 24.2, 128 x 64 x 256 46.6 against 34.9; ``a @ b^T`` alike (32 x 64 x 8 3.1 against 12.7 us,
-# 1M 25.7 against 22.8). A single row is always torch's (its matrix-vector product).
+# 1M 25.7 against 22.8). With 2 threads the crossover is nearer 2M (1M: 15.2 against 20.1 us;
+# 2M: 26.1 against 25.0). A single row is always torch's (its matrix-vector product).
 ONEDNN_MIN_MACS = 1 << 20
 
 
