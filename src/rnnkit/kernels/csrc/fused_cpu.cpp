@@ -666,7 +666,9 @@ inline void row_layer_norm_backward(const T* dy, const T* x, const T* gamma, T m
   } else {
     layer_norm_grad_means<T, false, false>(dy, x, gamma, mean, rstd, n, dgamma, dbeta, m1, m2);
   }
-  auto grad = [&](int64_t j) { return rstd * (dy[j] * gamma[j] - m1 - (x[j] - mean) * rstd * m2); };
+  auto grad = [&](int64_t j) {
+    return rstd * (dy[j] * gamma[j] - m1 - (x[j] - mean) * rstd * m2);
+  };
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {  // a block's values before its stores: dx may be x
     T v[16];
