@@ -255,6 +255,40 @@ def test_wide_lstm_inference_goes_fused_on_one_thread(monkeypatch):
     assert pick(650, 20, 35) == "vendor"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_lstm_inference_goes_fused(threads, monkeypatch):
+    # at most 2**24 multiply-adds (measured: 32x20 7->32 0.88x vs 0.77x, 16x40 32->48 0.93x vs
+    # 0.83x; 8x100 64->64, 26M, 0.83x vs 0.91x)
+    from rnnkit import allocator
+    from rnnkit.kernels import cpu_ext
+
+    monkeypatch.setattr(cpu_ext, "ops", lambda: object())  # "the extension is available"
+    monkeypatch.setattr(allocator, "is_tuned", lambda: True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    call = {"device": torch.device("cpu"), "dtype": torch.float32, "batch": 32, "steps": 20}
+    lstm = RecurrenceSpec("lstm", 32)
+    assert dispatch.select(lstm, macs=2**24, **call) == "fused"
+    assert dispatch.select(lstm, macs=2**24 + 1, **call) == "vendor"
+    assert dispatch.select(lstm, **call) == "vendor"  # size unknown
+    train = {"training": True, "input_grad": True, "macs": 2**24}
+    assert dispatch.select(lstm, **call, **train) == ("fused" if threads == 1 else "vendor")
+    assert dispatch.select(lstm, macs=2**24, **{**call, "dtype": torch.float64}) == "vendor"
+
+
+def test_small_lstm_inference_through_the_layer_goes_fused():
+    from rnnkit.kernels import cpu_ext
+
+    if cpu_ext.ops() is None:
+        pytest.skip("the compiled loops did not build here")
+    from rnnkit.layers import LSTM
+
+    small, wider = (LSTM(32, input_size=n).eval() for n in (7, 200))
+    with torch.no_grad(), dispatch.record_choices() as picked:
+        small(torch.randn(32, 20, 7))  # 20 x 32 x 128 x 39 = 3.2M multiply-adds
+        wider(torch.randn(32, 20, 200))  # 20 x 32 x 128 x 232 = 19M: torch's kernel
+    assert picked == ["fused", "vendor"]
+
+
 def test_run_tells_the_rule_whether_the_call_records_and_needs_input_grads(monkeypatch):
     seen = []
 
@@ -294,7 +328,8 @@ def test_auto_moves_on_when_a_backend_turns_out_unavailable(monkeypatch):
     spec = RecurrenceSpec("lstm", U)
     torch.manual_seed(0)
     w = RecurrentWeights(torch.randn(3, 4 * U), torch.randn(U, 4 * U), torch.randn(4 * U))
-    # 4 x 25: more tokens than a small call (which would go fused first)
+    # 4 x 25: more tokens than a small call, and no small layer's inference (both go fused first)
+    monkeypatch.setattr(dispatch, "FUSED_LSTM_MAX_SMALL_INFERENCE_MACS", 0)
     x, state = torch.randn(4, 25, 3), (torch.zeros(4, U), torch.zeros(4, U))
     with pytest.warns(RuntimeWarning, match="vendor backend cannot run on this machine"):
         with dispatch.record_choices() as used:

@@ -110,6 +110,16 @@ AUTO_ORDER = ("vendor", "triton", "fused", "reference")
 # 200 units 20x35 0.94 vs 0.98, 1x200 0.92 vs 1.00). 2 threads: mixed (650 units 20x35 0.90 vs
 # 0.94), torch's kernel stays. So inference goes fused first on 1 thread for 1600 < 4u <= 2600
 # (401-650 units) and at most FUSED_LSTM_MAX_INFERENCE_TOKENS tokens: PTB-medium's evaluation.
+# Inference of small layers at more tokens (a Reber-sized LSTM(32) on a batch of 32 x 20): the
+# vendor path's per-call costs (weight transposes, hx, torch's weight reorder) outweigh the
+# fused loop's. benchmarks/cpu_lstm_dispatch.py --inference on a Zen 4 host (2026-11-23; 15
+# rounds, paired, tuned), B x T I->u (multiply-adds T B 4u (I+u)), fused vs vendor as a ratio to
+# torch.nn.LSTM, 1 thread: 32x20 7->32 (3.2M) 0.88 vs 0.77, 32x20 32->32 (5.2M) 0.90 vs 0.81,
+# 64x20 16->32 (7.9M) 0.88 vs 0.85, 16x40 32->48 (9.8M) 0.93 vs 0.83; 2 threads 0.82 vs 0.80,
+# 0.84 vs 0.78, 16x40 0.90 vs 0.89; then a tie or torch's: 32x20 64->64 (21M) 0.92 vs 0.91,
+# 8x100 64->64 (26M) 0.83 vs 0.91, 16x50 128->128 (52M) 0.91 vs 0.98. On the earlier host the
+# two were within noise from 32x20 32->32 to 64x50 64->128. So inference of at most
+# FUSED_LSTM_MAX_SMALL_INFERENCE_MACS multiply-adds goes fused first (1 or 2 threads).
 # Half precision on the CPU (benchmarks/bench_fused.py --dtype, 32x100 128->256, 3 repeats,
 # training with the input's gradient / inference, ratio to torch.nn's kernel in that dtype):
 # - float16 where the CPU has no oneDNN float16 kernels (products.fast_products; this AVX512-BF16
@@ -127,6 +137,7 @@ FUSED_LSTM_MAX_INPUT_GRAD_MACS = 2**30
 FUSED_LSTM_MAX_SMALL_TOKENS = 96
 FUSED_LSTM_INFERENCE_GATE_COLUMNS = (1600, 2600)  # (exclusive, inclusive) bounds on 4u
 FUSED_LSTM_MAX_INFERENCE_TOKENS = 1400
+FUSED_LSTM_MAX_SMALL_INFERENCE_MACS = 2**24
 # On CUDA, cuDNN runs masked input as packed sequences (lengths copied to the host, rows sorted):
 # a left-padded LSTM layer step measured 0.41x of torch.nn.LSTM's unmasked one on an H100
 # (64x100, 512->512, forward+backward); the Triton LSTM keeps padded steps' state inside its step
@@ -240,7 +251,10 @@ def _fused_is_faster(
         return False
     if tokens is not None and tokens <= FUSED_LSTM_MAX_SMALL_TOKENS:
         return True  # per-call costs dominate, training or not, any width
-    if not training:  # wide layers' inference at moderate tokens, on 1 thread
+    if not training:
+        if macs is not None and macs <= FUSED_LSTM_MAX_SMALL_INFERENCE_MACS:
+            return True  # small layers: per-call costs dominate
+        # wide layers' inference at moderate tokens, on 1 thread
         low, high = FUSED_LSTM_INFERENCE_GATE_COLUMNS
         return (
             threads == 1
